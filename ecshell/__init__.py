@@ -1,0 +1,53 @@
+"""ecshell: an IPython control room for a fleet of machines.
+
+>>> from ecshell import Cluster, LocalFabric
+>>> cluster = Cluster(LocalFabric())
+>>> web = cluster.launch(3, name="web")
+>>> web.run("hostname")                       # doctest: +SKIP
+
+Importing ecshell is light: paramiko and boto3 load when first needed.
+"""
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Cluster": "cluster",
+    "Machine": "machine",
+    "MachineSet": "machineset",
+    "Result": "results",
+    "ResultSet": "results",
+    "ErrorKind": "results",
+    "LocalFabric": "fabrics.local",
+    "StaticFabric": "fabrics.static",
+    "Ec2Fabric": "fabrics.ec2",
+    "Fabric": "fabrics.base",
+    "Prototype": "fabrics.base",
+    "EcShell": "config",
+    "Shell": "commands",
+    "Put": "commands",
+    "Get": "commands",
+    "Noop": "commands",
+    "Command": "commands",
+    "EcShellError": "errors",
+    "SelectionError": "errors",
+    "ArgumentError": "errors",
+    "FabricError": "errors",
+    "NotSupported": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ecshell' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

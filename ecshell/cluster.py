@@ -1,0 +1,269 @@
+"""Cluster: the fabrics attached, the machines they supplied, and broadcasts over them.
+
+>>> from ecshell import Cluster, LocalFabric
+>>> cluster = Cluster(LocalFabric())
+>>> web = cluster.launch(3, name="web")               # waits until really ready
+>>> rs = cluster.run("uptime")                        # doctest: +SKIP
+>>> cluster.terminate(web); cluster.close()
+
+The cluster keeps nothing it cannot rebuild: machines come from the fabrics'
+``discover()``, so a new Cluster over the same fabrics finds the machines an
+earlier one launched.
+"""
+
+import logging
+import time
+
+from .config import EcShell
+from .engine import Engine
+from .errors import ArgumentError, SelectionError
+from .fabrics.base import RUNNING, TERMINATED
+from .hostset import fold
+from .machine import Machine
+from .machineset import MachineSet
+
+log = logging.getLogger("ecshell")
+
+READY, FAILED_INIT = "ready", "failed-init"
+
+
+def _default_fabric(settings):
+    kind = settings.default_fabric
+    if kind == "local":
+        from .fabrics.local import LocalFabric
+        return LocalFabric(parent=settings)
+    if kind == "static":
+        from .fabrics.static import StaticFabric
+        return StaticFabric(parent=settings)
+    if kind == "ec2":
+        from .fabrics.ec2 import Ec2Fabric
+        return Ec2Fabric(parent=settings)
+    raise ArgumentError(f"unknown default_fabric {kind!r}: use 'local', 'static' or 'ec2'")
+
+
+class Cluster:
+    """Fabrics and the machines they supplied."""
+
+    def __init__(self, *fabrics, config=None, parent=None, **settings):
+        self.settings = EcShell(config=config, parent=parent, **settings)
+        self.engine = Engine(self.settings)
+        self.fabrics = {}
+        self.history = []
+        self._machines = {}
+        for fabric in fabrics or (_default_fabric(self.settings),):
+            self.attach(fabric)
+
+    # -- fabrics and discovery ----------------------------------------------
+
+    def attach(self, fabric):
+        """Add a fabric and take in the machines it already has."""
+        if fabric.name in self.fabrics and self.fabrics[fabric.name] is not fabric:
+            raise ArgumentError(f"a fabric named {fabric.name!r} is attached already; "
+                                f"give the new one another name, e.g. {type(fabric).__name__}(name='second')")
+        self.fabrics[fabric.name] = fabric
+        self._take(fabric, fabric.discover())
+        return fabric
+
+    def _take(self, fabric, prototypes):
+        taken = []
+        for prototype in prototypes:
+            machine = self._machines.get(prototype.name)
+            if machine is not None and machine.fabric is fabric and machine.id == prototype.id:
+                machine.update(prototype)
+            else:
+                if machine is not None:
+                    log.warning("machine name %s is used by %s and %s; keeping the first",
+                                prototype.name, machine.fabric.name, fabric.name)
+                    continue
+                machine = Machine(prototype, fabric, self.engine)
+                self._machines[prototype.name] = machine
+            taken.append(machine)
+        return taken
+
+    def refresh(self):
+        """Ask every fabric what it has now: new machines appear, gone ones leave."""
+        for fabric in self.fabrics.values():
+            prototypes = fabric.discover()
+            ids = {p.id for p in prototypes}
+            for name, machine in list(self._machines.items()):
+                if machine.fabric is fabric and machine.id not in ids:
+                    machine.close()
+                    del self._machines[name]
+            self._take(fabric, prototypes)
+        return self.machines
+
+    def _fabric(self, name):
+        if name is None:
+            return next(iter(self.fabrics.values()))
+        try:
+            return self.fabrics[name]
+        except KeyError:
+            raise SelectionError(f"no fabric named {name!r}; attached: {', '.join(self.fabrics)}") from None
+
+    # -- selection ----------------------------------------------------------
+
+    @property
+    def machines(self):
+        """Every known machine, in name order."""
+        return MachineSet(self._machines.values(), sort=True)
+
+    def machine(self, name):
+        try:
+            return self._machines[name]
+        except KeyError:
+            raise SelectionError(f"no machine named {name!r}; machines are: "
+                                 f"{fold(self._machines) or '(none: launch some with cluster.launch(3))'}") from None
+
+    def __getitem__(self, pattern):
+        return self.machines[pattern]
+
+    def __iter__(self):
+        return iter(self.machines)
+
+    def __len__(self):
+        return len(self._machines)
+
+    def select(self, **tags):
+        return self.machines.select(**tags)
+
+    def _target(self, target):
+        if target is None or target == "all":
+            return self.machines
+        if isinstance(target, str):
+            return self[target]
+        if isinstance(target, Machine):
+            return MachineSet([target])
+        return MachineSet(target)
+
+    def _live(self, target):
+        chosen = self._target(target)
+        live = chosen.in_state(RUNNING, READY)
+        if not live:
+            states = ", ".join(f"{m.name}: {m.state}" for m in chosen) or "no machines at all"
+            raise SelectionError(f"no running machine to run on ({states}); "
+                                 "launch some with cluster.launch(3), or cluster.ready() to check again")
+        return live
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def launch(self, count=1, name="node", fabric=None, wait=True, timeout=120.0, **options):
+        """Launch ``count`` machines named ``name-<i>``; by default wait until really ready."""
+        if not isinstance(count, int) or count < 1:
+            raise ArgumentError(f"count must be a positive whole number, not {count!r}; e.g. cluster.launch(3)")
+        chosen = self._fabric(fabric)
+        prototypes = chosen.launch(count, name=name, **options)
+        machines = MachineSet(self._take(chosen, prototypes))
+        if wait:
+            self.ready(machines, timeout=timeout)
+        return machines
+
+    def ready(self, target=None, timeout=120.0):
+        """The two-stage check: the fabric says running, then ``true`` over SSH succeeds.
+
+        Polls with backoff until ``timeout``; machines that never get there
+        are marked ``failed-init``. Returns the machines that are ready.
+        """
+        from .commands import Noop
+
+        chosen = MachineSet(m for m in self._target(target) if m.state != TERMINATED)
+        deadline = time.monotonic() + timeout
+        pending = list(chosen)
+        backoff = 0.05
+        while pending:
+            self._refresh_states(pending)
+            running = MachineSet(m for m in pending if m.state in (RUNNING, READY, FAILED_INIT))
+            if running:
+                left = max(0.5, deadline - time.monotonic())
+                results = running.execute(Noop(timeout=min(left, self.settings.connect_timeout)))
+                for result in results.results():
+                    if result.ok:
+                        result.machine.state = READY
+            pending = [m for m in pending if m.state != READY]
+            if not pending or time.monotonic() + backoff > deadline:
+                break
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+        for machine in pending:
+            machine.state = FAILED_INIT
+            log.warning("%s did not become ready within %gs (failed-init): terminate or replace it",
+                        machine.name, timeout)
+        return chosen.in_state(READY)
+
+    def _refresh_states(self, machines):
+        by_fabric = {}
+        for machine in machines:
+            by_fabric.setdefault(machine.fabric, []).append(machine)
+        for fabric, members in by_fabric.items():
+            states = fabric.states([m.id for m in members])
+            for machine in members:
+                state = states.get(machine.id, TERMINATED)
+                if not (state == RUNNING and machine.state == READY):
+                    machine.state = state
+
+    def _by_fabric(self, target):
+        chosen = self._target(target)
+        if not chosen:
+            raise SelectionError("nothing selected")
+        groups = {}
+        for machine in chosen:
+            groups.setdefault(machine.fabric, []).append(machine)
+        return chosen, groups
+
+    def terminate(self, target):
+        """Terminate machines (a MachineSet, a Machine, a pattern or 'all'); they are gone after."""
+        chosen, groups = self._by_fabric(target)
+        for fabric, members in groups.items():
+            for machine in members:
+                machine.close()
+            fabric.terminate([m.id for m in members])
+            for machine in members:
+                machine.state = TERMINATED
+                self._machines.pop(machine.name, None)
+        return chosen
+
+    def stop(self, target):
+        chosen, groups = self._by_fabric(target)
+        for fabric, members in groups.items():
+            for machine in members:
+                machine.close()
+            fabric.stop([m.id for m in members])
+        self._refresh_states(chosen)
+        return chosen
+
+    def start(self, target, wait=True, timeout=120.0):
+        chosen, groups = self._by_fabric(target)
+        for fabric, members in groups.items():
+            self._take(fabric, fabric.start([m.id for m in members]))
+        if wait:
+            self.ready(chosen, timeout=timeout)
+        return chosen
+
+    # -- broadcasts -----------------------------------------------------------
+
+    def run(self, command, target=None, **options):
+        """Run a shell command on every running machine (or ``target``); a ResultSet."""
+        results = self._live(target).run(command, **options)
+        self.history.append(results)
+        return results
+
+    def put(self, local, remote, target=None, mode=None):
+        return self._live(target).put(local, remote, mode=mode)
+
+    def get(self, remote, local, target=None):
+        return self._live(target).get(remote, local)
+
+    def close(self):
+        """Close every pooled connection (machines keep running)."""
+        self.engine.close()
+        for fabric in self.fabrics.values():
+            fabric.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        fabrics = ", ".join(self.fabrics)
+        return f"<Cluster fabrics=[{fabrics}] machines={fold(self._machines) or '(none)'} ({len(self)})>"

@@ -1,0 +1,372 @@
+"""Commands: the operations a broadcast runs on each machine.
+
+A Command is a small object with ``execute(attempt) -> Result``; the
+:class:`Attempt` gives it the machine's pooled connection, the clock, the
+cancel flag and the output buffer. Behaviour is added by wrapping a command,
+never by growing Machine.
+
+>>> Shell("uptime", timeout=10)
+Shell('uptime', timeout=10)
+"""
+
+import os
+import posixpath
+import socket
+import threading
+import time
+
+from .errors import ArgumentError, ConnectError
+from .output import OutputBuffer
+from .results import ErrorKind, Result
+
+#: How often a worker blocked on a quiet channel looks at its cancel flag (seconds).
+POLL = 0.2
+#: The first line a tracked command prints: the pid of the shell sshd started for it.
+PID_PREFIX = b"\x1eECSHELL-PID:"
+#: Seconds a kill of a timed-out or interrupted command may take.
+KILL_TIMEOUT = 2.0
+
+
+class Attempt:
+    """One machine's run of one command: its clock, connection and output."""
+
+    def __init__(self, machine, engine, cancel, on_output=None):
+        self.machine = machine
+        self.engine = engine
+        self.settings = engine.settings
+        self.cancel = cancel
+        self.on_output = on_output
+        self.started = time.monotonic()
+        self.buffer = OutputBuffer(self.settings.output_memory_limit, self.settings.spill_dir)
+        self.reconnected = False
+        self.connection = None
+        self.channel = None
+
+    def connect(self):
+        deadline = time.monotonic() + self.settings.connect_timeout
+        self.connection = self.engine.pool.get(self.machine.endpoint, deadline)
+        return self.connection
+
+    def open_session(self):
+        """A new channel on the pooled connection; a dead connection is replaced once."""
+        import paramiko
+
+        connection = self.connect()
+        try:
+            channel = connection.open_session(timeout=self.settings.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if connection.alive:
+                raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
+            self.engine.pool.discard(self.machine.endpoint, connection)
+            self.reconnected = True
+            connection = self.connect()
+            channel = connection.open_session(timeout=self.settings.connect_timeout)
+        self.channel = channel
+        return connection, channel
+
+    def output(self, data):
+        self.buffer.write(data)
+        if self.on_output is not None:
+            self.on_output(self.machine, data)
+
+    def result(self, command, exit_code=None, error=None, message="", detail=None):
+        self.buffer.close()
+        return Result(self.machine, command, self.buffer, exit_code, error, message,
+                      time.monotonic() - self.started, self.reconnected, detail)
+
+
+class Command:
+    """Base class: ``execute(attempt)`` returns the machine's Result."""
+
+    timeout = None
+
+    def execute(self, attempt):
+        raise NotImplementedError
+
+    def __str__(self):
+        return repr(self)
+
+
+class _PidFilter:
+    """Takes the pid line off the front of a tracked command's output."""
+
+    def __init__(self):
+        self.pid = None
+        self.done = False
+        self._head = b""
+
+    def feed(self, data):
+        if self.done:
+            return data
+        self._head += data
+        newline = self._head.find(b"\n")
+        if newline < 0:
+            start = self._head[:len(PID_PREFIX)]
+            if PID_PREFIX.startswith(start) and len(self._head) < 64:
+                return b""  # wait for the rest of the line
+            return self.flush()
+        line, rest = self._head[:newline].rstrip(b"\r"), self._head[newline + 1:]
+        number = line[len(PID_PREFIX):]
+        if line.startswith(PID_PREFIX) and number.isdigit():
+            self.pid = int(number)
+            self.done, self._head = True, b""
+            return rest
+        return self.flush()
+
+    def flush(self):
+        self.done = True
+        data, self._head = self._head, b""
+        return data
+
+
+class Shell(Command):
+    """Run a shell string in the user's login shell, as ``ssh host CMD`` would.
+
+    Output is stdout and stderr combined on the channel, in arrival order.
+    stdin is closed at once unless ``input`` (bytes or str) is given. No PTY
+    unless ``pty=True``. On timeout or cancel the command's process group is
+    killed on the machine: sshd makes the shell a session leader, and the
+    shell's first act is to print its pid on a line we take off the output.
+    """
+
+    def __init__(self, command, timeout=None, input=None, pty=False):
+        if not isinstance(command, str) or not command.strip():
+            raise ArgumentError("give the command as a non-empty string, e.g. run('uptime')")
+        if timeout is not None and timeout <= 0:
+            raise ArgumentError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self.command = command
+        self.timeout = timeout
+        self.input = input.encode() if isinstance(input, str) else input
+        self.pty = pty
+
+    def __repr__(self):
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("timeout", "pty") if getattr(self, k))
+        return f"Shell({self.command!r}{extra})"
+
+    def __str__(self):
+        return self.command
+
+    def execute(self, attempt):
+        import paramiko
+
+        track = attempt.settings.kill_on_cancel
+        connection, channel = attempt.open_session()
+        timeout = self.timeout if self.timeout is not None else attempt.settings.command_timeout
+        try:
+            channel.set_combine_stderr(True)
+            if self.pty:
+                channel.get_pty(term="xterm", width=200, height=50)
+            wire = f"printf '\\036ECSHELL-PID:%s\\n' $$\n{self.command}" if track else self.command
+            channel.exec_command(wire)
+            deadline = time.monotonic() + timeout if timeout else None
+            self._send_input(channel)
+            return self._read(attempt, connection, channel, deadline, track)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            if not connection.alive:
+                return attempt.result(self, error=ErrorKind.LOST,
+                                      message=f"connection lost before the command started ({exc}); it was not run")
+            return attempt.result(self, error=ErrorKind.UNREACHABLE, message=f"the server refused the command: {exc}")
+        finally:
+            channel.close()
+
+    def _send_input(self, channel):
+        if self.input is None:
+            channel.shutdown_write()
+            return
+        if len(self.input) <= 256 * 1024:
+            channel.sendall(self.input)
+            channel.shutdown_write()
+            return
+
+        def feed():
+            try:
+                channel.sendall(self.input)
+                channel.shutdown_write()
+            except (OSError, EOFError):
+                pass  # the command exited without reading everything
+
+        threading.Thread(target=feed, name="ecshell-stdin", daemon=True).start()
+
+    def _read(self, attempt, connection, channel, deadline, track):
+        pids = _PidFilter() if track else None
+        stop = None
+        while True:
+            if attempt.cancel.is_set():
+                stop = ErrorKind.INTERRUPTED
+                break
+            wait = POLL
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stop = ErrorKind.TIMEOUT
+                    break
+                wait = min(wait, left)
+            channel.settimeout(wait)
+            try:
+                data = channel.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            if pids is not None:
+                data = pids.feed(data)
+            if data:
+                attempt.output(data)
+        if stop is not None:
+            return self._stop(attempt, connection, channel, pids, stop)
+        if pids is not None:
+            attempt.output(pids.flush())
+        return self._finish(attempt, connection, channel, deadline)
+
+    def _finish(self, attempt, connection, channel, deadline):
+        # EOF came; the exit status arrives just before or after the channel closes.
+        while not channel.status_event.wait(POLL):
+            if attempt.cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
+                break
+        status = channel.exit_status if channel.exit_status_ready() else -1
+        if status == -1 or not channel.status_event.is_set():
+            if not connection.alive:
+                return attempt.result(self, error=ErrorKind.LOST, message=(
+                    f"connection lost while the command ran (after {time.monotonic() - attempt.started:.1f}s); "
+                    "it was not re-run and may or may not have finished"))
+            return attempt.result(self, error=ErrorKind.EXIT, message="killed by a signal")
+        if status == 0:
+            return attempt.result(self, exit_code=0)
+        return attempt.result(self, exit_code=status, error=ErrorKind.EXIT)
+
+    def _stop(self, attempt, connection, channel, pids, kind):
+        """Timeout or cancel: kill the command's process group on the machine."""
+        if pids is not None and pids.pid is None and connection.alive:
+            # The pid line is the first thing the shell prints; give it a moment.
+            until = time.monotonic() + 1.0
+            while pids.pid is None and not pids.done and time.monotonic() < until:
+                channel.settimeout(max(0.01, until - time.monotonic()))
+                try:
+                    data = channel.recv(65536)
+                except socket.timeout:
+                    break
+                if not data:
+                    break
+                data = pids.feed(data)
+                if data:
+                    attempt.output(data)
+        killed, detail = "", {}
+        if pids is not None and pids.pid is not None and connection.alive:
+            killed = kill_process_group(connection, pids.pid)
+            detail = {"pid": pids.pid}
+        if pids is not None:
+            attempt.output(pids.flush())
+        channel.close()
+        if kind is ErrorKind.TIMEOUT:
+            message = f"no exit after {self.timeout or attempt.settings.command_timeout:g}s"
+        else:
+            message = "interrupted"
+        return attempt.result(self, error=kind, message=message + (f"; {killed}" if killed else ""),
+                              detail=detail)
+
+
+def kill_process_group(connection, pid):
+    """TERM the process group ``pid`` leads on the machine, KILL it a second later.
+
+    Returns a note for the result. A new channel on the same connection runs
+    ``kill``: OpenSSH refuses the SSH ``signal`` request for root sessions, and
+    closing a channel without a PTY leaves its command running.
+    """
+    import paramiko
+
+    script = (f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; "
+              f"(sleep 1; kill -KILL -- -{pid} 2>/dev/null) >/dev/null 2>&1 </dev/null &")
+    try:
+        channel = connection.open_session(timeout=KILL_TIMEOUT)
+        try:
+            channel.settimeout(KILL_TIMEOUT)
+            channel.exec_command(script)
+            channel.shutdown_write()
+            while channel.recv(4096):
+                pass
+        finally:
+            channel.close()
+        return "killed on the machine"
+    except (paramiko.SSHException, EOFError, OSError, socket.timeout) as exc:
+        return f"could not kill it on the machine: {exc}"
+
+
+def _remote_path(path):
+    # SFTP paths are relative to the login directory; "~/x" means just that.
+    if path == "~":
+        return "."
+    return path[2:] if path.startswith("~/") else path
+
+
+class Put(Command):
+    """Copy a local file to ``remote`` on each machine over the pooled connection (SFTP)."""
+
+    def __init__(self, local, remote, mode=None):
+        local = os.path.expanduser(local)
+        if not os.path.isfile(local):
+            raise ArgumentError(f"no local file {local!r} to put; give the path of a file")
+        self.local, self.remote, self.mode = local, remote, mode
+
+    def __repr__(self):
+        return f"Put({self.local!r}, {self.remote!r})"
+
+    def execute(self, attempt):
+        connection = attempt.connect()
+        remote = _remote_path(self.remote)
+        with connection.sftp_lock:
+            sftp = connection.sftp()
+            try:
+                if remote.endswith("/") or _is_dir(sftp, remote):
+                    remote = posixpath.join(remote, os.path.basename(self.local))
+                attrs = sftp.put(self.local, remote)
+                if self.mode is not None:
+                    sftp.chmod(remote, self.mode)
+            except (IOError, OSError) as exc:
+                return attempt.result(self, error=ErrorKind.EXIT, message=f"put {remote}: {exc}")
+        attempt.output(f"{self.local} -> {remote} ({attrs.st_size} bytes)\n".encode())
+        return attempt.result(self, exit_code=0, detail={"path": remote, "size": attrs.st_size})
+
+
+class Get(Command):
+    """Copy ``remote`` from each machine to ``<local>/<machine name>/<file name>``."""
+
+    def __init__(self, remote, local):
+        self.remote, self.local = remote, os.path.expanduser(local)
+
+    def __repr__(self):
+        return f"Get({self.remote!r}, {self.local!r})"
+
+    def execute(self, attempt):
+        connection = attempt.connect()
+        remote = _remote_path(self.remote)
+        directory = os.path.join(self.local, attempt.machine.name)
+        os.makedirs(directory, exist_ok=True)
+        target = os.path.join(directory, posixpath.basename(remote.rstrip("/")) or "file")
+        with connection.sftp_lock:
+            sftp = connection.sftp()
+            try:
+                sftp.get(remote, target)
+            except (IOError, OSError) as exc:
+                return attempt.result(self, error=ErrorKind.EXIT, message=f"get {remote}: {exc}")
+        size = os.path.getsize(target)
+        attempt.output(f"{remote} -> {target} ({size} bytes)\n".encode())
+        return attempt.result(self, exit_code=0, detail={"path": target, "size": size})
+
+
+def _is_dir(sftp, path):
+    import stat
+
+    try:
+        return stat.S_ISDIR(sftp.stat(path).st_mode)
+    except IOError:
+        return False
+
+
+class Noop(Shell):
+    """The readiness check: ``true`` over SSH."""
+
+    def __init__(self, timeout=None):
+        super().__init__("true", timeout=timeout)
+
+    def __repr__(self):
+        return "Noop()"

@@ -1,0 +1,92 @@
+"""Engine settings as traitlets, so that ``c.EcShell.fanout = 32`` in a profile works.
+
+>>> from ecshell.config import EcShell
+>>> EcShell(fanout=8).fanout
+8
+"""
+
+import os
+
+from traitlets import Bool, Float, Integer, Unicode, default, validate
+from traitlets.config import Configurable
+
+from .errors import ArgumentError
+
+
+def ecshell_home():
+    """The operator's ecshell directory: ``$ECSHELL_HOME`` or ``~/.ecshell``."""
+    return os.path.abspath(os.path.expanduser(os.environ.get("ECSHELL_HOME") or "~/.ecshell"))
+
+
+class EcShell(Configurable):
+    """Settings of the broadcast engine and the SSH connection pool."""
+
+    home = Unicode(help="""Directory for ecshell's own files: the client key, local
+        machines, spilled output. Default: $ECSHELL_HOME, else ~/.ecshell.""").tag(config=True)
+
+    default_fabric = Unicode("local", help="""Fabric a bare ``Cluster()`` attaches:
+        'local' (sshd processes on 127.0.0.1), 'ec2' or 'static'.""").tag(config=True)
+
+    fanout = Integer(64, help="""Most commands in flight at once in one broadcast
+        (worker threads). Hosts past this wait in a queue; their clocks start only
+        when a worker takes them.""").tag(config=True)
+
+    connect_timeout = Float(10.0, help="""Seconds allowed to open an SSH connection:
+        TCP connect, SSH banner, key exchange and authentication together.""").tag(config=True)
+
+    command_timeout = Float(None, allow_none=True, help="""Seconds a command may run
+        on one host before it is killed there and reported as 'timeout'.
+        None: no limit (Ctrl-C still stops it).""").tag(config=True)
+
+    total_timeout = Float(None, allow_none=True, help="""Seconds a whole broadcast may
+        take; hosts not finished by then are stopped and reported as 'timeout'.
+        None: no limit.""").tag(config=True)
+
+    dead_peer_timeout = Float(6.0, help="""Seconds after which a connection whose peer
+        stopped answering (host gone, network cut) is declared dead, through TCP
+        keepalive and TCP_USER_TIMEOUT on the socket.""").tag(config=True)
+
+    output_memory_limit = Integer(4 * 1024 * 1024, help="""Bytes of one host's output
+        kept in memory; past this the output continues in a file under
+        <home>/spill. Nothing is ever truncated.""").tag(config=True)
+
+    ssh_config = Unicode("~/.ssh/config", help="""OpenSSH client config file honoured for
+        host names, User, Port, IdentityFile, ProxyJump, StrictHostKeyChecking and
+        UserKnownHostsFile. Empty: read none.""").tag(config=True)
+
+    strict_host_key_checking = Unicode(None, allow_none=True, help="""Override for
+        OpenSSH's StrictHostKeyChecking for hosts not launched by ecshell: 'yes'
+        (refuse unknown keys), 'accept-new' (record a first key), 'ask' (the shell
+        asks; code refuses) or 'no'. None: what ssh_config says, else 'ask'.
+        A changed key is refused whatever this says.""").tag(config=True)
+
+    kill_on_cancel = Bool(True, help="""Kill a command's process group on the machine
+        when it times out or is interrupted. Needs a POSIX login shell (sh, bash,
+        dash, zsh, ksh) on the machine; turn off for other shells.""").tag(config=True)
+
+    @default("home")
+    def _default_home(self):
+        return ecshell_home()
+
+    @validate("fanout")
+    def _check_fanout(self, proposal):
+        if proposal.value < 1:
+            raise ArgumentError(f"fanout must be at least 1, not {proposal.value}; e.g. c.EcShell.fanout = 64")
+        return proposal.value
+
+    @validate("connect_timeout", "dead_peer_timeout")
+    def _check_positive(self, proposal):
+        if proposal.value <= 0:
+            raise ArgumentError(f"{proposal.trait.name} must be a positive number of seconds, not {proposal.value}")
+        return proposal.value
+
+    @validate("strict_host_key_checking")
+    def _check_policy(self, proposal):
+        allowed = (None, "yes", "no", "ask", "accept-new")
+        if proposal.value not in allowed:
+            raise ArgumentError(f"strict_host_key_checking must be one of 'yes', 'accept-new', 'ask', 'no', not {proposal.value!r}")
+        return proposal.value
+
+    @property
+    def spill_dir(self):
+        return os.path.join(self.home, "spill")

@@ -1,0 +1,103 @@
+"""Folded rendering of results, as ClusterShell's clubak does it.
+
+Identical answers read as one block under a header of folded host names and
+a count; failures are listed by kind with their messages. Remote output is
+escaped (terminal control sequences made visible, HTML escaped) before it
+reaches a screen.
+"""
+
+import html
+
+from .hostset import fold
+from .output import decode, printable
+
+#: Output longer than this many bytes is cut *for display only*; the Result keeps all.
+DISPLAY_LIMIT = 64 * 1024
+
+_COLORS = {"ok": "32", "exit": "33", "fail": "31", "header": "1;36"}
+
+
+def _paint(text, role, color):
+    if not color:
+        return text
+    return f"\x1b[{_COLORS[role]}m{text}\x1b[0m"
+
+
+def _shown_output(result):
+    data = result._buffer.head(DISPLAY_LIMIT + 1)
+    text = printable(decode(data[:DISPLAY_LIMIT]))
+    if len(data) > DISPLAY_LIMIT:
+        where = f" (all of it in r.output_bytes, on disk at {result.output_path})" if result.output_path else " (all of it in r.output_bytes)"
+        text += f"\n... {result.output_size - DISPLAY_LIMIT} more bytes not shown{where}"
+    return text
+
+
+def _groups_for_display(resultset):
+    """Fold by (output, status): hosts with the same answer *and* the same outcome."""
+    groups = {}
+    for r in resultset.results():
+        if r.error not in (None, "exit") and not r.output_size:
+            continue  # connection-level failures are listed by kind instead
+        key = (r._buffer.head(DISPLAY_LIMIT + 1), r.output_size, r.status)
+        groups.setdefault(key, []).append(r)
+    return sorted(groups.values(), key=lambda rs: (-len(rs), rs[0].status != "ok"))
+
+
+def render_result(result, color=False):
+    role = "ok" if result.ok else ("exit" if result.error == "exit" else "fail")
+    head = f"{result.machine.name}: {_paint(result.status, role, color)}"
+    if result.message and result.error not in (None, "exit"):
+        head += f" ({printable(result.message)})"
+    out = _shown_output(result)
+    return head + ("\n" + out.rstrip("\n") if out else "")
+
+
+def render_resultset(resultset, color=False):
+    lines = []
+    for members in _groups_for_display(resultset):
+        first = members[0]
+        names = fold(r.machine.name for r in members)
+        role = "ok" if first.ok else ("exit" if first.error == "exit" else "fail")
+        status = _paint(first.status, role, color)
+        lines.append(_paint(f"---------------- {names} ({len(members)})", "header", color) + f" {status}")
+        body = _shown_output(first).rstrip("\n")
+        if body:
+            lines.append(body)
+    failures = [r for r in resultset.results() if r.error not in (None, "exit")]
+    if failures:
+        lines.append(_paint("failed:", "fail", color))
+        by_kind = {}
+        for r in failures:
+            by_kind.setdefault((r.error.value, r.message), []).append(r.machine.name)
+        for (kind, message), names in sorted(by_kind.items()):
+            detail = f": {printable(message)}" if message else ""
+            lines.append(f"  {_paint(kind, 'fail', color)} {fold(names)} ({len(names)}){detail}")
+    if resultset.interrupted:
+        lines.append("(interrupted: results shown are those that arrived)")
+    summary = f"{len(resultset.ok)} ok, {len(resultset.failed)} failed"
+    if resultset.command is not None:
+        summary += f" -- {printable(str(resultset.command))}"
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+def render_resultset_html(resultset):
+    rows = []
+    for members in _groups_for_display(resultset):
+        first = members[0]
+        names = html.escape(fold(r.machine.name for r in members))
+        rows.append(
+            f"<tr><td><b>{names}</b> ({len(members)})</td>"
+            f"<td>{html.escape(first.status)}</td>"
+            f"<td><pre>{html.escape(_shown_output(first))}</pre></td></tr>"
+        )
+    for r in resultset.results():
+        if r.error not in (None, "exit"):
+            rows.append(
+                f"<tr><td><b>{html.escape(r.machine.name)}</b></td>"
+                f"<td>{html.escape(r.status)}</td>"
+                f"<td>{html.escape(printable(r.message))}</td></tr>"
+            )
+    summary = html.escape(f"{len(resultset.ok)} ok, {len(resultset.failed)} failed")
+    return ("<table><thead><tr><th>machines</th><th>status</th><th>output</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table><p>{summary}</p>")

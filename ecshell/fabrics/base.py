@@ -1,0 +1,84 @@
+"""What every fabric offers, and the plain data it hands out.
+
+A fabric is a source of machines. It knows how to launch, list, stop and
+terminate them and what state it believes they are in; it knows nothing
+about SSH sessions. What it hands out is a :class:`Prototype`: plain data
+from which the cluster builds a :class:`ecshell.machine.Machine`.
+"""
+
+import dataclasses
+from typing import Optional
+
+from traitlets import Unicode
+from traitlets.config import Configurable
+
+from ..errors import NotSupported
+
+#: Fabric states a machine can be in; the cluster adds ``ready`` and ``failed-init``.
+PENDING, RUNNING, STOPPED, TERMINATED = "pending", "running", "stopped", "terminated"
+
+
+@dataclasses.dataclass
+class Prototype:
+    """Everything needed to reach one machine, and nothing about how it was made."""
+
+    id: str
+    name: str
+    host: str
+    port: int = 22
+    user: Optional[str] = None
+    identity_files: list = dataclasses.field(default_factory=list)
+    #: Host keys known out of band ("ssh-ed25519 AAAA..."), pinned: only these are accepted.
+    host_keys: list = dataclasses.field(default_factory=list)
+    tags: dict = dataclasses.field(default_factory=dict)
+    state: str = RUNNING
+    #: The name this host is looked up by in ssh_config / known_hosts, when it differs from host.
+    alias: Optional[str] = None
+    proxy_jump: Optional[str] = None
+    #: ssh_config file to resolve ``alias`` through, when not the cluster's default.
+    ssh_config: Optional[str] = None
+    strict_host_key_checking: Optional[str] = None
+    known_hosts_files: list = dataclasses.field(default_factory=list)
+    identities_only: bool = False
+    launched_at: Optional[float] = None
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+class Fabric(Configurable):
+    """Base of the fabrics. Subclasses implement what they support."""
+
+    name = Unicode(help="Name of this fabric in a cluster (shown in %cluster); defaults to its kind.").tag(config=True)
+
+    kind = "fabric"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not self.name:
+            self.name = self.kind
+
+    def launch(self, count, name, **options):
+        """Start ``count`` machines named ``name-<i>``; return their prototypes."""
+        raise NotSupported(f"{type(self).__name__} cannot launch machines; attach a LocalFabric or an Ec2Fabric for that")
+
+    def discover(self):
+        """Prototypes of every machine this fabric has now (states refreshed)."""
+        raise NotImplementedError
+
+    def stop(self, ids):
+        raise NotSupported(f"{type(self).__name__} cannot stop machines")
+
+    def start(self, ids):
+        raise NotSupported(f"{type(self).__name__} cannot start machines")
+
+    def terminate(self, ids):
+        raise NotSupported(f"{type(self).__name__} cannot terminate machines")
+
+    def states(self, ids):
+        """``{id: state}`` as the fabric sees it now."""
+        return {p.id: p.state for p in self.discover() if p.id in set(ids)}
+
+    def close(self):
+        """Release what the fabric holds (clients, sessions); machines keep running."""
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r}>"

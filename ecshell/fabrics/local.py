@@ -1,0 +1,442 @@
+"""LocalFabric: every machine a real OpenSSH ``sshd`` on 127.0.0.1.
+
+>>> from ecshell import Cluster, LocalFabric
+>>> cluster = Cluster(LocalFabric())
+>>> web = cluster.launch(3, name="web")        # three sshd, ready in well under a second
+>>> web.run("echo $ECSHELL_MACHINE")           # doctest: +SKIP
+
+Each machine has its own directory under ``<home>/local/<id>/``: sshd_config,
+an ed25519 host key generated here (so the key is pinned before the first
+connection), authorized_keys with the operator's ecshell client key, a state
+directory exposed to commands as ``$ECSHELL_STATE_DIR``, sshd's log and a
+``meta.json``. Everything about a machine is on disk, so a new shell finds
+machines started by an earlier one; terminate stops exactly the processes
+this fabric started, checked by pid and command line.
+
+Commands run in the user's login shell with ``SHLVL=1`` set by sshd, which
+keeps Debian's bash from sourcing ``~/.bashrc`` for every command (a pyenv
+or conda init there costs ~100 ms per command).
+"""
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from traitlets import Dict, Float, Unicode, default
+
+from ..config import ecshell_home
+from ..errors import ArgumentError, FabricError
+from .base import RUNNING, STOPPED, Fabric, Prototype
+
+SSHD_CONFIG = """\
+# Written by ecshell's LocalFabric for machine {name} ({id}).
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {dir}/ssh_host_ed25519_key
+PidFile {dir}/sshd.pid
+AuthorizedKeysFile {dir}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+# The machine's files live under the operator's ecshell home, which may sit in
+# a world-writable parent such as /tmp; the keys themselves are 0600.
+StrictModes no
+PermitRootLogin prohibit-password
+UseDNS no
+PrintMotd no
+PrintLastLog no
+MaxSessions 256
+MaxStartups 256
+LoginGraceTime 30
+Subsystem sftp internal-sftp
+SetEnv {env}
+"""
+
+
+def generate_ed25519():
+    """(private key in OpenSSH PEM, public key line), made here without ssh-keygen."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
+    return private, public
+
+
+def _write_private(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def client_key(path):
+    """Create the operator's ecshell client key (0600) at ``path`` unless it exists."""
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        private, public = generate_ed25519()
+        try:
+            _write_private(path, private)
+        except FileExistsError:
+            pass  # another shell made it at the same moment
+        else:
+            with open(path + ".pub", "w") as f:
+                f.write(public + " ecshell\n")
+    return path
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cmdline(pid):
+    # sshd rewrites its process title ("sshd: /usr/sbin/sshd -D -f ... [listener]"),
+    # so the arguments may no longer be NUL-separated: compare as one string.
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def _children_map():
+    """``{ppid: [pid, ...]}`` for every process, read from /proc once."""
+    tree = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name may hold spaces and parentheses: split after the last ')'
+        fields = stat[stat.rfind(b")") + 2:].split()
+        tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def _descendants(pid, tree):
+    found, stack = [], list(tree.get(pid, ()))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(tree.get(child, ()))
+    return found
+
+
+class LocalFabric(Fabric):
+    """Machines that are real sshd processes on 127.0.0.1, one port each."""
+
+    kind = "local"
+
+    directory = Unicode(help="""Where machine directories live.
+        Default: <ECSHELL_HOME>/local (~/.ecshell/local).""").tag(config=True)
+
+    sshd = Unicode("/usr/sbin/sshd", help="Path of the OpenSSH server binary.").tag(config=True)
+
+    environment = Dict({"SHLVL": "1"}, help="""Variables sshd sets for every command
+        (its SetEnv). SHLVL=1 keeps Debian's bash from sourcing ~/.bashrc for each
+        command; ECSHELL_STATE_DIR and ECSHELL_MACHINE are always added.""").tag(config=True)
+
+    start_timeout = Float(5.0, help="Seconds to wait for one sshd to listen before the launch fails.").tag(config=True)
+
+    hourly_cost = Float(0.0, help="Cost per machine-hour shown by %cost (local machines are free).").tag(config=True)
+
+    @default("directory")
+    def _default_directory(self):
+        return os.path.join(ecshell_home(), "local")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._lock = threading.Lock()
+        self._children = {}  # pid -> Popen, for the sshd this process started
+
+    # -- paths and records ------------------------------------------------
+
+    key_file = Unicode(help="""The operator's ecshell client key, created (0600) when missing.
+        Default: <ECSHELL_HOME>/id_ed25519.""").tag(config=True)
+
+    @default("key_file")
+    def _default_key_file(self):
+        return os.path.join(ecshell_home(), "id_ed25519")
+
+    def _dir(self, machine_id):
+        return os.path.join(self.directory, machine_id)
+
+    def _read_meta(self, machine_id):
+        try:
+            with open(os.path.join(self._dir(machine_id), "meta.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _write_meta(self, meta):
+        path = os.path.join(self._dir(meta["id"]), "meta.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp, path)
+
+    def _pid_if_running(self, meta):
+        pid = meta.get("pid")
+        if not pid:
+            return None
+        config = os.path.join(self._dir(meta["id"]), "sshd_config").encode()
+        if config + b" " in _cmdline(pid) + b" ":
+            return pid
+        return None
+
+    def _prototype(self, meta, state):
+        return Prototype(
+            id=meta["id"],
+            name=meta["name"],
+            host="127.0.0.1",
+            port=meta["port"],
+            user=meta["user"],
+            identity_files=[meta["identity_file"]],
+            host_keys=[meta["host_key"]],
+            tags=dict(meta.get("tags", {})),
+            state=state,
+            identities_only=True,
+            launched_at=meta.get("started_at"),
+            extra={"directory": self._dir(meta["id"]),
+                   "state_dir": os.path.join(self._dir(meta["id"]), "state"),
+                   "pid": meta.get("pid"),
+                   "hourly_cost": self.hourly_cost},
+        )
+
+    # -- the Fabric interface ---------------------------------------------
+
+    def discover(self):
+        found = []
+        try:
+            entries = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+        for machine_id in entries:
+            meta = self._read_meta(machine_id)
+            if meta is None:
+                continue
+            state = RUNNING if self._pid_if_running(meta) else STOPPED
+            found.append(self._prototype(meta, state))
+        return found
+
+    def launch(self, count, name="node", tags=None, **options):
+        if options:
+            raise ArgumentError(f"LocalFabric.launch takes no {', '.join(sorted(options))}; "
+                                "it accepts count, name and tags")
+        if count < 1:
+            raise ArgumentError(f"count must be at least 1, not {count}")
+        if not os.path.exists(self.sshd):
+            raise FabricError(f"OpenSSH server not found at {self.sshd}: install it "
+                              "(apt-get install openssh-server) or set c.LocalFabric.sshd")
+        self._ensure_privsep_dir()
+        key_path = client_key(self.key_file)
+        with open(key_path + ".pub") as f:
+            authorized = f.read()
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        tags = dict(tags or {})
+        tags.setdefault("role", name)
+
+        with self._lock:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            taken = {p.name for p in self.discover()}
+            metas, index = [], 0
+            while len(metas) < count:
+                machine_name = f"{name}-{index}"
+                index += 1
+                if machine_name in taken:
+                    continue
+                metas.append(self._create(machine_name, user, key_path, authorized, tags))
+            started = self._start_all(metas)
+        return [self._prototype(meta, RUNNING) for meta in started]
+
+    def _create(self, name, user, key_path, authorized, tags):
+        machine_id = "lm-" + secrets.token_hex(4)
+        path = self._dir(machine_id)
+        os.makedirs(os.path.join(path, "state"), mode=0o700)
+        private, public = generate_ed25519()
+        _write_private(os.path.join(path, "ssh_host_ed25519_key"), private)
+        with open(os.path.join(path, "ssh_host_ed25519_key.pub"), "w") as f:
+            f.write(public + "\n")
+        with open(os.path.join(path, "authorized_keys"), "w") as f:
+            f.write(authorized)
+        meta = {"id": machine_id, "name": name, "user": user, "port": None,
+                "identity_file": key_path, "host_key": public, "tags": tags,
+                "created_at": time.time(), "started_at": None, "pid": None}
+        self._write_meta(meta)
+        return meta
+
+    def _write_config(self, meta):
+        path = self._dir(meta["id"])
+        env = dict(self.environment)
+        env["ECSHELL_STATE_DIR"] = os.path.join(path, "state")
+        env["ECSHELL_MACHINE"] = meta["name"]
+        config = SSHD_CONFIG.format(
+            name=meta["name"], id=meta["id"], port=meta["port"], dir=path,
+            env=" ".join(f'"{k}={v}"' for k, v in env.items()),
+        )
+        with open(os.path.join(path, "sshd_config"), "w") as f:
+            f.write(config)
+
+    def _spawn(self, meta, new_port=False):
+        path = self._dir(meta["id"])
+        if new_port or meta.get("port") is None:
+            meta["port"] = _free_port()
+        self._write_config(meta)
+        try:
+            os.unlink(os.path.join(path, "sshd.pid"))
+        except FileNotFoundError:
+            pass
+        proc = subprocess.Popen(
+            [self.sshd, "-D", "-f", os.path.join(path, "sshd_config"), "-E", os.path.join(path, "sshd.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )
+        self._children[proc.pid] = proc
+        meta["pid"] = proc.pid
+        return proc
+
+    def _start_all(self, metas):
+        """Start an sshd per machine and wait until each has bound its port.
+
+        sshd writes its PidFile only after it listens, so waiting for that file
+        tells readiness without connecting (a probe connection would cost sshd
+        a fork and a re-exec each time).
+        """
+        pending = {m["id"]: (m, self._spawn(m), 0) for m in metas}
+        deadline = time.monotonic() + self.start_timeout
+        done = []
+        while pending:
+            for machine_id, (meta, proc, tries) in list(pending.items()):
+                if os.path.exists(os.path.join(self._dir(machine_id), "sshd.pid")):
+                    meta["started_at"] = time.time()
+                    self._write_meta(meta)
+                    done.append(meta)
+                    del pending[machine_id]
+                elif proc.poll() is not None:
+                    self._children.pop(proc.pid, None)
+                    if tries >= 3:
+                        self._abandon(pending, done)
+                        raise FabricError(f"sshd for {meta['name']} exited with code {proc.returncode}: "
+                                          f"{self._log_tail(meta)}")
+                    # most likely its port was taken meanwhile: try another
+                    pending[machine_id] = (meta, self._spawn(meta, new_port=True), tries + 1)
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(m["name"] for m, _, _ in pending.values())
+                self._abandon(pending, done)
+                raise FabricError(f"sshd did not start listening within {self.start_timeout}s for {names}; "
+                                  "raise c.LocalFabric.start_timeout on a loaded machine")
+            if pending:
+                time.sleep(0.002)
+        return done
+
+    def _abandon(self, pending, done):
+        """A launch failed: remove everything it created, started or not."""
+        ids = [m["id"] for m, _, _ in pending.values()] + [m["id"] for m in done]
+        self.terminate(ids)
+
+    def _log_tail(self, meta):
+        try:
+            with open(os.path.join(self._dir(meta["id"]), "sshd.log")) as f:
+                return f.read()[-500:].strip() or "(empty log)"
+        except OSError:
+            return "(no log)"
+
+    def _ensure_privsep_dir(self):
+        # As root, sshd refuses to start without its privilege separation
+        # directory, which Debian creates only when the ssh service starts.
+        if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+
+    def _kill(self, metas):
+        """Stop the listening sshd of each machine and every session under it."""
+        tree = _children_map()
+        victims = []
+        for meta in metas:
+            pid = self._pid_if_running(meta)
+            if pid is None:
+                continue
+            victims.append(pid)
+            victims.extend(_descendants(pid, tree))
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for pid in victims:
+            self._wait_gone(pid, deadline)
+
+    def _wait_gone(self, pid, deadline):
+        proc = self._children.pop(pid, None)
+        while True:
+            if proc is not None:
+                if proc.poll() is not None:
+                    return
+            elif not os.path.exists(f"/proc/{pid}") or self._is_zombie(pid):
+                return
+            if time.monotonic() > deadline:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    return
+                deadline = time.monotonic() + 2.0
+            time.sleep(0.002)
+
+    @staticmethod
+    def _is_zombie(pid):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"Z"
+        except OSError:
+            return True
+
+    def _metas(self, ids):
+        metas = []
+        for machine_id in ids:
+            meta = self._read_meta(machine_id)
+            if meta is not None:
+                metas.append(meta)
+        return metas
+
+    def stop(self, ids):
+        with self._lock:
+            self._kill(self._metas(ids))
+
+    def start(self, ids):
+        with self._lock:
+            metas = [m for m in self._metas(ids) if not self._pid_if_running(m)]
+            self._ensure_privsep_dir()
+            return [self._prototype(m, RUNNING) for m in self._start_all(metas)]
+
+    def terminate(self, ids):
+        with self._lock:
+            metas = self._metas(ids)
+            self._kill(metas)
+            for meta in metas:
+                shutil.rmtree(self._dir(meta["id"]), ignore_errors=True)
+
+    def states(self, ids):
+        states = {}
+        for meta in self._metas(ids):
+            states[meta["id"]] = RUNNING if self._pid_if_running(meta) else STOPPED
+        return states

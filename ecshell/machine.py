@@ -1,0 +1,101 @@
+"""Machine: one reachable host, and how to get its pooled SSH connection.
+
+A Machine knows nothing about clouds: it is built from a fabric's
+Prototype, and the fabric is only named, never asked, from here.
+"""
+
+import threading
+import time
+
+from .errors import ConnectError
+from .results import ErrorKind
+
+
+class Machine:
+    """One host: ``.name .id .host .port .user .fabric .tags .state``."""
+
+    def __init__(self, prototype, fabric, engine):
+        self.prototype = prototype
+        self.fabric = fabric
+        self.engine = engine
+        self.state = prototype.state
+        self._endpoint = None
+        self._endpoint_lock = threading.Lock()
+
+    # -- identity ----------------------------------------------------------
+
+    name = property(lambda self: self.prototype.name)
+    id = property(lambda self: self.prototype.id)
+    host = property(lambda self: self.prototype.host)
+    port = property(lambda self: self.prototype.port)
+    tags = property(lambda self: self.prototype.tags)
+
+    @property
+    def user(self):
+        if self.prototype.user:
+            return self.prototype.user
+        try:
+            return self.endpoint.user
+        except ConnectError:
+            return None
+
+    @property
+    def launched_at(self):
+        return self.prototype.launched_at
+
+    @property
+    def uptime(self):
+        """Seconds since the fabric started the machine, if it says."""
+        return time.time() - self.launched_at if self.launched_at else None
+
+    def update(self, prototype):
+        """Take a fresher prototype from the fabric (state, address, tags)."""
+        if (prototype.host, prototype.port, prototype.host_keys) != (
+                self.prototype.host, self.prototype.port, self.prototype.host_keys):
+            self._endpoint = None
+        self.prototype = prototype
+        if not (self.state in ("ready", "failed-init") and prototype.state == "running"):
+            self.state = prototype.state
+
+    # -- connection ----------------------------------------------------------
+
+    @property
+    def endpoint(self):
+        """Where and how to connect, resolved once (ssh_config read here)."""
+        if self._endpoint is None:
+            from .endpoint import endpoint_for
+
+            with self._endpoint_lock:
+                if self._endpoint is None:
+                    try:
+                        self._endpoint = endpoint_for(self.prototype, self.engine.settings)
+                    except (ValueError, OSError) as exc:
+                        raise ConnectError(ErrorKind.UNREACHABLE, f"cannot resolve {self.name}: {exc}") from None
+        return self._endpoint
+
+    def connection(self):
+        """The pooled, authenticated connection (opened now if there is none)."""
+        return self.engine.pool.get(self.endpoint)
+
+    def close(self):
+        """Close this machine's pooled connection."""
+        if self._endpoint is not None:
+            self.engine.pool.discard(self._endpoint)
+
+    # -- one-machine conveniences -------------------------------------------
+
+    def run(self, command, timeout=None, input=None, pty=False):
+        """Run a shell command here; the Result (never raises for the host's failure)."""
+        from .commands import Shell
+
+        return self.execute(Shell(command, timeout=timeout, input=input, pty=pty))
+
+    def execute(self, command):
+        """Run a Command here, through the broadcast engine (so Ctrl-C kills it remotely)."""
+        return self.engine.broadcast([self], command)[self.name]
+
+    def __repr__(self):
+        return f"<Machine {self.name} {self.id} {self.user or ''}@{self.host}:{self.port} {self.state}>"
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(repr(self))

@@ -1,0 +1,145 @@
+"""MachineSet: a selection of machines, and broadcasts over it.
+
+>>> web = cluster["web-*"]                           # doctest: +SKIP
+>>> web["web-[0-1]"], web.select(role="web")         # doctest: +SKIP
+>>> rs = web.run("uptime", timeout=10)               # doctest: +SKIP
+>>> web.put("app.tar.gz", "/srv/app.tar.gz")         # doctest: +SKIP
+"""
+
+import fnmatch
+from collections.abc import Sequence
+
+from .errors import ArgumentError, SelectionError
+from .hostset import fold, match, natural_key
+
+
+class MachineSet(Sequence):
+    """An ordered set of machines (no duplicates), selectable and broadcastable."""
+
+    def __init__(self, machines=(), sort=False):
+        unique = {}
+        for machine in machines:
+            unique.setdefault(machine.name, machine)
+        items = list(unique.values())
+        if sort:
+            items.sort(key=lambda m: natural_key(m.name))
+        self._machines = items
+
+    # -- sequence and set behaviour -------------------------------------------
+
+    def __len__(self):
+        return len(self._machines)
+
+    def __iter__(self):
+        return iter(self._machines)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self._machines[key]
+        if isinstance(key, slice):
+            return MachineSet(self._machines[key])
+        if isinstance(key, str):
+            return self.pattern(key)
+        raise ArgumentError(f"select machines with a name pattern like 'web-*' or 'web-[0-3]', not {key!r}")
+
+    def __contains__(self, item):
+        name = getattr(item, "name", item)
+        return any(m.name == name for m in self._machines)
+
+    def __or__(self, other):
+        return MachineSet(list(self) + list(other), sort=True)
+
+    def __and__(self, other):
+        names = set(MachineSet(other).names)
+        return MachineSet(m for m in self if m.name in names)
+
+    def __sub__(self, other):
+        names = set(MachineSet(other).names)
+        return MachineSet(m for m in self if m.name not in names)
+
+    def __eq__(self, other):
+        if isinstance(other, MachineSet):
+            return self.names == other.names
+        return NotImplemented
+
+    __hash__ = None
+
+    @property
+    def names(self):
+        return [m.name for m in self._machines]
+
+    # -- selection ----------------------------------------------------------
+
+    def pattern(self, pattern):
+        """Machines whose names match a glob (``web-*``) or a range (``web-[0-3]``)."""
+        if not self._machines:
+            raise SelectionError(f"no machines to select {pattern!r} from; launch some first, e.g. cluster.launch(3)")
+        wanted = set(match(self.names, pattern))
+        return MachineSet(m for m in self._machines if m.name in wanted)
+
+    def select(self, **tags):
+        """Machines whose tags match every ``key=value`` given (values may be globs)."""
+        if not tags:
+            return MachineSet(self._machines)
+        chosen = [m for m in self._machines
+                  if all(k in m.tags and fnmatch.fnmatchcase(str(m.tags[k]), str(v)) for k, v in tags.items())]
+        if not chosen:
+            known = sorted({f"{k}={v}" for m in self._machines for k, v in m.tags.items()})
+            wanted = ", ".join(f"{k}={v}" for k, v in tags.items())
+            raise SelectionError(f"no machine has {wanted}; tags in use: {', '.join(known) or '(none)'}")
+        return MachineSet(chosen)
+
+    def in_state(self, *states):
+        return MachineSet(m for m in self._machines if m.state in states)
+
+    # -- broadcast ------------------------------------------------------------
+
+    def _engine(self):
+        if not self._machines:
+            raise SelectionError("the selection is empty: nothing to run on. "
+                                 "List machines with cluster.machines, or launch some with cluster.launch(3)")
+        return self._machines[0].engine
+
+    def execute(self, command, on_output=None, on_result=None, total_timeout=None):
+        """Run a Command object on every machine; a ResultSet."""
+        return self._engine().broadcast(self._machines, command, on_output=on_output,
+                                        on_result=on_result, total_timeout=total_timeout)
+
+    def run(self, command, timeout=None, input=None, pty=False, on_output=None, on_result=None,
+            total_timeout=None):
+        """Run a shell command on every machine at once; a ResultSet.
+
+        ``timeout`` is per host (seconds, from when a worker takes the host),
+        ``total_timeout`` for the whole broadcast. ``on_output(machine, bytes)``
+        is called from worker threads as output arrives; ``on_result(result)``
+        as each host finishes.
+        """
+        from .commands import Shell
+
+        return self.execute(Shell(command, timeout=timeout, input=input, pty=pty),
+                            on_output=on_output, on_result=on_result, total_timeout=total_timeout)
+
+    def put(self, local, remote, mode=None):
+        """Copy a local file to every machine (SFTP on the pooled connections)."""
+        from .commands import Put
+
+        return self.execute(Put(local, remote, mode))
+
+    def get(self, remote, local):
+        """Copy ``remote`` from every machine to ``local/<machine name>/``."""
+        from .commands import Get
+
+        return self.execute(Get(remote, local))
+
+    def close(self):
+        for machine in self._machines:
+            machine.close()
+
+    def __repr__(self):
+        return f"<MachineSet {fold(self.names) or '(empty)'} ({len(self)})>"
+
+    def __str__(self):
+        return fold(self.names)
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(repr(self))

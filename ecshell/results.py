@@ -1,0 +1,195 @@
+"""What came back from a broadcast: one Result per machine, a ResultSet of them.
+
+>>> rs = web.run("cat /etc/hostname")          # doctest: +SKIP
+>>> rs.ok, rs.failed                           # doctest: +SKIP
+>>> for output, machines in rs.groups():       # doctest: +SKIP
+...     print(machines, output)
+
+A Result never raises for the host's own failure: ``error`` is ``None`` or
+one :class:`ErrorKind`, and ``ok`` is true only when it is ``None``.
+"""
+
+import enum
+from collections.abc import Mapping
+
+from .output import decode
+
+
+class ErrorKind(str, enum.Enum):
+    """Why a host's command did not succeed; compares equal to its string."""
+
+    EXIT = "exit"  # the command ran and exited non-zero (or died of a signal)
+    TIMEOUT = "timeout"  # connecting or the command took longer than allowed
+    UNREACHABLE = "unreachable"  # refused, no route, unknown host name, proxy failed
+    AUTH = "auth"  # the server accepted none of our keys
+    HOSTKEY = "hostkey"  # host key unknown under a refusing policy, or changed
+    LOST = "lost"  # the connection died while the command ran
+    INTERRUPTED = "interrupted"  # Ctrl-C (or a broadcast deadline) cut it short
+
+    def __str__(self):
+        return self.value
+
+
+class Result:
+    """One machine's answer: exact output bytes, exit code, and the error kind if any."""
+
+    __slots__ = (
+        "machine", "command", "exit_code", "error", "message", "duration",
+        "reconnected", "detail", "_buffer",
+    )
+
+    def __init__(self, machine, command, buffer, exit_code=None, error=None,
+                 message="", duration=0.0, reconnected=False, detail=None):
+        self.machine = machine
+        self.command = command
+        self._buffer = buffer
+        self.exit_code = exit_code
+        self.error = ErrorKind(error) if error is not None else None
+        self.message = message
+        self.duration = duration
+        self.reconnected = reconnected
+        self.detail = detail or {}
+
+    @property
+    def ok(self):
+        return self.error is None
+
+    @property
+    def failed(self):
+        return self.error is not None
+
+    @property
+    def name(self):
+        return self.machine.name
+
+    @property
+    def output_bytes(self):
+        """Combined stdout+stderr, exactly as the machine sent it."""
+        return self._buffer.getvalue()
+
+    @property
+    def output(self):
+        """The output decoded for reading; invalid UTF-8 shows as U+FFFD."""
+        return decode(self._buffer.getvalue())
+
+    @property
+    def output_size(self):
+        return len(self._buffer)
+
+    @property
+    def output_path(self):
+        """The file holding the output when it outgrew the memory bound, else None."""
+        return self._buffer.path
+
+    @property
+    def status(self):
+        """A short label: ``ok``, ``exit 3``, ``timeout``, ..."""
+        if self.error is None:
+            return "ok"
+        if self.error is ErrorKind.EXIT:
+            if self.exit_code is None:
+                return "exit (signal)" if not self.message else f"exit ({self.message})"
+            return f"exit {self.exit_code}"
+        return self.error.value
+
+    def __bool__(self):
+        return self.ok
+
+    def __repr__(self):
+        size = len(self._buffer)
+        extra = f" {self.message!r}" if self.message and self.error not in (None, ErrorKind.EXIT) else ""
+        return (f"<Result {self.machine.name} {self.status}{extra} "
+                f"{size} bytes {self.duration:.3f}s>")
+
+    def _repr_pretty_(self, p, cycle):
+        from .display import render_result
+        p.text(render_result(self))
+
+
+class ResultSet(Mapping):
+    """Results by machine name, in machine order; ``ok`` and ``failed`` computed once."""
+
+    def __init__(self, results, command=None, interrupted=False):
+        self._results = {r.machine.name: r for r in results}
+        self.command = command
+        self.interrupted = interrupted
+        self._ok = None
+        self._failed = None
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return list(self._results.values())[key]
+        name = getattr(key, "name", key)
+        try:
+            return self._results[name]
+        except KeyError:
+            from .hostset import fold
+            raise KeyError(f"no result for {name!r}; results are for {fold(self._results) or '(none)'}") from None
+
+    def __iter__(self):
+        return iter(self._results)
+
+    def __len__(self):
+        return len(self._results)
+
+    def results(self):
+        return list(self._results.values())
+
+    def _split(self):
+        ok = [r for r in self._results.values() if r.ok]
+        bad = [r for r in self._results.values() if not r.ok]
+        self._ok = ResultSet(ok, self.command)
+        self._failed = ResultSet(bad, self.command, self.interrupted)
+
+    @property
+    def ok(self):
+        if self._ok is None:
+            self._split()
+        return self._ok
+
+    @property
+    def failed(self):
+        if self._failed is None:
+            self._split()
+        return self._failed
+
+    @property
+    def all_ok(self):
+        return all(r.ok for r in self._results.values())
+
+    @property
+    def machines(self):
+        from .machineset import MachineSet
+        return MachineSet(r.machine for r in self._results.values())
+
+    def groups(self):
+        """``[(output, MachineSet)]``: identical outputs folded, largest group first."""
+        from .machineset import MachineSet
+        by_output = {}
+        for r in self._results.values():
+            by_output.setdefault(r.output_bytes, []).append(r.machine)
+        ordered = sorted(by_output.items(), key=lambda kv: -len(kv[1]))
+        return [(decode(out), MachineSet(ms)) for out, ms in ordered]
+
+    def by_error(self):
+        """``{ErrorKind: ResultSet}`` for the failed results."""
+        kinds = {}
+        for r in self._results.values():
+            if r.error is not None:
+                kinds.setdefault(r.error, []).append(r)
+        return {k: ResultSet(v, self.command) for k, v in kinds.items()}
+
+    def __repr__(self):
+        from .hostset import fold
+        ok = len(self.ok)
+        bad = len(self.failed)
+        cut = " interrupted" if self.interrupted else ""
+        return f"<ResultSet {fold(self._results)} ok={ok} failed={bad}{cut}>"
+
+    def _repr_pretty_(self, p, cycle):
+        from .display import render_resultset
+        p.text(render_resultset(self))
+
+    def _repr_html_(self):
+        from .display import render_resultset_html
+        return render_resultset_html(self)
