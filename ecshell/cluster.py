@@ -152,7 +152,7 @@ class Cluster:
             raise ArgumentError(f"count must be a positive whole number, not {count!r}; e.g. cluster.launch(3)")
         chosen = self._fabric(fabric)
         prototypes = chosen.launch(count, name=name, **options)
-        machines = MachineSet(self._take(chosen, prototypes))
+        machines = MachineSet(self._take(chosen, prototypes), sort=True)
         if wait:
             self.ready(machines, timeout=timeout)
         return machines

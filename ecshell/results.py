@@ -169,7 +169,7 @@ class ResultSet(Mapping):
         for r in self._results.values():
             by_output.setdefault(r.output_bytes, []).append(r.machine)
         ordered = sorted(by_output.items(), key=lambda kv: -len(kv[1]))
-        return [(decode(out), MachineSet(ms)) for out, ms in ordered]
+        return [(decode(out), MachineSet(ms, sort=True)) for out, ms in ordered]
 
     def by_error(self):
         """``{ErrorKind: ResultSet}`` for the failed results."""
