@@ -64,6 +64,10 @@ class EcShell(Configurable):
         when it times out or is interrupted. Needs a POSIX login shell (sh, bash,
         dash, zsh, ksh) on the machine; turn off for other shells.""").tag(config=True)
 
+    state_dir = Unicode("~/.ecshell-state", help="""Directory on each machine that holds its
+        markers and locks, used where the machine does not set $ECSHELL_STATE_DIR
+        (LocalFabric machines do). A leading ~/ means the login user's home.""").tag(config=True)
+
     @default("home")
     def _default_home(self):
         return ecshell_home()
