@@ -180,14 +180,17 @@ def connect(endpoint, settings, deadline, pool):
                                        default_max_packet_size=MAX_PACKET)
         transport.banner_timeout = _remaining(deadline)
         transport.handshake_timeout = _remaining(deadline)
+        hung = ConnectError(ErrorKind.TIMEOUT, f"no SSH handshake from {endpoint.host}:{endpoint.port} "
+                            f"within {settings.connect_timeout:g}s (host hung or overloaded)")
         try:
             transport.start_client(timeout=_remaining(deadline))
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if time.monotonic() >= deadline - 0.05:
-                raise ConnectError(ErrorKind.TIMEOUT, f"no SSH handshake from {endpoint.host}:{endpoint.port} "
-                                   f"within {settings.connect_timeout:g}s (host hung or overloaded)") from None
+                raise hung from None
             raise ConnectError(ErrorKind.UNREACHABLE, f"SSH handshake with {endpoint.host}:{endpoint.port} "
                                f"failed: {exc or type(exc).__name__}") from None
+        if not (transport.is_active() and transport.initial_kex_done):
+            raise hung  # start_client returns quietly when its timeout passes
         endpoint.verifier.verify(endpoint.host, endpoint.port, transport.get_remote_server_key())
         try:
             _auth(transport, endpoint, deadline)

@@ -33,7 +33,9 @@ class Endpoint:
     def key(self):
         """What one pooled connection is for."""
         jump = self.proxy_jump.key if self.proxy_jump else None
-        return (self.host, self.port, self.user, jump)
+        # The trust is part of the key: a machine whose pinned key differs must
+        # never be handed a connection verified for another (an address reused).
+        return (self.host, self.port, self.user, jump, self.verifier.identity)
 
     def __str__(self):
         return f"{self.user}@{self.host}:{self.port}"

@@ -12,7 +12,6 @@ import concurrent.futures
 import threading
 import time
 
-from .connection import ConnectionPool
 from .errors import ConnectError
 from .output import OutputBuffer
 from .results import ErrorKind, Result, ResultSet
@@ -26,10 +25,20 @@ class Engine:
 
     def __init__(self, settings):
         self.settings = settings
-        self.pool = ConnectionPool(settings)
+        self._pool = None  # made on first use: it imports paramiko, which costs ~0.1 s
         self._executor = None
         self._executor_size = 0
         self._lock = threading.Lock()
+
+    @property
+    def pool(self):
+        if self._pool is None:
+            from .connection import ConnectionPool
+
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ConnectionPool(self.settings)
+        return self._pool
 
     def _workers(self):
         with self._lock:
@@ -118,7 +127,8 @@ class Engine:
         return results
 
     def close(self):
-        self.pool.close_all()
+        if self._pool is not None:
+            self._pool.close_all()
         with self._lock:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)

@@ -51,6 +51,10 @@ class PinnedKeys:
         self.keys = [parse_public_key(k) if isinstance(k, str) else k for k in public_keys]
         self.remedy = remedy
 
+    @property
+    def identity(self):
+        return ("pinned",) + tuple(sorted(k.asbytes() for k in self.keys))
+
     def verify(self, host, port, key):
         for known in self.keys:
             if known.get_name() == key.get_name() and known.asbytes() == key.asbytes():
@@ -81,6 +85,10 @@ class KnownHosts:
     def __init__(self, files, policy="ask"):
         self.files = [os.path.expanduser(f) for f in files]
         self.policy = policy or "ask"
+
+    @property
+    def identity(self):
+        return ("known_hosts",) + tuple(self.files)
 
     def _load(self):
         import paramiko

@@ -1,0 +1,347 @@
+"""Every failure a fleet produces, on real sshd: each a named error kind, never an exception."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from ecshell import Cluster, ErrorKind, LocalFabric, StaticFabric
+from ecshell.fabrics.local import _children_map, _descendants, generate_ed25519
+
+
+def running(pid):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+def remote_processes(pattern):
+    """Pids of processes on the (local) machine whose command line contains ``pattern``."""
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out if int(p) != os.getpid()]
+
+
+def session_processes(machine):
+    """The per-connection sshd processes under a local machine's listener."""
+    return _children_map().get(machine.prototype.extra["pid"], [])
+
+
+def busy_workers():
+    """Names of ecshell worker threads currently inside a host's run (not idle in the pool)."""
+    frames = sys._current_frames()
+    busy = []
+    for thread in threading.enumerate():
+        if not thread.name.startswith("ecshell-worker"):
+            continue
+        frame = frames.get(thread.ident)
+        while frame is not None:
+            if frame.f_code.co_name == "run_one":
+                busy.append(thread.name)
+                break
+            frame = frame.f_back
+    return busy
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def static_cluster(entries, known_hosts=None, policy=None, identity=None, **settings):
+    """A Cluster of existing hosts through an ssh_config file written for the test."""
+    fabric = StaticFabric(entries, ssh_config=os.path.expanduser("~/.ssh/config"))
+    if policy:
+        settings["strict_host_key_checking"] = policy
+    return Cluster(fabric, **settings)
+
+
+def write_ssh_config(text):
+    path = os.path.expanduser("~/.ssh/config")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def known_hosts_line(machine, key=None):
+    key = key or machine.prototype.host_keys[0]
+    return f"[127.0.0.1]:{machine.port} {key}\n"
+
+
+# -- connecting ---------------------------------------------------------------
+
+
+def test_refused_port_is_unreachable(isolated_home):
+    port = free_port()
+    cluster = static_cluster([f"127.0.0.1:{port}"])
+    try:
+        rs = cluster.run("true")
+        r = rs[0]
+        assert r.error == "unreachable" and not r.ok
+        assert "refused" in r.message
+    finally:
+        cluster.close()
+
+
+def test_unknown_host_name_is_unreachable(isolated_home):
+    cluster = static_cluster(["no-such-host.invalid"])
+    try:
+        r = cluster.run("true")[0]
+        assert r.error == "unreachable"
+        assert "cannot resolve" in r.message
+    finally:
+        cluster.close()
+
+
+def test_refused_key_is_auth(cluster, machines):
+    (m,) = machines(1)
+    m.close()
+    _, other_public = generate_ed25519()
+    with open(os.path.join(m.prototype.extra["directory"], "authorized_keys"), "w") as f:
+        f.write(other_public + "\n")
+    r = m.run("true")
+    assert r.error == "auth"
+    assert "refused the key" in r.message
+
+
+def test_pinned_host_key_mismatch_is_refused(cluster, machines):
+    a, b = machines(2)
+    # Point a's prototype at b's address: the key offered is not the one pinned for a.
+    a.prototype.port = b.port
+    a._endpoint = None
+    a.close()
+    r = a.run("true")
+    assert r.error == "hostkey"
+    assert "does not match the key pinned" in r.message
+    assert r.detail["reason"] == "changed"
+
+
+def test_changed_host_key_in_known_hosts_is_refused_with_both_fingerprints(isolated_home, machines):
+    (m,) = machines(1)
+    _, impostor = generate_ed25519()
+    known = os.path.expanduser("~/.ssh/known_hosts")
+    with open(known, "w") as f:
+        f.write(known_hosts_line(m, impostor))
+    write_ssh_config(f"Host box\n  HostName 127.0.0.1\n  Port {m.port}\n"
+                     f"  IdentityFile {m.prototype.identity_files[0]}\n")
+    for policy in ("yes", "accept-new", "no", "ask"):
+        cluster = static_cluster(["box"], policy=policy)
+        try:
+            r = cluster.run("true")[0]
+        finally:
+            cluster.close()
+        assert r.error == "hostkey", policy
+        assert "HOST KEY CHANGED" in r.message
+        assert r.message.count("SHA256:") == 2
+        assert f"ssh-keygen -f {known} -R '[127.0.0.1]:{m.port}'" in r.message
+
+
+def test_unknown_host_key_follows_strict_host_key_checking(isolated_home, machines):
+    (m,) = machines(1)
+    known = os.path.expanduser("~/.ssh/known_hosts")
+    write_ssh_config(f"Host box\n  HostName 127.0.0.1\n  Port {m.port}\n"
+                     f"  IdentityFile {m.prototype.identity_files[0]}\n")
+
+    for policy in ("yes", "ask"):
+        cluster = static_cluster(["box"], policy=policy)
+        try:
+            r = cluster.run("true")[0]
+        finally:
+            cluster.close()
+        assert r.error == "hostkey" and r.detail["reason"] == "unknown"
+        assert "unknown host key" in r.message and "SHA256:" in r.message
+        assert not os.path.exists(known)
+
+    # The shell's "ask once" answers through the verifier carried by the result.
+    r.detail["verifier"].accept("127.0.0.1", m.port, r.detail["offered"])
+    cluster = static_cluster(["box"], policy="yes")
+    try:
+        assert cluster.run("echo trusted")[0].output == "trusted\n"
+    finally:
+        cluster.close()
+    os.unlink(known)
+
+    cluster = static_cluster(["box"], policy="accept-new")
+    try:
+        assert cluster.run("true")[0].ok
+    finally:
+        cluster.close()
+    assert open(known).read() == known_hosts_line(m).rsplit(" ", 0)[0].strip() + "\n"
+
+
+def test_ssh_config_without_override_defaults_to_ask(isolated_home, machines):
+    (m,) = machines(1)
+    write_ssh_config(f"Host box\n  HostName 127.0.0.1\n  Port {m.port}\n  User {m.user}\n"
+                     f"  IdentityFile {m.prototype.identity_files[0]}\n"
+                     f"  StrictHostKeyChecking accept-new\n"
+                     f"  UserKnownHostsFile ~/.ssh/other_known_hosts\n")
+    cluster = Cluster(StaticFabric(["box"]))
+    try:
+        r = cluster.run("echo $ECSHELL_MACHINE")[0]
+        assert r.ok and r.output == "node-0\n"
+        box = cluster.machine("box")
+        assert (box.host, box.port, box.user) == ("127.0.0.1", m.port, m.user)
+    finally:
+        cluster.close()
+    assert os.path.exists(os.path.expanduser("~/.ssh/other_known_hosts"))
+
+
+def test_only_configured_keys_are_offered(isolated_home, machines):
+    (m,) = machines(1)
+    with open(os.path.expanduser("~/.ssh/known_hosts"), "w") as f:
+        f.write(known_hosts_line(m))
+    # A default identity exists, but the config names another (missing) one: nothing is sprayed.
+    os.link(m.prototype.identity_files[0], os.path.expanduser("~/.ssh/id_ed25519"))
+    write_ssh_config(f"Host box\n  HostName 127.0.0.1\n  Port {m.port}\n"
+                     "  IdentityFile ~/.ssh/missing_key\n  IdentitiesOnly yes\n")
+    cluster = Cluster(StaticFabric(["box"]))
+    try:
+        r = cluster.run("true")[0]
+        assert r.error == "auth" and "no usable key" in r.message
+    finally:
+        cluster.close()
+    # Without an IdentityFile, OpenSSH's default identities are used.
+    write_ssh_config(f"Host box\n  HostName 127.0.0.1\n  Port {m.port}\n")
+    cluster = Cluster(StaticFabric(["box"]))
+    try:
+        assert cluster.run("true")[0].ok
+    finally:
+        cluster.close()
+
+
+def test_proxy_jump_through_another_machine(isolated_home, machines):
+    jump, target = machines(2)
+    key = jump.prototype.identity_files[0]
+    with open(os.path.expanduser("~/.ssh/known_hosts"), "w") as f:
+        f.write(known_hosts_line(jump) + known_hosts_line(target))
+    write_ssh_config(f"Host bastion\n  HostName 127.0.0.1\n  Port {jump.port}\n  IdentityFile {key}\n"
+                     f"Host inner\n  HostName 127.0.0.1\n  Port {target.port}\n  IdentityFile {key}\n"
+                     "  ProxyJump bastion\n")
+    cluster = Cluster(StaticFabric(["inner"]))
+    try:
+        r = cluster.run("echo $ECSHELL_MACHINE")[0]
+        assert r.ok and r.output == "node-1\n"
+        assert cluster.machine("inner").connection().via.endpoint.port == jump.port
+    finally:
+        cluster.close()
+
+
+def test_hung_host_costs_at_most_its_connect_timeout(cluster, machines):
+    hung, fine = machines(2)
+    hung.close()
+    listener = hung.prototype.extra["pid"]
+    cluster.settings.connect_timeout = 1.5
+    os.kill(listener, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        rs = cluster.run("echo up")
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(listener, signal.SIGCONT)
+    assert rs["node-1"].ok
+    r = rs["node-0"]
+    assert r.error == "timeout"
+    assert "no SSH handshake" in r.message
+    assert r.duration < 10, "the hung host must cost its connect timeout, not the default"
+    assert elapsed < 10
+
+
+# -- connections dying ---------------------------------------------------------
+
+
+def test_pooled_connection_killed_between_commands_is_replaced_once(cluster, machines):
+    (m,) = machines(1)
+    assert m.run("true").ok and not m.run("true").reconnected
+    for pid in session_processes(m):
+        os.kill(pid, signal.SIGKILL)
+    r = m.run("echo again")
+    assert r.ok and r.output == "again\n"
+    assert r.reconnected
+    assert not m.run("true").reconnected
+
+
+def test_connection_killed_mid_command_is_lost_and_not_rerun(cluster, machines, tmp_path):
+    (m,) = machines(1)
+    counter = tmp_path / "runs"
+    m.run("true")
+    sessions = session_processes(m)
+
+    def kill_later():
+        time.sleep(0.5)
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_later).start()
+    r = m.run(f"echo started >> {counter}; echo partial; sleep 5")
+    assert r.error == "lost"
+    assert "not re-run" in r.message
+    assert r.output == "partial\n"
+    assert counter.read_text() == "started\n"
+    assert m.run("echo pool works").ok
+
+
+def test_command_timeout_kills_it_on_the_machine(cluster, machines):
+    fleet = machines(3)
+    token = f"ecshell-timeout-{fleet[0].id}"
+    rs = fleet.run(f"echo begun; sleep 300 # {token}\n", timeout=1)
+    for r in rs.results():
+        assert r.error == "timeout"
+        assert r.output == "begun\n"
+        assert "killed on the machine" in r.message
+    assert remote_processes(token) == []
+    # the children in the process group died too
+    rs = fleet.run(f"(sleep 301 # {token}-child\n) & sleep 302 # {token}-parent\n", timeout=1)
+    assert all(r.error == "timeout" for r in rs.results())
+    deadline = time.monotonic() + 3
+    while remote_processes(token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert remote_processes(token) == []
+    assert fleet.run("echo still usable").all_ok
+
+
+def test_total_timeout_stops_the_broadcast(cluster, machines):
+    fleet = machines(4)
+    token = f"ecshell-total-{fleet[0].id}"
+    cluster.settings.fanout = 2
+    rs = fleet.run(f"sleep 300 # {token}\n", total_timeout=1.0)
+    assert len(rs) == 4
+    assert {r.error for r in rs.results()} == {ErrorKind.TIMEOUT}
+    assert sum("not started" in r.message for r in rs.results()) == 2
+    assert remote_processes(token) == []
+
+
+def test_ctrl_c_during_a_fifty_host_broadcast(cluster, machines):
+    fleet = machines(50)
+    token = f"ecshell-ctrlc-{fleet[0].id}"
+    fast = fleet["node-[0-9]"]
+    command = f'case $ECSHELL_MACHINE in node-[0-9]) echo quick;; *) echo slow; sleep 300 # {token}\n esac'
+
+    def interrupt():
+        time.sleep(1.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt).start()
+    started = time.monotonic()
+    rs = fleet.run(command)
+    returned_after = time.monotonic() - started
+    assert rs.interrupted
+    assert len(rs) == 50
+    for m in fleet:
+        r = rs[m.name]
+        if m in fast:
+            assert r.ok and r.output == "quick\n"
+        else:
+            assert r.error == "interrupted", r
+            assert r.output in ("slow\n", "")
+    assert returned_after < 60
+    assert remote_processes(token) == []
+    assert busy_workers() == []
+    again = fleet.run("echo after")
+    assert again.all_ok and not again.interrupted
