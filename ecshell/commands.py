@@ -216,9 +216,9 @@ class Shell(Command):
             return self._stop(attempt, connection, channel, pids, stop)
         if pids is not None:
             attempt.output(pids.flush())
-        return self._finish(attempt, connection, channel, deadline)
+        return self._finish(attempt, connection, channel, deadline, pids.pid if pids else None)
 
-    def _finish(self, attempt, connection, channel, deadline):
+    def _finish(self, attempt, connection, channel, deadline, pid):
         # EOF came; the exit status arrives just before or after the channel closes.
         while not channel.status_event.wait(POLL):
             if attempt.cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
@@ -226,9 +226,10 @@ class Shell(Command):
         status = channel.exit_status if channel.exit_status_ready() else -1
         if status == -1 or not channel.status_event.is_set():
             if not connection.alive:
+                where = f" (process group {pid} on the machine)" if pid else ""
                 return attempt.result(self, error=ErrorKind.LOST, message=(
                     f"connection lost while the command ran (after {time.monotonic() - attempt.started:.1f}s); "
-                    "it was not re-run and may or may not have finished"))
+                    f"it was not re-run and may or may not have finished{where}"), detail={"pid": pid})
             return attempt.result(self, error=ErrorKind.EXIT, message="killed by a signal")
         if status == 0:
             return attempt.result(self, exit_code=0)
