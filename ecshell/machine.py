@@ -21,6 +21,8 @@ class Machine:
         self.state = prototype.state
         self._endpoint = None
         self._endpoint_lock = threading.Lock()
+        #: What the machine last told us of its own state (markers, diagnostics): a cache only.
+        self.facts = {}
 
     # -- identity ----------------------------------------------------------
 
@@ -93,6 +95,42 @@ class Machine:
     def execute(self, command):
         """Run a Command here, through the broadcast engine (so Ctrl-C kills it remotely)."""
         return self.engine.broadcast([self], command)[self.name]
+
+    # -- state that lives on the machine (ecshell.state, ecshell.diagnostics) ---
+
+    def mark(self, *names, note=""):
+        """Set markers here (one round trip); the Result."""
+        from . import state
+        return state.mark(self, *names, note=note)[self.name]
+
+    def unmark(self, *names):
+        from . import state
+        return state.unmark(self, *names)[self.name]
+
+    def markers(self):
+        """``{marker: Marker}`` read from the machine now; Marker is the set-at time, with ``.by``."""
+        from . import state
+        return state.machine_markers(self)
+
+    def lock(self, name, timeout=30.0, note=""):
+        """``with machine.lock("deploy", timeout=30):`` a marker created atomically, as a lock."""
+        from . import state
+        return state.Lock(self, name, timeout=timeout, note=note)
+
+    def break_lock(self, name):
+        """Remove lock ``name`` whoever holds it (logged); the holder's Marker, or None if it was free."""
+        from . import state
+        return state.break_lock(self, name)
+
+    def diagnose(self, *names):
+        """Run diagnostics here in one round trip: ``{name: Diagnosis}``."""
+        from . import diagnostics
+        return diagnostics.diagnose(self, *names)[self.name]
+
+    def apply(self, recipe):
+        """Run a recipe (a list of Commands) here, stopping at the first failure."""
+        from . import adapters
+        return adapters.apply(self, recipe)
 
     def __repr__(self):
         return f"<Machine {self.name} {self.id} {self.user or ''}@{self.host}:{self.port} {self.state}>"

@@ -78,7 +78,14 @@ class MachineSet(Sequence):
         return MachineSet(m for m in self._machines if m.name in wanted)
 
     def select(self, **tags):
-        """Machines whose tags match every ``key=value`` given (values may be globs)."""
+        """Machines whose tags match every ``key=value`` given (values may be globs).
+
+        ``marker="configured"`` selects by a marker read from the machines now
+        (a glob; ``"!name"`` for machines without it).
+        """
+        if "marker" in tags:
+            from .state import select_marker
+            return MachineSet(select_marker(self, tags.pop("marker"))).select(**tags)
         if not tags:
             return MachineSet(self._machines)
         chosen = [m for m in self._machines
@@ -130,6 +137,37 @@ class MachineSet(Sequence):
         from .commands import Get
 
         return self.execute(Get(remote, local))
+
+    # -- state that lives on the machines (ecshell.state, ecshell.diagnostics) ---
+
+    def mark(self, *names, note=""):
+        """Set markers on every machine, one round trip each; a ResultSet."""
+        from . import state
+        return state.mark(self, *names, note=note)
+
+    def unmark(self, *names):
+        from . import state
+        return state.unmark(self, *names)
+
+    def markers(self):
+        """``{machine name: {marker: Marker}}`` read now; None for a machine that did not answer."""
+        from . import state
+        return state.markers(self)
+
+    def locks(self):
+        """``{machine name: {lock: Marker}}``: the locks held now, and by whom."""
+        from . import state
+        return state.locks(self)
+
+    def diagnose(self, *names):
+        """Run diagnostics on every machine, one round trip each: ``{machine name: {name: Diagnosis}}``."""
+        from . import diagnostics
+        return diagnostics.diagnose(self, *names)
+
+    def apply(self, recipe):
+        """Run a recipe (a list of Commands) step by step; a machine that fails a step stops there."""
+        from . import adapters
+        return adapters.apply(self, recipe)
 
     def close(self):
         for machine in self._machines:

@@ -1,0 +1,501 @@
+"""State that lives on the machines: markers, and markers used as locks.
+
+>>> web.mark("configured")                       # doctest: +SKIP
+>>> web.markers()                                # doctest: +SKIP
+{'web-0': {'configured': Marker(1764151995.0, by='ops@desk pid 4242')}, ...}
+>>> cluster.select(marker="configured")          # doctest: +SKIP
+>>> with cluster.machine("web-0").lock("deploy", timeout=30):   # doctest: +SKIP
+...     web.run("./deploy")
+
+A marker is a file ``<state dir>/markers/<name>`` on the machine, holding
+``at=`` (the machine's clock, epoch seconds), ``by=`` (who set it: user@host
+and pid of the controlling shell), ``note=`` and ``token=`` lines. The state
+directory is ``$ECSHELL_STATE_DIR`` when the machine sets it (LocalFabric
+machines do), else ``c.EcShell.state_dir`` (``~/.ecshell-state``). A file is
+written under a dot-name first, then renamed into place (``mark``) or
+hard-linked (``claim``): ``link(2)`` fails when the name exists, so an
+exclusive marker is created atomically with its whole content, and a marker
+doubles as a lock. Locks are the markers named ``lock.<name>``.
+
+Every state operation is one Command, so it costs one round trip per
+machine, and every one ends by listing the machine's markers: the controller
+keeps only what it last saw (``machine.facts``), and a new shell reads it all
+again from the machines. Values from the controller (who, notes) cross the
+wire base64-encoded; marker names are restricted to a shell-safe alphabet.
+"""
+
+import base64
+import datetime
+import getpass
+import logging
+import os
+import re
+import secrets
+import shlex
+import socket
+import time
+
+from .commands import Command, Shell
+from .errors import ArgumentError, EcShellError, SelectionError
+from .output import OutputBuffer
+from .results import ErrorKind
+
+log = logging.getLogger("ecshell")
+
+#: Marker names: letters, digits and ``_ . : @ + -``, not starting with a dot.
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
+#: The prefix that makes a marker a lock.
+LOCK_PREFIX = "lock."
+RECORD = "\x1e"
+
+
+class StateError(EcShellError):
+    """A machine could not be asked about its state (unreachable, no state directory, ...)."""
+
+    def __init__(self, message, result=None):
+        super().__init__(message)
+        self.result = result
+
+
+class LockHeld(StateError):
+    """``lock()`` waited its timeout and the lock is still someone else's."""
+
+    def __init__(self, message, machine=None, name=None, holder=None, result=None):
+        super().__init__(message, result)
+        self.machine, self.name, self.holder = machine, name, holder
+
+
+def check_name(name):
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ArgumentError(f"marker names are letters, digits and _ . : @ + - (not starting with a dot), "
+                            f"e.g. 'configured' or 'app:v2'; not {name!r}")
+    return name
+
+
+def whoami():
+    """Who sets a marker from this shell: ``user@host pid N``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def _oneline(text):
+    return " ".join(str(text).split())
+
+
+class Marker(float):
+    """A marker as read from a machine: a float (its set-at time) with ``by``, ``note``, ``token``.
+
+    ``web.markers()`` promises ``{machine: {marker: set-at time}}``; a Marker
+    is that time, and says who set it too.
+    """
+
+    def __new__(cls, at, by="", note="", token="", name=""):
+        self = super().__new__(cls, at)
+        self.by, self.note, self.token, self.name = by, note, token, name
+        return self
+
+    @property
+    def at(self):
+        return float(self)
+
+    @property
+    def when(self):
+        return datetime.datetime.fromtimestamp(float(self)).strftime("%Y-%m-%d %H:%M:%S")
+
+    def holder_gone(self):
+        """True when the setter was a shell on this host whose pid no longer runs; else None (cannot tell)."""
+        match = re.match(r"^\S+@(\S+) pid (\d+)$", self.by)
+        if not match or match.group(1) != socket.gethostname():
+            return None
+        return not os.path.exists(f"/proc/{match.group(2)}")
+
+    def __repr__(self):
+        note = f", note={self.note!r}" if self.note else ""
+        return f"Marker({float(self)!r}, by={self.by!r}{note})"
+
+    def describe(self, now=None):
+        age = f" ({_age((now or time.time()) - float(self))} ago)"
+        return f"set {self.when}{age} by {self.by or 'unknown'}" + (f": {self.note}" if self.note else "")
+
+
+def _age(seconds):
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# -- the machine-side script ----------------------------------------------------
+
+def _b64(text):
+    return base64.b64encode(_oneline(text).encode()).decode()
+
+
+def state_dir_expr(settings):
+    """Shell expression for the state directory on the machine."""
+    default = getattr(settings, "state_dir", None) or "~/.ecshell-state"
+    if default == "~":
+        fallback = '"$HOME"'
+    elif default.startswith("~/"):
+        fallback = '"$HOME"/' + shlex.quote(default[2:])
+    else:
+        fallback = shlex.quote(default)
+    return f'S="${{ECSHELL_STATE_DIR:-}}"; [ -n "$S" ] || S={fallback}; D="$S/markers"'
+
+
+PREAMBLE = """\
+{state_dir}
+mkdir -p "$D" 2>/dev/null || {{ printf '\\036ERR cannot create the state directory %s\\n' "$D"; exit 70; }}
+B=$(printf %s '{by}' | base64 -d) || {{ printf '\\036ERR base64 is missing on this machine\\n'; exit 71; }}
+t="$D/.new.$$"
+_mk() {{ printf 'at=%s\\nby=%s\\nnote=%s\\ntoken=%s\\n' "$(date +%s)" "$B" "$(printf %s "$1" | base64 -d)" "$2" > "$t"; }}
+_op() {{ printf '\\036OP %s %s\\n' "$1" "$2"; }}
+"""
+
+LISTING = """\
+printf '\\036NOW %s\\n' "$(date +%s)"
+for f in "$D"/*; do [ -f "$f" ] || continue; printf '\\036M %s\\n' "${f##*/}"; cat "$f"; echo; done
+exit 0
+"""
+
+
+class Op:
+    """One state operation inside a StateCommand's script. ``status`` values are per op."""
+
+    def __init__(self, kind, name, note="", token="", unless=None, only_if_ok=False):
+        self.kind, self.name, self.note, self.token = kind, check_name(name), note, token
+        self.unless = check_name(unless) if unless else None
+        self.only_if_ok = only_if_ok
+
+    def script(self, index):
+        f = f'"$D"/{shlex.quote(self.name)}'
+        if self.kind == "mark":
+            body = f"_mk '{_b64(self.note)}' {shlex.quote(self.token)}; mv -f \"$t\" {f} && r=ok || r=failed"
+        elif self.kind == "claim":
+            body = (f"_mk '{_b64(self.note)}' {shlex.quote(self.token)}; "
+                    f"if ln \"$t\" {f} 2>/dev/null; then r=ok; else r=held; fi; rm -f \"$t\"")
+            if self.unless:
+                body = f'if [ -e "$D"/{shlex.quote(self.unless)} ]; then r=done; else {body}; fi'
+        elif self.kind == "unmark":
+            if self.token:
+                body = (f"if grep -qx {shlex.quote('token=' + self.token)} {f} 2>/dev/null; then rm -f {f}; r=ok; "
+                        f"elif [ -e {f} ]; then r=other; else r=absent; fi")
+            else:
+                show = f"printf '\\036WAS %s\\n' {shlex.quote(self.name)}; cat {f}; echo; "
+                body = f"if [ -e {f} ]; then {show}rm -f {f} && r=ok || r=failed; else r=absent; fi"
+        else:
+            raise ArgumentError(f"unknown state operation {self.kind!r}")
+        if self.only_if_ok:
+            body = f'if [ "$r" = ok ]; then {body}; else r=skipped; fi'
+        return f"{body}; _op {index} $r"
+
+    def __repr__(self):
+        return f"{self.kind}({self.name!r})"
+
+
+def parse_listing(text):
+    """``(ops, markers, now, error, removed)`` from a state script's output."""
+    ops, markers, now, error, removed = {}, {}, None, None, {}
+    current = None
+    for line in text.split("\n"):  # not splitlines(): it splits at \x1e too
+        if line.startswith(RECORD):
+            current = None
+            kind, _, rest = line[1:].partition(" ")
+            if kind == "OP":
+                index, _, status = rest.partition(" ")
+                ops[int(index)] = status
+            elif kind == "NOW":
+                now = float(rest) if rest.strip().isdigit() else None
+            elif kind == "M":
+                current = markers[rest] = {}
+            elif kind == "WAS":
+                current = removed[rest] = {}
+            elif kind == "ERR":
+                error = rest
+            continue
+        if current is not None and "=" in line:
+            key, _, value = line.partition("=")
+            current.setdefault(key, value)
+    return ([ops.get(i) for i in range(len(ops))] if ops else [], _markers(markers), now, error,
+            _markers(removed))
+
+
+def _markers(records):
+    parsed = {}
+    for name, fields in records.items():
+        try:
+            at = float(fields.get("at", "0") or 0)
+        except ValueError:
+            at = 0.0
+        parsed[name] = Marker(at, fields.get("by", ""), fields.get("note", ""), fields.get("token", ""), name)
+    return parsed
+
+
+def render_markers(markers, now=None):
+    if not markers:
+        return "(no markers)\n"
+    width = max(len(n) for n in markers)
+    return "".join(f"{name:<{width}}  {m.describe(now)}\n" for name, m in sorted(markers.items()))
+
+
+def sub_attempt(attempt, cancel=None):
+    """A fresh Attempt (own buffer and clock) on the same machine, for a step inside a command."""
+    from .commands import Attempt
+
+    return Attempt(attempt.machine, attempt.engine, cancel if cancel is not None else attempt.cancel,
+                   attempt.on_output)
+
+
+class StateCommand(Command):
+    """Some marker operations, then a listing of every marker: one round trip.
+
+    The result's ``detail`` holds ``ops`` (a status per operation: ``ok``,
+    ``held``, ``done``, ``absent``, ``other``, ``skipped``), ``markers``
+    (``{name: Marker}``) and ``now`` (the machine's clock); its output is the
+    markers, readable.
+    """
+
+    def __init__(self, ops=(), by=None, label=None):
+        self.ops = list(ops)
+        self.by = by or whoami()
+        self.label = label
+
+    def __repr__(self):
+        return self.label or f"StateCommand({', '.join(map(repr, self.ops)) or 'markers'})"
+
+    def script(self, settings):
+        lines = [PREAMBLE.format(state_dir=state_dir_expr(settings), by=_b64(self.by)), "r=ok"]
+        lines += [op.script(i) for i, op in enumerate(self.ops)]
+        lines.append(LISTING)
+        return "\n".join(lines)
+
+    def execute(self, attempt):
+        shell = Shell(self.script(attempt.settings))
+        quiet = sub_attempt(attempt)
+        quiet.on_output = None  # the raw records are not for the operator's screen
+        result = shell.execute(quiet)
+        result.command = self
+        text = result.output
+        ops, markers, now, error, removed = parse_listing(text)
+        if error is not None:
+            result.message = error
+            if result.error is None:
+                result.error = ErrorKind.EXIT
+        if result.ok and now is None:
+            result.error = ErrorKind.EXIT
+            result.message = "the machine's shell did not run the state script (is its login shell POSIX sh?)"
+        readable = text if not result.ok else render_markers(markers, now)
+        buffer = OutputBuffer(attempt.settings.output_memory_limit, attempt.settings.spill_dir)
+        buffer.write(readable.encode())
+        buffer.close()
+        result._buffer = buffer
+        if attempt.on_output is not None and readable:
+            attempt.on_output(attempt.machine, readable.encode())
+        result.detail = dict(result.detail, ops=ops, markers=markers, now=now, removed=removed)
+        if result.ok:
+            remember(attempt.machine, markers=markers)
+        return result
+
+
+def remember(machine, **facts):
+    """Fold what a machine just told us into ``machine.facts`` (a cache, rebuilt on demand)."""
+    known = getattr(machine, "facts", None)
+    if known is None:
+        known = machine.facts = {}
+    known.update(facts)
+    known["seen_at"] = time.time()
+
+
+# -- operations on machine sets ---------------------------------------------------
+
+def _set(machines):
+    from .machine import Machine
+    from .machineset import MachineSet
+
+    if isinstance(machines, Machine):
+        return MachineSet([machines])
+    return machines if isinstance(machines, MachineSet) else MachineSet(machines)
+
+
+def _names(names):
+    if len(names) == 1 and isinstance(names[0], (list, tuple, set)):
+        names = tuple(names[0])
+    if not names:
+        raise ArgumentError("name at least one marker, e.g. mark('configured')")
+    return [check_name(n) for n in names]
+
+
+def mark(machines, *names, note=""):
+    """Set markers on every machine (overwriting their time and setter); a ResultSet."""
+    ops = [Op("mark", n, note=note) for n in _names(names)]
+    return _set(machines).execute(StateCommand(ops, label=f"mark {' '.join(o.name for o in ops)}"))
+
+
+def unmark(machines, *names):
+    ops = [Op("unmark", n) for n in _names(names)]
+    return _set(machines).execute(StateCommand(ops, label=f"unmark {' '.join(o.name for o in ops)}"))
+
+
+class PerMachine(dict):
+    """``{machine name: value}``; ``None`` for a machine that could not answer, ``.results`` says why."""
+
+    def __init__(self, values, results):
+        super().__init__(values)
+        self.results = results
+
+    @property
+    def failed(self):
+        return self.results.failed
+
+
+def markers(machines):
+    """``{machine name: {marker: Marker}}``, read from the machines now (one round trip each)."""
+    results = _set(machines).execute(StateCommand(label="markers"))
+    return PerMachine({r.name: (r.detail.get("markers") if r.ok else None) for r in results.results()}, results)
+
+
+def machine_markers(machine):
+    result = machine.execute(StateCommand(label="markers"))
+    if not result.ok:
+        raise StateError(f"could not read the markers of {machine.name}: {result.status} {result.message}".rstrip(),
+                         result)
+    return result.detail["markers"]
+
+
+def select_marker(machines, wanted):
+    """Machines that have a marker matching ``wanted`` (a name or glob; ``!name``: that do not)."""
+    import fnmatch
+
+    patterns = [wanted] if isinstance(wanted, str) else list(wanted)
+    if not patterns:
+        raise ArgumentError("give a marker name, e.g. select(marker='configured')")
+    machines = _set(machines)
+    seen = markers(machines)
+    chosen = []
+    for machine in machines:
+        have = seen.get(machine.name)
+        if have is None:
+            continue
+        if all(_matches(have, p, fnmatch) for p in patterns):
+            chosen.append(machine)
+    unanswered = [n for n, v in seen.items() if v is None]
+    if unanswered:
+        log.warning("could not read the markers of %s; they are left out of the selection", ", ".join(unanswered))
+    if not chosen:
+        in_use = sorted({m for v in seen.values() if v for m in v})
+        raise SelectionError(f"no machine has marker {' and '.join(patterns)}; markers in use: "
+                             f"{', '.join(in_use) or '(none)'}")
+    return chosen
+
+
+def _matches(have, pattern, fnmatch):
+    if pattern.startswith("!"):
+        return not any(fnmatch.fnmatchcase(m, pattern[1:]) for m in have)
+    return any(fnmatch.fnmatchcase(m, pattern) for m in have)
+
+
+# -- locks ------------------------------------------------------------------------
+
+class Lock:
+    """A marker ``lock.<name>`` created atomically; ``with machine.lock("deploy", timeout=30):``.
+
+    Acquiring tries once per round trip and waits with backoff up to
+    ``timeout`` seconds (``None``: forever, ``0``: one try), then raises
+    :class:`LockHeld` naming the holder and since when. Release removes the
+    lock only if it is still ours (its token); a lock broken meanwhile with
+    ``break_lock`` is reported, not removed from its new holder.
+    """
+
+    def __init__(self, machine, name, timeout=30.0, note=""):
+        check_name(name)
+        if timeout is not None and timeout < 0:
+            raise ArgumentError(f"timeout is seconds to wait (0: try once, None: forever), not {timeout!r}")
+        self.machine, self.name, self.timeout, self.note = machine, name, timeout, note
+        self.marker = LOCK_PREFIX + name
+        self.token = None
+        self.holder = None
+
+    @property
+    def held(self):
+        return self.token is not None
+
+    def acquire(self):
+        if self.held:
+            raise ArgumentError(f"lock {self.name!r} on {self.machine.name} is held by this Lock already")
+        token = secrets.token_hex(8)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        pause = 0.05
+        while True:
+            result = self.machine.execute(StateCommand([Op("claim", self.marker, self.note, token)],
+                                                       label=f"lock {self.name}"))
+            if not result.ok:
+                raise StateError(f"could not take lock {self.name!r} on {self.machine.name}: "
+                                 f"{result.status} {result.message}".rstrip(), result)
+            if result.detail["ops"][0] == "ok":
+                self.token = token
+                return self
+            holder = result.detail["markers"].get(self.marker)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0 and holder is not None:
+                raise LockHeld(self._held_message(holder, result.detail.get("now")),
+                               self.machine, self.name, holder, result)
+            time.sleep(pause if left is None else max(0.0, min(pause, left)))
+            pause = min(pause * 1.5, 1.0)
+
+    def _held_message(self, holder, now):
+        gone = holder.holder_gone()
+        hint = " (that process is no longer running here)" if gone else ""
+        waited = f"waited {self.timeout:g}s; " if self.timeout else ""
+        return (f"lock {self.name!r} on {self.machine.name} is held by {holder.by or 'unknown'} since "
+                f"{holder.when} ({_age((now or time.time()) - holder.at)} ago){hint}"
+                f"{': ' + holder.note if holder.note else ''}. {waited}wait longer with "
+                f".lock({self.name!r}, timeout=...), or if that holder is gone, break it with "
+                f"cluster.machine({self.machine.name!r}).break_lock({self.name!r})")
+
+    def release(self):
+        """Remove the lock if it is still ours; False (and a warning) if someone broke it."""
+        if not self.held:
+            return False
+        token, self.token = self.token, None
+        result = self.machine.execute(StateCommand([Op("unmark", self.marker, token=token)],
+                                                   label=f"unlock {self.name}"))
+        status = result.detail.get("ops", [None])[0] if result.ok else None
+        if status != "ok":
+            log.warning("lock %r on %s was no longer ours when released (%s); it was broken meanwhile",
+                        self.name, self.machine.name, status or f"{result.status} {result.message}")
+            return False
+        return True
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def __repr__(self):
+        return f"<Lock {self.name} on {self.machine.name} {'held' if self.held else 'not held'}>"
+
+
+def break_lock(machine, name):
+    """Remove lock ``name`` on ``machine`` whoever holds it; the Marker of the holder broken, or None."""
+    marker = LOCK_PREFIX + check_name(name)
+    result = machine.execute(StateCommand([Op("unmark", marker)], label=f"break lock {name}"))
+    if not result.ok:
+        raise StateError(f"could not break lock {name!r} on {machine.name}: {result.status} {result.message}",
+                         result)
+    holder = result.detail["removed"].get(marker)
+    if holder is not None:
+        log.warning("broke lock %r on %s held by %s since %s", name, machine.name, holder.by, holder.when)
+    return holder
+
+
+def locks(machines):
+    """``{machine name: {lock name: Marker}}`` of the locks held now."""
+    seen = markers(machines)
+    return PerMachine({n: ({k[len(LOCK_PREFIX):]: v for k, v in m.items() if k.startswith(LOCK_PREFIX)}
+                           if m is not None else None) for n, m in seen.items()}, seen.results)
