@@ -68,6 +68,23 @@ class EcShell(Configurable):
         markers and locks, used where the machine does not set $ECSHELL_STATE_DIR
         (LocalFabric machines do). A leading ~/ means the login user's home.""").tag(config=True)
 
+    # -- the IPython shell (ecshell.magics) ----------------------------------
+
+    progress_after = Float(1.0, help="""Seconds a shell broadcast (%on, %put, %get) runs
+        before the shell streams its output as it arrives and shows a live progress
+        line. 0: from the start.""").tag(config=True)
+
+    stream_output = Bool(True, help="""Stream each host's output lines (as 'name: line')
+        while a long broadcast runs, before the folded result. False: progress line
+        only.""").tag(config=True)
+
+    confirm_terminate_above = Integer(3, help="""%terminate asks before terminating more
+        than this many machines (and always for 'all'), unless given -y.
+        Number of machines.""").tag(config=True)
+
+    toolbar = Bool(True, help="""Show running machines and their cost per hour (US
+        dollars) in the terminal prompt's bottom toolbar while any run.""").tag(config=True)
+
     @default("home")
     def _default_home(self):
         return ecshell_home()
@@ -82,6 +99,22 @@ class EcShell(Configurable):
     def _check_positive(self, proposal):
         if proposal.value <= 0:
             raise ArgumentError(f"{proposal.trait.name} must be a positive number of seconds, not {proposal.value}")
+        return proposal.value
+
+    executor = Unicode("channel", help="""How shell commands reach a machine.
+        'auto': through a persistent executor, a stdlib-only python3 process that
+        ecshell starts over the machine's pooled SSH connection on first use (no
+        install, no port) and that runs every later command without a new SSH
+        session; machines without python3, PTY commands and an executor that died
+        twice use one SSH channel per command. 'executor': the executor only (a
+        machine without python3 reports 'unreachable'). 'channel': one SSH channel
+        per command, as ssh does.""").tag(config=True)
+
+    @validate("executor")
+    def _check_executor(self, proposal):
+        if proposal.value not in ("auto", "executor", "channel"):
+            raise ArgumentError(f"executor must be 'auto', 'executor' or 'channel', not {proposal.value!r}; "
+                                "e.g. c.EcShell.executor = 'auto'")
         return proposal.value
 
     @validate("strict_host_key_checking")
