@@ -7,16 +7,9 @@ import tracemalloc
 
 import pytest
 
+from procs import running
+
 from ecshell import Cluster, ErrorKind, LocalFabric, SelectionError
-
-
-def running(pid):
-    """True if the process exists and is not a zombie waiting for its parent."""
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 def test_launch_runs_real_sshd_and_broadcast_folds(machines):

@@ -10,27 +10,24 @@ import time
 
 import pytest
 
-from ecshell import Cluster, ErrorKind, LocalFabric, StaticFabric
+from procs import remote_processes
+
+from ecshell import Cluster, ErrorKind, StaticFabric
 from ecshell.fabrics.local import _children_map, _descendants, generate_ed25519
 
 
-def running(pid):
-    try:
-        stat = open(f"/proc/{pid}/stat").read()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
-def remote_processes(pattern):
-    """Pids of processes on the (local) machine whose command line contains ``pattern``."""
-    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out if int(p) != os.getpid()]
-
-
 def session_processes(machine):
-    """The per-connection sshd processes under a local machine's listener."""
-    return _children_map().get(machine.prototype.extra["pid"], [])
+    """The sshd processes serving a local machine's connections (monitor and session child)."""
+    listener = machine.prototype.extra["pid"]
+    found = []
+    for pid in _descendants(listener, _children_map()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(b"sshd"):
+                    found.append(pid)
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def busy_workers():
