@@ -146,9 +146,21 @@ class Shell(Command):
     def __str__(self):
         return self.command
 
+    #: Whether this command may go through the machine's persistent executor (issue 7).
+    via_executor = True
+
+    def wire(self, track):
+        """The string sshd hands the login shell: with ``track``, the pid line first."""
+        return f"printf '\\036ECSHELL-PID:%s\\n' $$\n{self.command}" if track else self.command
+
     def execute(self, attempt):
         import paramiko
 
+        if self.via_executor and not self.pty and attempt.settings.executor != "channel":
+            from . import executor
+            result = executor.execute(self, attempt)
+            if result is not None:
+                return result  # else: no executor on this machine; one channel for this command
         track = attempt.settings.kill_on_cancel
         connection, channel = attempt.open_session()
         timeout = self.timeout if self.timeout is not None else attempt.settings.command_timeout
@@ -156,8 +168,7 @@ class Shell(Command):
             channel.set_combine_stderr(True)
             if self.pty:
                 channel.get_pty(term="xterm", width=200, height=50)
-            wire = f"printf '\\036ECSHELL-PID:%s\\n' $$\n{self.command}" if track else self.command
-            channel.exec_command(wire)
+            channel.exec_command(self.wire(track))
             deadline = time.monotonic() + timeout if timeout else None
             self._send_input(channel)
             return self._read(attempt, connection, channel, deadline, track)
@@ -368,6 +379,9 @@ class Noop(Shell):
 
     def __init__(self, timeout=None):
         super().__init__("true", timeout=timeout)
+
+    # Readiness is about SSH itself, and should not start an executor on every new machine.
+    via_executor = False
 
     def __repr__(self):
         return "Noop()"

@@ -1,0 +1,445 @@
+"""The client side of the persistent executor: one per pooled connection.
+
+>>> cluster = Cluster(LocalFabric(), executor="auto")    # the default
+>>> cluster.run("hostname")                             # doctest: +SKIP
+
+With ``c.EcShell.executor`` at ``auto`` (or ``executor``), the first shell
+command on a machine starts :mod:`ecshell.executor_remote` there over the
+machine's pooled connection (``python3 -c`` with the code base64-encoded: no
+install, no port). Every later command to that machine is one frame on that
+same channel instead of a new SSH session plus a fork of sshd; the output
+comes back in frames, demultiplexed by a reader thread to the command's
+worker. A machine without python3 uses the channel path; an executor that
+dies loses the commands it was running (each result says ``lost``), is
+restarted once, and after a second death that connection uses the channel
+path.
+
+Results are the same as on the channel path: the executor runs the very
+string :class:`~ecshell.commands.Shell` would hand sshd, in the user's login
+shell, with sshd's environment and working directory, in a new session.
+
+Flow control: each command has a window of :data:`WINDOW` bytes; the worker
+grants more as it moves output into the Result's OutputBuffer (which spills
+to disk), so a host printing 50 MB holds at most about one window in memory
+and stalls nothing but itself.
+"""
+
+import base64
+import json
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+import weakref
+import zlib
+
+from .errors import ConnectError
+from .results import ErrorKind
+
+HEADER = struct.Struct(">BII")
+WINDOW_FIELD = struct.Struct(">I")
+RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
+HELLO, OUTPUT, EXIT, FAILED = b"HOXF"
+FLAG_INPUT = 1
+
+#: Bytes of one command's output that may be in flight or queued before the worker takes them.
+WINDOW = 1024 * 1024
+#: Bytes of stdin per frame.
+INPUT_CHUNK = 65536
+#: Times an executor may be started on one connection (the first start and one restart).
+MAX_STARTS = 2
+#: Seconds allowed, at least, for python3 to start on a machine and say hello.
+START_TIMEOUT = 10.0
+
+_LOST = object()
+
+
+def _bootstrap():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "executor_remote.py")
+    with open(path, "rb") as f:
+        source = f.read()
+    packed = base64.b64encode(zlib.compress(source, 9)).decode("ascii")
+    code = f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
+    # -I: ignore PYTHON* variables and the user's site; -S: skip site (stdlib only, faster start).
+    return f"exec python3 -I -S -c \"{code}\""
+
+
+_WIRE = None
+
+
+def wire():
+    """The command sshd runs to start the executor."""
+    global _WIRE
+    if _WIRE is None:
+        _WIRE = _bootstrap()
+    return _WIRE
+
+
+class ExecutorUnavailable(Exception):
+    """The executor could not be started on this machine (no python3, refused, ...)."""
+
+
+class Job:
+    """One command in flight on an executor: its events arrive on ``events``."""
+
+    __slots__ = ("id", "events", "granted_back", "pid")
+
+    def __init__(self, ident):
+        self.id = ident
+        self.events = queue.SimpleQueue()  # (OUTPUT, bytes) | (EXIT, dict) | (FAILED, str) | _LOST
+        self.granted_back = 0
+        self.pid = None
+
+
+class Executor:
+    """The executor process on one machine, reached over one channel of its connection."""
+
+    def __init__(self, connection, channel, hello):
+        self.connection = connection
+        self.channel = channel
+        self.hello = hello
+        self.pid = hello.get("pid")
+        self._send_lock = threading.Lock()
+        self._jobs = {}
+        self._jobs_lock = threading.Lock()
+        self._next_id = 1
+        self.dead = False
+        self.why_dead = ""
+        self._reader = threading.Thread(target=self._read, name=f"ecshell-executor-{connection.endpoint}",
+                                        daemon=True)
+        self._reader.start()
+
+    @classmethod
+    def start(cls, connection, timeout):
+        """Start the executor on a fresh channel of ``connection``; raises ExecutorUnavailable."""
+        import paramiko
+
+        channel = connection.open_session(timeout=timeout)
+        try:
+            channel.exec_command(wire())
+            hello = _read_hello(channel, time.monotonic() + max(timeout, START_TIMEOUT))
+        except (paramiko.SSHException, EOFError, OSError, ExecutorUnavailable):
+            channel.close()
+            raise
+        channel.settimeout(None)
+        return cls(connection, channel, hello)
+
+    @property
+    def alive(self):
+        return not self.dead and not self.channel.closed and self.connection.alive
+
+    # -- sending ------------------------------------------------------------
+
+    def _send(self, kind, ident, payload=b""):
+        frame = HEADER.pack(kind, ident, len(payload)) + payload
+        with self._send_lock:
+            self.channel.sendall(frame)
+
+    def submit(self, command, has_input):
+        """Start ``command`` (the shell string) on the machine; a Job."""
+        if isinstance(command, str):
+            command = command.encode("utf-8", "surrogateescape")
+        with self._jobs_lock:
+            if self.dead:
+                raise EOFError(self.why_dead or "executor gone")
+            ident = self._next_id
+            self._next_id += 1
+            job = Job(ident)
+            self._jobs[ident] = job
+        flags = FLAG_INPUT if has_input else 0
+        self._send(RUN, ident, WINDOW_FIELD.pack(WINDOW) + bytes([flags]) + command)
+        return job
+
+    def send_input(self, job, data):
+        view = memoryview(data)
+        for start in range(0, len(view), INPUT_CHUNK):
+            self._send(INPUT, job.id, bytes(view[start:start + INPUT_CHUNK]))
+        self._send(INPUT_EOF, job.id)
+
+    def consumed(self, job, size):
+        """The worker took ``size`` bytes: grant the window back in half-window steps."""
+        job.granted_back += size
+        if job.granted_back >= WINDOW // 2:
+            grant, job.granted_back = job.granted_back, 0
+            self._send(GRANT, job.id, WINDOW_FIELD.pack(grant))
+
+    def cancel(self, job):
+        """TERM the job's process group now, KILL it a second later; forget the job."""
+        self.forget(job)
+        self._send(CANCEL, job.id)
+
+    def forget(self, job):
+        with self._jobs_lock:
+            self._jobs.pop(job.id, None)
+
+    def close(self):
+        self.dead = True
+        self.channel.close()
+
+    # -- the reader thread ----------------------------------------------------
+
+    def _read(self):
+        buffer = bytearray()
+        try:
+            while True:
+                data = self.channel.recv(262144)
+                if not data:
+                    break
+                buffer += data
+                offset = 0
+                while len(buffer) - offset >= HEADER.size:
+                    kind, ident, length = HEADER.unpack_from(buffer, offset)
+                    end = offset + HEADER.size + length
+                    if end > len(buffer):
+                        break
+                    payload = bytes(buffer[offset + HEADER.size:end])
+                    offset = end
+                    self._dispatch(kind, ident, payload)
+                del buffer[:offset]
+        except (OSError, EOFError, socket.timeout) as exc:
+            self.why_dead = str(exc)
+        finally:
+            self._die()
+
+    def _dispatch(self, kind, ident, payload):
+        job = self._jobs.get(ident)
+        if job is None:
+            return  # a cancelled command's late events
+        if kind == OUTPUT:
+            job.events.put((OUTPUT, payload))
+        elif kind == EXIT:
+            self.forget(job)
+            job.events.put((EXIT, json.loads(payload)))
+        elif kind == FAILED:
+            self.forget(job)
+            job.events.put((FAILED, payload.decode("utf-8", "replace")))
+
+    def _die(self):
+        with self._jobs_lock:
+            self.dead = True
+            jobs, self._jobs = list(self._jobs.values()), {}
+        if not self.why_dead:
+            self.why_dead = _stderr_tail(self.channel) or "its channel closed"
+        for job in jobs:
+            job.events.put(_LOST)
+        self.channel.close()
+
+    def __repr__(self):
+        state = "alive" if self.alive else "dead"
+        return f"<Executor pid {self.pid} on {self.connection.endpoint} {state}>"
+
+
+def _stderr_tail(channel):
+    try:
+        if channel.recv_stderr_ready():
+            return channel.recv_stderr(4096).decode("utf-8", "replace").strip()[-300:]
+    except (OSError, EOFError):
+        pass
+    return ""
+
+
+def _read_hello(channel, deadline):
+    buffer = b""
+    while len(buffer) < HEADER.size or len(buffer) < HEADER.size + HEADER.unpack_from(buffer)[2]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ExecutorUnavailable("python3 did not start within "
+                                      f"{START_TIMEOUT:g}s")
+        channel.settimeout(left)
+        try:
+            data = channel.recv(65536)
+        except socket.timeout:
+            continue
+        if not data:
+            status = channel.recv_exit_status() if channel.status_event.wait(1.0) else -1
+            why = _stderr_tail(channel)
+            if status == 127:
+                why = "no python3 on the machine" + (f" ({why})" if why else "")
+            raise ExecutorUnavailable(why or f"the executor exited with status {status} before it started")
+        buffer += data
+    kind, _, length = HEADER.unpack_from(buffer)
+    if kind != HELLO or len(buffer) != HEADER.size + length:
+        raise ExecutorUnavailable(f"unexpected first bytes from the executor: {buffer[:60]!r}")
+    return json.loads(buffer[HEADER.size:])
+
+
+class _Slot:
+    """The executor state of one pooled connection."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.executor = None
+        self.starts = 0
+        self.unavailable = None  # why the channel path is used for this connection
+
+
+_slots = weakref.WeakKeyDictionary()
+_slots_lock = threading.Lock()
+
+
+def _slot(connection):
+    with _slots_lock:
+        slot = _slots.get(connection)
+        if slot is None:
+            slot = _slots[connection] = _Slot()
+        return slot
+
+
+def executor_for(connection, timeout):
+    """The live executor of ``connection``, started now if needed; None with the reason otherwise."""
+    slot = _slot(connection)
+    with slot.lock:
+        if slot.executor is not None and slot.executor.alive:
+            return slot.executor, None
+        if slot.unavailable is None and slot.starts >= MAX_STARTS:
+            slot.unavailable = (f"the executor died {slot.starts} times on this connection "
+                                f"(last: {slot.executor.why_dead}); using one channel per command")
+        if slot.unavailable is not None:
+            return None, slot.unavailable
+        slot.starts += 1
+        try:
+            slot.executor = Executor.start(connection, timeout)
+        except ExecutorUnavailable as exc:
+            slot.unavailable = str(exc)
+            return None, slot.unavailable
+        return slot.executor, None
+
+
+def peek(connection):
+    """The executor of ``connection`` if one was started, alive or not."""
+    slot = _slots.get(connection)
+    return slot.executor if slot is not None else None
+
+
+def execute(shell, attempt):
+    """Run Shell ``shell`` through the machine's executor; None means: use the channel path."""
+    import paramiko
+
+    from .commands import POLL, _PidFilter
+
+    mode = attempt.settings.executor
+    connection = attempt.connect()
+    try:
+        executor, why = executor_for(connection, attempt.settings.connect_timeout)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        if connection.alive:
+            raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
+        attempt.engine.pool.discard(attempt.machine.endpoint, connection)
+        attempt.reconnected = True
+        connection = attempt.connect()
+        executor, why = executor_for(connection, attempt.settings.connect_timeout)
+    if executor is None:
+        if mode == "executor":
+            return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=(
+                f"no executor on {attempt.machine.name}: {why}; "
+                "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
+        return None
+
+    track = attempt.settings.kill_on_cancel
+    timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
+    deadline = time.monotonic() + timeout if timeout else None
+    try:
+        job = executor.submit(shell.wire(track), shell.input is not None)
+        if shell.input is not None:
+            _feed(executor, job, shell.input)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        if not connection.alive:
+            return attempt.result(shell, error=ErrorKind.LOST,
+                                  message=f"connection lost before the command started ({exc}); it was not run")
+        return None  # the executor died just now: this command goes over its own channel
+    pids = _PidFilter() if track else None
+    while True:
+        stop = None
+        if attempt.cancel.is_set():
+            stop = ErrorKind.INTERRUPTED
+        elif deadline is not None and time.monotonic() >= deadline:
+            stop = ErrorKind.TIMEOUT
+        if stop is not None:
+            return _stop(shell, attempt, executor, job, pids, stop, timeout)
+        wait = POLL if deadline is None else max(0.001, min(POLL, deadline - time.monotonic()))
+        try:
+            event = job.events.get(timeout=wait)
+        except queue.Empty:
+            continue
+        if event is _LOST:
+            if pids is not None:
+                attempt.output(pids.flush())
+            return _lost(shell, attempt, connection, executor)
+        kind, value = event
+        if kind == OUTPUT:
+            data = pids.feed(value) if pids is not None else value
+            if data:
+                attempt.output(data)
+            try:
+                executor.consumed(job, len(value))
+            except (paramiko.SSHException, EOFError, OSError):
+                pass  # the reader thread reports the executor's death as _LOST
+            continue
+        if pids is not None:
+            attempt.output(pids.flush())
+        if kind == FAILED:
+            return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=value)
+        if "signal" in value:
+            return attempt.result(shell, error=ErrorKind.EXIT, message="killed by a signal")
+        code = value["code"]
+        if code == 0:
+            return attempt.result(shell, exit_code=0)
+        return attempt.result(shell, exit_code=code, error=ErrorKind.EXIT)
+
+
+def _feed(executor, job, data):
+    if len(data) <= 256 * 1024:
+        executor.send_input(job, data)
+        return
+
+    def feed():
+        try:
+            executor.send_input(job, data)
+        except (OSError, EOFError):
+            pass  # the executor went away; the worker reports it
+
+    threading.Thread(target=feed, name="ecshell-executor-stdin", daemon=True).start()
+
+
+def _stop(shell, attempt, executor, job, pids, kind, timeout):
+    """Timeout or cancel: the executor kills the command's process group."""
+    import paramiko
+
+    try:
+        executor.cancel(job)
+        killed = "killed on the machine"
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        killed = f"could not kill it on the machine: {exc}"
+    # Output that had already arrived belongs to the result, as on the channel path.
+    while True:
+        try:
+            event = job.events.get_nowait()
+        except queue.Empty:
+            break
+        if event is not _LOST and event[0] == OUTPUT:
+            data = pids.feed(event[1]) if pids is not None else event[1]
+            if data:
+                attempt.output(data)
+    detail = {}
+    if pids is not None:
+        if pids.pid is not None:
+            detail = {"pid": pids.pid}
+        attempt.output(pids.flush())
+    message = f"no exit after {timeout:g}s" if kind is ErrorKind.TIMEOUT else "interrupted"
+    return attempt.result(shell, error=kind, message=f"{message}; {killed}", detail=detail)
+
+
+def _lost(shell, attempt, connection, executor):
+    ran = time.monotonic() - attempt.started
+    if not connection.alive:
+        return attempt.result(shell, error=ErrorKind.LOST, message=(
+            f"connection lost while the command ran (after {ran:.1f}s); "
+            "it was not re-run and may or may not have finished"))
+    slot = _slot(connection)
+    then = ("the executor restarts for the next command" if slot.starts < MAX_STARTS
+            else "the next commands use one channel per command")
+    return attempt.result(shell, error=ErrorKind.LOST, message=(
+        f"the executor on the machine died while the command ran (after {ran:.1f}s; "
+        f"{executor.why_dead}); its process group was killed and it was not re-run; {then}"))
