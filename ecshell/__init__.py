@@ -33,6 +33,22 @@ _EXPORTS = {
     "ArgumentError": "errors",
     "FabricError": "errors",
     "NotSupported": "errors",
+    "Marker": "state",
+    "Lock": "state",
+    "LockHeld": "state",
+    "StateError": "state",
+    "StateCommand": "state",
+    "retry": "adapters",
+    "timeout": "adapters",
+    "sudo": "adapters",
+    "once": "adapters",
+    "apply": "adapters",
+    "RecipeResult": "adapters",
+    "Diagnostic": "diagnostics",
+    "Diagnosis": "diagnostics",
+    "register_diagnostic": "diagnostics",
+    "service": "diagnostics",
+    "FreeList": "freelist",
 }
 
 __all__ = sorted(_EXPORTS)

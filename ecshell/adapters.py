@@ -1,0 +1,309 @@
+"""Behaviour added around a Command by wrapping it: retry, timeout, sudo, once; and recipes.
+
+>>> from ecshell import Shell, retry, timeout, sudo, once
+>>> step = once("nginx-installed")(sudo("root")(retry(3, backoff=2)(timeout(300)(
+...     Shell("apt-get install -y nginx")))))
+>>> step
+once('nginx-installed', sudo('root', retry(3, backoff=2, timeout(300, Shell('apt-get install -y nginx')))))
+>>> web.apply([step, Shell("systemctl reload nginx")])     # doctest: +SKIP
+
+Each adapter is a Command holding another Command, so they compose in any
+order and run on any machine set like any other command. A plain string is
+taken as ``Shell(string)``. A recipe is a list of Commands, applied step by
+step: a machine that fails a step takes no further step.
+
+- ``retry(tries, backoff)``: up to ``tries`` runs in all, waiting ``backoff``
+  seconds, doubling, between them; never retries a Ctrl-C.
+- ``timeout(seconds)``: the wrapped command (retries and all, if it wraps a
+  retry) is stopped at ``seconds`` and killed on the machine; result ``timeout``.
+- ``sudo(user)``: the shell commands inside run through ``sudo -n -u user``;
+  where sudo would ask for a password it fails at once, with a result that
+  says so, instead of hanging on a prompt nobody sees.
+- ``once(marker)``: run only where ``marker`` is absent, then set it. While it
+  runs it holds the lock ``once.<marker>``, so two shells do the work once;
+  a lock left by a shell that died is reported, and broken only explicitly.
+"""
+
+import copy
+import secrets
+import shlex
+import time
+
+from .commands import Command, Shell
+from .errors import ArgumentError
+from .results import ErrorKind
+from .state import LOCK_PREFIX, Op, StateCommand, check_name, sub_attempt
+
+
+def as_command(command):
+    """A Command from a Command or a shell string."""
+    if isinstance(command, Command):
+        return command
+    if isinstance(command, str):
+        return Shell(command)
+    raise ArgumentError(f"a recipe step is a Command or a shell string, not {command!r}; e.g. Shell('make install')")
+
+
+class Wrapper(Command):
+    """A Command around another one (``inner``)."""
+
+    def __init__(self, inner):
+        self.inner = as_command(inner)
+
+    @property
+    def timeout(self):
+        return self.inner.timeout
+
+    def __str__(self):
+        return str(self.inner)
+
+
+def map_shell(command, change):
+    """A copy of ``command`` whose shell strings went through ``change``; for sudo."""
+    if isinstance(command, Wrapper):
+        mapped = copy.copy(command)
+        mapped.inner = map_shell(command.inner, change)
+        return mapped
+    if type(command) is Shell:
+        return Shell(change(command.command), timeout=command.timeout, input=command.input, pty=command.pty)
+    raise ArgumentError(f"sudo applies to shell commands, not {command!r}; to put a file as another user, "
+                        "put it somewhere you can write, then run Shell('sudo install ...')")
+
+
+class _Deadline:
+    """A cancel flag that is also set when a deadline passes (what Shell looks at)."""
+
+    def __init__(self, parent, deadline):
+        self.parent, self.deadline = parent, deadline
+
+    def expired(self):
+        return time.monotonic() >= self.deadline
+
+    def is_set(self):
+        return self.parent.is_set() or self.expired()
+
+    def wait(self, seconds):
+        return self.parent.wait(max(0.0, min(seconds, self.deadline - time.monotonic()))) or self.is_set()
+
+    def set(self):
+        self.parent.set()
+
+
+def _wait(cancel, seconds):
+    """Sleep ``seconds`` unless cancelled; True if cancelled."""
+    return bool(cancel.wait(seconds))
+
+
+class Retry(Wrapper):
+    def __init__(self, inner, tries=3, backoff=1.0, on=None):
+        super().__init__(inner)
+        if not isinstance(tries, int) or tries < 1:
+            raise ArgumentError(f"tries is how many runs in all (at least 1), not {tries!r}; e.g. retry(3)")
+        if backoff < 0:
+            raise ArgumentError(f"backoff is seconds before the second try, not {backoff!r}")
+        self.tries, self.backoff = tries, backoff
+        self.on = None if on is None else {ErrorKind(k) for k in ([on] if isinstance(on, str) else on)}
+
+    def __repr__(self):
+        return f"retry({self.tries}, backoff={self.backoff:g}, {self.inner!r})"
+
+    def execute(self, attempt):
+        delay = self.backoff
+        for number in range(1, self.tries + 1):
+            result = self.inner.execute(sub_attempt(attempt))
+            if result.ok or result.error is ErrorKind.INTERRUPTED or attempt.cancel.is_set():
+                break
+            if self.on is not None and result.error not in self.on:
+                break
+            if number == self.tries or _wait(attempt.cancel, delay):
+                break
+            delay *= 2
+        result.detail = dict(result.detail, tries=number)
+        if number > 1:
+            note = f"try {number} of {self.tries}"
+            result.message = f"{result.message}; {note}" if result.message else note
+        return result
+
+
+class Timeout(Wrapper):
+    def __init__(self, inner, seconds):
+        super().__init__(inner)
+        if not seconds or seconds <= 0:
+            raise ArgumentError(f"timeout is a positive number of seconds, not {seconds!r}; e.g. timeout(30)")
+        self.seconds = seconds
+
+    @property
+    def timeout(self):
+        return self.seconds
+
+    def __repr__(self):
+        return f"timeout({self.seconds:g}, {self.inner!r})"
+
+    def execute(self, attempt):
+        cancel = _Deadline(attempt.cancel, time.monotonic() + self.seconds)
+        result = self.inner.execute(sub_attempt(attempt, cancel))
+        if result.error is ErrorKind.INTERRUPTED and cancel.expired() and not attempt.cancel.is_set():
+            result.error = ErrorKind.TIMEOUT
+            killed = result.message.partition("; ")[2]
+            result.message = f"no exit after {self.seconds:g}s" + (f"; {killed}" if killed else "")
+        return result
+
+
+#: What sudo -n prints when it would have to ask.
+_SUDO_ASKS = (b"a password is required", b"a terminal is required")
+
+
+class Sudo(Wrapper):
+    def __init__(self, inner, user="root"):
+        if not isinstance(user, str) or not user or user.startswith("-"):
+            raise ArgumentError(f"sudo needs a user name, e.g. sudo('root'), not {user!r}")
+        self.user = user
+        self.original = as_command(inner)
+        prefix = f"sudo -n -H -u {shlex.quote(user)} -- sh -c "
+        super().__init__(map_shell(self.original, lambda text: prefix + shlex.quote(text)))
+
+    def __repr__(self):
+        return f"sudo({self.user!r}, {self.original!r})"
+
+    def __str__(self):
+        return str(self.original)
+
+    def execute(self, attempt):
+        result = self.inner.execute(attempt)
+        if result.error is ErrorKind.EXIT and result.exit_code == 1:
+            output = result.output_bytes
+            if output.startswith(b"sudo: ") and any(s in output for s in _SUDO_ASKS):
+                result.message = (f"sudo -n to {self.user} needs a password here, and nobody can type one: "
+                                  f"give the login user a NOPASSWD rule for it (sudoers), or log in as a user that has one")
+                result.detail = dict(result.detail, sudo="password")
+        elif result.error is ErrorKind.EXIT and result.exit_code == 127 and b"sudo" in result.output_bytes:
+            result.message = "sudo is not installed on this machine"
+            result.detail = dict(result.detail, sudo="missing")
+        return result
+
+
+class Once(Wrapper):
+    """Run where ``marker`` is absent, holding lock ``once.<marker>``; set the marker on success."""
+
+    def __init__(self, inner, marker):
+        super().__init__(inner)
+        self.marker = check_name(marker)
+        self.lock = LOCK_PREFIX + check_name("once." + marker)
+
+    def __repr__(self):
+        return f"once({self.marker!r}, {self.inner!r})"
+
+    def execute(self, attempt):
+        from .state import _age
+
+        token = secrets.token_hex(8)
+        claim = StateCommand([Op("claim", self.lock, note=str(self.inner), token=token, unless=self.marker)],
+                             label=f"once {self.marker}: check")
+        checked = claim.execute(sub_attempt(attempt))
+        if not checked.ok:
+            return checked
+        status, seen, now = checked.detail["ops"][0], checked.detail["markers"], checked.detail["now"]
+        if status == "done":
+            done = seen[self.marker]
+            checked.command = self
+            checked.message = f"skipped: {self.marker} {done.describe(now)}"
+            checked.detail = dict(checked.detail, skipped=True)
+            return checked
+        if status != "ok":
+            holder = seen.get(self.lock)
+            gone = holder is not None and holder.holder_gone()
+            who = (f"{holder.by} since {holder.when} ({_age((now or time.time()) - holder.at)} ago)"
+                   f"{', a process no longer running here' if gone else ''}") if holder else "another shell"
+            checked.command = self
+            checked.error = ErrorKind.EXIT
+            checked.message = (f"{self.marker}: being done by {who}; if that shell died, break the lock with "
+                               f"cluster.machine({attempt.machine.name!r}).break_lock({self.lock[len(LOCK_PREFIX):]!r})"
+                               " and run again")
+            checked.detail = dict(checked.detail, held_by=holder)
+            return checked
+        result = self.inner.execute(sub_attempt(attempt))
+        ops = [Op("unmark", self.lock, token=token)]
+        if result.ok:
+            ops.insert(0, Op("mark", self.marker, note=str(self.inner)))
+        finish = StateCommand(ops, label=f"once {self.marker}: done").execute(sub_attempt(attempt))
+        if result.ok and not finish.ok:
+            result.error = finish.error
+            result.message = f"the step ran, but marking {self.marker} failed: {finish.status} {finish.message}"
+        result.detail = dict(result.detail, skipped=False)
+        return result
+
+
+# -- the adapter factories: retry(3)(cmd), composable in any order -----------------
+
+def _factory(make):
+    def wrap(command):
+        return make(command)
+    return wrap
+
+
+def retry(tries=3, backoff=1.0, on=None):
+    """``retry(3, backoff=1)(cmd)``: up to ``tries`` runs in all; ``on``: only for these error kinds."""
+    Retry(Shell("true"), tries, backoff, on)  # check the arguments now, not at the first run
+    return _factory(lambda command: Retry(command, tries, backoff, on))
+
+
+def timeout(seconds):
+    """``timeout(30)(cmd)``: stop and kill the wrapped command after ``seconds``."""
+    Timeout(Shell("true"), seconds)
+    return _factory(lambda command: Timeout(command, seconds))
+
+
+def sudo(user="root"):
+    """``sudo("root")(cmd)``: run the shell commands inside with ``sudo -n -u user``."""
+    Sudo(Shell("true"), user)
+    return _factory(lambda command: Sudo(command, user))
+
+
+def once(marker):
+    """``once("installed")(cmd)``: run only where the marker is absent, then set it."""
+    check_name(marker)
+    check_name("once." + marker)
+    return _factory(lambda command: Once(command, marker))
+
+
+# -- recipes ---------------------------------------------------------------------
+
+class RecipeResult:
+    """What a recipe did: one ResultSet per step run; ``ok`` machines; ``failed`` {name: Result}."""
+
+    def __init__(self, machines, steps, failed):
+        from .machineset import MachineSet
+
+        self.steps = steps
+        self.failed = failed
+        self.ok = MachineSet(m for m in machines if m.name not in failed)
+
+    @property
+    def all_ok(self):
+        return not self.failed
+
+    def __repr__(self):
+        from .hostset import fold
+        bad = f" failed={fold(self.failed)}" if self.failed else ""
+        return f"<RecipeResult steps={len(self.steps)} ok={len(self.ok)}{bad}>"
+
+
+def apply(machines, recipe):
+    """Run ``recipe`` (Commands or shell strings) step by step; a failing machine stops there."""
+    from .machine import Machine
+    from .machineset import MachineSet
+
+    if isinstance(recipe, (Command, str)):
+        recipe = [recipe]
+    steps = [as_command(step) for step in recipe]
+    machines = MachineSet([machines]) if isinstance(machines, Machine) else MachineSet(machines)
+    current, done, failed = machines, [], {}
+    for step in steps:
+        if not current:
+            break
+        results = current.execute(step)
+        done.append(results)
+        for result in results.failed.results():
+            failed[result.name] = result
+        current = current - results.failed.machines
+    return RecipeResult(machines, done, failed)
