@@ -49,6 +49,7 @@ _EXPORTS = {
     "register_diagnostic": "diagnostics",
     "service": "diagnostics",
     "FreeList": "freelist",
+    "FreeListEmpty": "freelist",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -67,3 +68,17 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(list(globals()) + __all__)
+
+
+def load_ipython_extension(shell):
+    """``%load_ext ecshell``: see :mod:`ecshell.ipython`."""
+    from .ipython import load_ipython_extension as load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell):
+    """``%unload_ext ecshell``: see :mod:`ecshell.ipython`."""
+    from .ipython import unload_ipython_extension as unload
+
+    unload(shell)

@@ -117,6 +117,10 @@ class Cluster:
     def __getitem__(self, pattern):
         return self.machines[pattern]
 
+    def _ipython_key_completions_(self):
+        """Machine names, for tab completion of ``cluster["..."]`` in IPython."""
+        return list(self._machines)
+
     def __iter__(self):
         return iter(self.machines)
 

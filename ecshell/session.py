@@ -1,0 +1,242 @@
+"""What the shell's magics do, as plain Python: no IPython in here.
+
+>>> from ecshell import Cluster, LocalFabric
+>>> from ecshell.session import Session
+>>> s = Session(Cluster(LocalFabric()), ask=lambda question: True)
+>>> s.launch(3, name="web")                         # doctest: +SKIP
+>>> rs = s.on("all", "hostname")                    # doctest: +SKIP
+>>> rs = s.on("failed")                             # the last command again, where it failed   # doctest: +SKIP
+
+``ecshell.magics`` parses what the operator typed and calls one method here;
+everything the shell does can be done (and tested) without a shell. ``ask``
+is how the session asks the operator a yes/no question; ``None`` means it
+cannot ask, and then it refuses whatever would need an answer.
+"""
+
+import sys
+
+from . import report, targets
+from .errors import ArgumentError, SelectionError
+from .results import ResultSet
+
+LIVE = ("running", "ready")
+
+
+class Session:
+    """The operator's shell over one Cluster: targets, broadcasts, questions, tables."""
+
+    def __init__(self, cluster, ask=None, stream=None, color=False):
+        self.cluster = cluster
+        self.ask = ask
+        self.stream = stream
+        self.color = color
+        #: Markers last read from the machines (``%cluster``), offered to completion.
+        self.known_markers = set()
+
+    @property
+    def settings(self):
+        return self.cluster.settings
+
+    def say(self, text):
+        stream = self.stream or sys.stdout
+        stream.write(text + "\n")
+        stream.flush()
+
+    # -- selection -----------------------------------------------------------
+
+    def select(self, target):
+        """The MachineSet a target word selects (see :mod:`ecshell.targets`)."""
+        return targets.resolve(self.cluster, target)
+
+    def _live(self, target):
+        chosen = self.select(target)
+        live = chosen.in_state(*LIVE)
+        if not live:
+            states = ", ".join(f"{m.name}: {m.state}" for m in chosen)
+            raise SelectionError(f"no running machine in {target!r} ({states}); "
+                                 "check with %ready, or launch some with %launch 3")
+        skipped = chosen - live
+        if skipped:
+            self.say(f"skipping {len(skipped)} machines not running: {skipped}")
+        return live
+
+    # -- broadcasts ------------------------------------------------------------
+
+    def on(self, target, command=None, timeout=None, live=True):
+        """Run a shell command on ``target``; a ResultSet, also kept in ``cluster.history``.
+
+        With no command and target ``failed``, re-runs the last broadcast's
+        command on the machines where it failed.
+        """
+        if command is None or (isinstance(command, str) and not command.strip()):
+            if target != "failed":
+                raise ArgumentError(f"give a command to run, e.g. %on {target} uptime "
+                                    "(only '%on failed' re-runs the last command)")
+            last = self.cluster.history[-1] if self.cluster.history else None
+            if last is None or last.command is None:
+                raise ArgumentError("nothing to re-run: no broadcast yet; run %on all CMD first")
+            operation = last.command
+        elif isinstance(command, str):
+            from .commands import Shell
+
+            operation = Shell(command, timeout=timeout)
+        else:
+            operation = command
+        machines = self._live(target)
+        return self.broadcast(machines, operation, live=live)
+
+    def broadcast(self, machines, operation, live=True):
+        """Run a Command object with the live view, ask about new host keys, record the result."""
+        results = self._execute(machines, operation, live)
+        results = self._hostkeys(results, operation, live)
+        self.cluster.history.append(results)
+        return results
+
+    def _execute(self, machines, operation, live):
+        if not live:
+            return machines.execute(operation)
+        from .live import LiveView
+
+        view = LiveView(machines, delay=self.settings.progress_after, stream=self.stream or sys.stdout,
+                        color=self.color, stream_output=self.settings.stream_output)
+        with view:
+            return machines.execute(operation, on_output=view.output, on_result=view.result)
+
+    def _hostkeys(self, results, operation, live):
+        """Where the policy would ask: show every new key of the broadcast, ask once."""
+        unknown = [r for r in results.failed.results()
+                   if r.error == "hostkey" and r.detail.get("reason") == "unknown"
+                   and r.detail.get("offered") is not None and r.detail.get("verifier") is not None]
+        if not unknown or self.ask is None:
+            return results
+        from .hostkeys import fingerprint
+
+        width = max(len(r.machine.name) for r in unknown)
+        lines = [f"{len(unknown)} of {len(results)} hosts offered a host key that is not in known_hosts:"]
+        for r in unknown:
+            key = r.detail["offered"]
+            where = r.detail.get("host") or f"{r.machine.host}:{r.machine.port}"
+            lines.append(f"  {r.machine.name:<{width}}  {where}  {key.get_name()} {fingerprint(key)}")
+        files = sorted({r.detail["verifier"].files[0] for r in unknown if r.detail["verifier"].files})
+        lines.append(f"Check these fingerprints out of band. Trusting records them in {', '.join(files)}.")
+        self.say("\n".join(lines))
+        if not self.ask(f"Trust these {len(unknown)} keys? [y/N] "):
+            self.say("not trusted: those hosts stay failed (hostkey)")
+            return results
+        for r in unknown:
+            endpoint = r.machine.endpoint
+            r.detail["verifier"].accept(endpoint.host, endpoint.port, r.detail["offered"])
+        from .machineset import MachineSet
+
+        retried = self._execute(MachineSet(r.machine for r in unknown), operation, live)
+        merged = [retried[r.name] if r.name in retried else r for r in results.results()]
+        return ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
+
+    def put(self, local, remote, target="all", mode=None):
+        from .commands import Put
+
+        return self.broadcast(self._live(target), Put(local, remote, mode))
+
+    def get(self, remote, local, target="all"):
+        from .commands import Get
+
+        return self.broadcast(self._live(target), Get(remote, local))
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def launch(self, count, name="node", instance_type=None, image=None, fabric=None, wait=True):
+        options = {}
+        if instance_type:
+            options["instance_type"] = instance_type
+        if image:
+            options["image_id"] = image
+        machines = self.cluster.launch(count, name=name, fabric=fabric, wait=wait, **options)
+        if wait:
+            failed = machines - machines.in_state("ready")
+            if failed:
+                self.say(f"did not become ready (failed-init): {failed}; "
+                         f"try %ready {failed} again, or %terminate {failed}")
+        else:
+            self.say("not waiting: %ready checks them")
+        return machines
+
+    def ready(self, target=None):
+        chosen = self.select(target or "all")
+        ready = self.cluster.ready(chosen)
+        missing = chosen - ready
+        if missing:
+            self.say("not ready: " + ", ".join(f"{m.name} ({m.state})" for m in missing))
+        return ready
+
+    def terminate(self, target, yes=False):
+        """Terminate the target's machines, asking first for 'all' or a large selection."""
+        chosen = self.select(target)
+        large = target == "all" or len(chosen) > self.settings.confirm_terminate_above
+        if large and not yes:
+            if self.ask is None:
+                raise ArgumentError(f"terminating {len(chosen)} machines ({chosen}) needs a confirmation: "
+                                    f"add -y, e.g. %terminate {target} -y")
+            if not self.ask(f"Terminate {len(chosen)} machines {chosen}? [y/N] "):
+                self.say("nothing terminated")
+                return None
+        return self.cluster.terminate(chosen)
+
+    # -- tables ------------------------------------------------------------------
+
+    def machine_table(self, markers=True):
+        self.cluster.refresh()
+        found = {}
+        ready = self.cluster.machines.in_state(*LIVE)
+        if markers and ready and hasattr(ready, "markers"):
+            try:
+                found = {name: marks for name, marks in ready.markers().items() if marks}
+            except Exception as exc:  # markers are a convenience here; the table must still show
+                self.say(f"(markers not read: {exc})")
+            for marks in found.values():
+                self.known_markers.update(marks)
+        return report.machine_table(self.cluster, found)
+
+    def cost(self):
+        return report.cost_table(self.cluster)
+
+    def toolbar(self):
+        return report.toolbar_text(self.cluster)
+
+    def exit_warning(self):
+        return report.exit_warning(self.cluster)
+
+    # -- completion ----------------------------------------------------------------
+
+    #: For each magic, the argument positions (after options) that are targets.
+    TARGET_POSITIONS = {"on": 0, "ready": 0, "terminate": 0, "put": 2, "get": 2}
+    #: Options that take a value (the next word is not a positional argument).
+    VALUED_OPTIONS = ("-t", "--timeout", "-m", "--mode")
+
+    def complete(self, text_until_cursor):
+        """Completions for a magic line (``%on we``), or None when the word is not a target."""
+        words = text_until_cursor.split()
+        if not words:
+            return None
+        magic = words[0].lstrip("%")
+        position = self.TARGET_POSITIONS.get(magic)
+        if position is None:
+            return None
+        args, skip = [], False
+        for word in words[1:]:
+            if skip:
+                skip = False
+            elif word.startswith("-"):
+                skip = word in self.VALUED_OPTIONS
+            else:
+                args.append(word)
+        current = len(args) if text_until_cursor[-1:].isspace() else len(args) - 1
+        if words[1:] and words[-1].startswith("-") and not text_until_cursor[-1:].isspace():
+            return None
+        if current != position:
+            return None
+        prefix = args[current] if current < len(args) else ""
+        return [w for w in targets.candidates(self.cluster, self.known_markers) if w.startswith(prefix)]
+
+    def __repr__(self):
+        return f"<Session {self.cluster!r} history={len(self.cluster.history)}>"
+
