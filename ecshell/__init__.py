@@ -50,6 +50,7 @@ _EXPORTS = {
     "service": "diagnostics",
     "FreeList": "freelist",
     "FreeListEmpty": "freelist",
+    "FreeListEmpty": "freelist",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -50,6 +50,7 @@ class Cluster:
         self.fabrics = {}
         self.history = []
         self._machines = {}
+        self.free_lists = {}
         for fabric in fabrics or (_default_fabric(self.settings),):
             self.attach(fabric)
 
@@ -128,7 +129,17 @@ class Cluster:
         return len(self._machines)
 
     def select(self, **tags):
+        if "marker" in tags:  # markers are read from the machines: only running ones can answer
+            return self.machines.in_state(RUNNING, READY).select(**tags)
         return self.machines.select(**tags)
+
+    def free_list(self, name, size=2, recipe=(), last=None, **options):
+        """The free list ``name`` (made on first call): machines kept configured ahead by ``recipe``."""
+        from .freelist import FreeList
+
+        if name not in self.free_lists:
+            self.free_lists[name] = FreeList(self, name, size=size, recipe=recipe, last=last, **options)
+        return self.free_lists[name]
 
     def _target(self, target):
         if target is None or target == "all":
@@ -258,6 +269,8 @@ class Cluster:
 
     def close(self):
         """Close every pooled connection (machines keep running)."""
+        for pool in self.free_lists.values():
+            pool.close()
         self.engine.close()
         for fabric in self.fabrics.values():
             fabric.close()
