@@ -50,7 +50,6 @@ _EXPORTS = {
     "service": "diagnostics",
     "FreeList": "freelist",
     "FreeListEmpty": "freelist",
-    "FreeListEmpty": "freelist",
 }
 
 __all__ = sorted(_EXPORTS)
