@@ -209,6 +209,17 @@ class Cluster:
         for machine in machines:
             by_fabric.setdefault(machine.fabric, []).append(machine)
         for fabric, members in by_fabric.items():
+            fresh = getattr(fabric, "prototypes", None)
+            if fresh is not None:
+                # A cloud machine gets its address (and a console-checked host key)
+                # only once it runs: take the whole prototype, not just the state.
+                found = {p.id: p for p in fresh([m.id for m in members])}
+                for machine in members:
+                    if machine.id in found:
+                        machine.update(found[machine.id])
+                    else:
+                        machine.state = TERMINATED
+                continue
             states = fabric.states([m.id for m in members])
             for machine in members:
                 state = states.get(machine.id, TERMINATED)

@@ -1,0 +1,116 @@
+"""One-time setup in a region, idempotent: the operator's key pair and an SSH-only security group.
+
+>>> ec2.import_key_pair()                    # "ecshell-<user>", from the ecshell client key  # doctest: +SKIP
+>>> ec2.ensure_security_group()              # port 22 from this machine's public address only  # doctest: +SKIP
+"""
+
+import getpass
+import ipaddress
+import urllib.request
+
+from .errors import Ec2Error, aws_call
+
+#: Answers with the caller's public IPv4 address; used only when no cidr is given.
+CHECKIP_URL = "https://checkip.amazonaws.com"
+
+
+def _key_body(line):
+    return " ".join(line.split()[:2])
+
+
+def import_key_pair(fabric, name=None, public_key=None):
+    """Import ``public_key`` (default: the fabric's identity_file.pub) as key pair ``name``.
+
+    Idempotent: an existing pair with the same key is kept; one with another
+    key under the same name is an error, never overwritten. Sets
+    ``fabric.key_name`` when it was unset. Returns the name.
+    """
+    name = name or f"ecshell-{getpass.getuser()}"
+    public_key = public_key or fabric._operator_public_key()
+    client = fabric.client
+    try:
+        with aws_call(f"looking up key pair {name}"):
+            found = client.describe_key_pairs(KeyNames=[name], IncludePublicKey=True)["KeyPairs"]
+    except Ec2Error as exc:
+        if exc.code != "InvalidKeyPair.NotFound":
+            raise
+        found = []
+    if found:
+        existing = found[0].get("PublicKey")
+        if existing and _key_body(existing) != _key_body(public_key):
+            raise Ec2Error(f"key pair {name} exists in {fabric.region} with another public key",
+                           code="InvalidKeyPair.Duplicate",
+                           remedy="pass another name=, or delete the old pair (aws ec2 delete-key-pair)")
+    else:
+        with aws_call(f"importing key pair {name}"):
+            client.import_key_pair(
+                KeyName=name, PublicKeyMaterial=public_key.encode(),
+                TagSpecifications=[{"ResourceType": "key-pair",
+                                    "Tags": [{"Key": "ecshell:owner", "Value": fabric.owner}]}])
+    if not fabric.key_name:
+        fabric.key_name = name
+    return name
+
+
+def operator_cidr(url=CHECKIP_URL, timeout=5.0):
+    """This machine's public IPv4 address as a /32, as AWS sees it."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            text = reply.read(64).decode().strip()
+        return f"{ipaddress.IPv4Address(text)}/32"
+    except (OSError, ValueError) as exc:
+        raise Ec2Error(f"cannot find this machine's public address from {url} ({exc})", code="NoAddress",
+                       remedy="pass cidr='203.0.113.7/32' to ensure_security_group") from None
+
+
+def _default_vpc(fabric):
+    client = fabric.client
+    with aws_call("finding the VPC"):
+        if fabric.subnet_id:
+            subnets = client.describe_subnets(SubnetIds=[fabric.subnet_id])["Subnets"]
+            return subnets[0]["VpcId"]
+        vpcs = client.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise Ec2Error(f"{fabric.region} has no default VPC", code="NoDefaultVpc",
+                       remedy="set subnet_id (its VPC is used), or pass vpc_id=")
+    return vpcs[0]["VpcId"]
+
+
+def ensure_security_group(fabric, name="ecshell-ssh", cidr=None, vpc_id=None):
+    """A group allowing TCP ``ssh_port`` from ``cidr`` only (default: this machine's /32).
+
+    Created if missing, the rule added if missing; other rules are left alone.
+    The group id is added to ``fabric.security_groups``. Returns the id.
+    """
+    cidr = str(ipaddress.ip_network(cidr, strict=False)) if cidr else operator_cidr()
+    vpc_id = vpc_id or _default_vpc(fabric)
+    port = fabric.ssh_port
+    client = fabric.client
+    with aws_call(f"looking up security group {name}"):
+        groups = client.describe_security_groups(Filters=[
+            {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
+    if groups:
+        group = groups[0]
+    else:
+        with aws_call(f"creating security group {name}"):
+            group_id = client.create_security_group(
+                GroupName=name, VpcId=vpc_id, Description="SSH from the ecshell operator only",
+                TagSpecifications=[{"ResourceType": "security-group",
+                                    "Tags": [{"Key": "ecshell:owner", "Value": fabric.owner}]}])["GroupId"]
+        group = {"GroupId": group_id, "IpPermissions": []}
+    present = any(
+        perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == port and perm.get("ToPort") == port
+        and any(r.get("CidrIp") == cidr for r in perm.get("IpRanges", []))
+        for perm in group.get("IpPermissions", []))
+    if not present:
+        try:
+            with aws_call(f"opening port {port} of {name} to {cidr}"):
+                client.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[{
+                    "IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+                    "IpRanges": [{"CidrIp": cidr, "Description": "ecshell operator"}]}])
+        except Ec2Error as exc:
+            if exc.code != "InvalidPermission.Duplicate":
+                raise
+    if group["GroupId"] not in fabric.security_groups:
+        fabric.security_groups = list(fabric.security_groups) + [group["GroupId"]]
+    return group["GroupId"]

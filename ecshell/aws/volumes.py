@@ -1,0 +1,83 @@
+"""EBS volumes: create (tagged), attach to a machine, detach, delete.
+
+>>> vol = ec2.create_volume(20, name="data")                     # doctest: +SKIP
+>>> ec2.attach_volume(vol["id"], cluster.machine("db-0"))        # doctest: +SKIP
+"""
+
+from .errors import aws_call
+
+
+def _row(volume):
+    from ..fabrics.ec2 import _tags
+
+    attachments = volume.get("Attachments") or []
+    return {"id": volume["VolumeId"], "size": volume.get("Size"), "type": volume.get("VolumeType"),
+            "state": volume.get("State"), "availability_zone": volume.get("AvailabilityZone"),
+            "instance": attachments[0].get("InstanceId") if attachments else None,
+            "device": attachments[0].get("Device") if attachments else None,
+            "tags": _tags(volume.get("Tags"))}
+
+
+def _wait(fabric, name, volume_id):
+    delay = 15 if not fabric.endpoint_url else 1
+    with aws_call(f"waiting for volume {volume_id}"):
+        fabric.client.get_waiter(name).wait(VolumeIds=[volume_id],
+                                            WaiterConfig={"Delay": delay, "MaxAttempts": 600 // delay})
+
+
+def describe_volume(fabric, volume_id):
+    with aws_call(f"describing volume {volume_id}"):
+        return _row(fabric.client.describe_volumes(VolumeIds=[volume_id])["Volumes"][0])
+
+
+def create_volume(fabric, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
+    """A new volume of ``size`` GiB, tagged with the owner; in the first zone of the region by default."""
+    from ..fabrics.ec2 import CLUSTER_TAG, OWNER_TAG, _tag_list
+
+    if availability_zone is None:
+        with aws_call("listing availability zones"):
+            zones = fabric.client.describe_availability_zones(
+                Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
+        availability_zone = sorted(z["ZoneName"] for z in zones)[0]
+    tags = {OWNER_TAG: fabric.owner, CLUSTER_TAG: fabric.cluster}
+    if name:
+        tags["Name"] = name
+    with aws_call(f"creating a {size} GiB volume"):
+        volume = fabric.client.create_volume(
+            Size=int(size), AvailabilityZone=availability_zone, VolumeType=volume_type,
+            TagSpecifications=[{"ResourceType": "volume", "Tags": _tag_list(tags)}])
+    if wait:
+        _wait(fabric, "volume_available", volume["VolumeId"])
+    return describe_volume(fabric, volume["VolumeId"])
+
+
+def attach_volume(fabric, volume_id, machine, device="/dev/sdf", wait=True):
+    instance_id = getattr(machine, "id", machine)
+    with aws_call(f"attaching {volume_id} to {instance_id}"):
+        fabric.client.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+    if wait:
+        _wait(fabric, "volume_in_use", volume_id)
+    return describe_volume(fabric, volume_id)
+
+
+def detach_volume(fabric, volume_id, force=False, wait=True):
+    with aws_call(f"detaching {volume_id}"):
+        fabric.client.detach_volume(VolumeId=volume_id, Force=force)
+    if wait:
+        _wait(fabric, "volume_available", volume_id)
+    return describe_volume(fabric, volume_id)
+
+
+def delete_volume(fabric, volume_id):
+    with aws_call(f"deleting {volume_id}"):
+        fabric.client.delete_volume(VolumeId=volume_id)
+
+
+def list_volumes(fabric):
+    """Volumes tagged with this owner."""
+    from ..fabrics.ec2 import OWNER_TAG
+
+    with aws_call("listing volumes"):
+        pages = fabric.client.get_paginator("describe_volumes").paginate(
+            Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [fabric.owner]}])
+        return [_row(v) for page in pages for v in page.get("Volumes", [])]

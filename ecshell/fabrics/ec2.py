@@ -1,0 +1,707 @@
+"""Ec2Fabric: machines on AWS EC2, or on any EC2-compatible endpoint, through boto3.
+
+>>> from ecshell import Cluster, Ec2Fabric
+>>> ec2 = Ec2Fabric(region="eu-west-1", image_id="ami-0abc...", instance_type="t3.micro",
+...                 user="admin")                              # doctest: +SKIP
+>>> ec2.import_key_pair(); ec2.ensure_security_group()       # once per region  # doctest: +SKIP
+>>> cluster = Cluster(ec2)                                     # doctest: +SKIP
+>>> web = cluster.launch(3, name="web")   # EC2 says running, then `true` over SSH  # doctest: +SKIP
+>>> ec2.cost()                                                 # doctest: +SKIP
+
+Every instance is tagged at launch (``TagSpecifications``, so nothing ever
+exists untagged) with its Name, ``ecshell:owner`` and ``ecshell:cluster``;
+a new shell finds them again by those tags. Each instance gets an ed25519
+host key generated here, delivered through cloud-init user data and pinned
+by instance id before the first connection; an instance without a pin is
+checked against the host-key block of its console output, and refused when
+there is none. The fabric owns one boto3 Session and one client (adaptive
+retries); AWS failures surface as :class:`ecshell.aws.errors.Ec2Error` with
+the AWS error code and a remedy.
+"""
+
+import concurrent.futures
+import datetime
+import getpass
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
+
+from ..aws.errors import Ec2Error, aws_call
+from ..aws.pins import PinStore
+from ..aws.pricing import hourly_price
+from ..config import ecshell_home
+from ..endpoint import parse_target
+from ..errors import ArgumentError
+from .base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
+
+log = logging.getLogger("ecshell")
+
+OWNER_TAG = "ecshell:owner"
+CLUSTER_TAG = "ecshell:cluster"
+LAUNCH_TAG = "ecshell:launch"
+EXPIRES_TAG = "ecshell:expires"
+PRICE_TAG = "ecshell:hourly-price"
+
+#: EC2 instance states as fabric states.
+STATES = {
+    "pending": PENDING, "running": RUNNING, "stopping": STOPPED, "stopped": STOPPED,
+    "shutting-down": TERMINATED, "terminated": TERMINATED,
+}
+LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+#: At most this many values in one describe filter.
+_BATCH = 200
+
+
+def _tags(pairs):
+    return {t["Key"]: t["Value"] for t in pairs or ()}
+
+
+def _tag_list(tags):
+    return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
+
+
+def _iso(timestamp):
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(text):
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+class Ec2Fabric(Fabric):
+    """Instances on EC2; traits double as keyword arguments."""
+
+    kind = "ec2"
+
+    region = Unicode(None, allow_none=True, help="""AWS region, e.g. 'eu-west-1'.
+        Default: $AWS_REGION, else $AWS_DEFAULT_REGION, else the profile's region.""").tag(config=True)
+
+    profile = Unicode(None, allow_none=True, help="""AWS profile from ~/.aws/config.
+        None: the standard chain ($AWS_PROFILE, environment keys, SSO, instance role).""").tag(config=True)
+
+    endpoint_url = Unicode(None, allow_none=True, help="""EC2 API endpoint, for an EC2-compatible
+        service or a test server (http://127.0.0.1:5000). None: AWS's own.""").tag(config=True)
+
+    image_id = Unicode("", help="AMI to launch (ami-...); must exist in this region.").tag(config=True)
+
+    instance_type = Unicode("t3.micro", help="Instance type to launch.").tag(config=True)
+
+    key_name = Unicode(None, allow_none=True, help="""EC2 key pair to launch with (see
+        import_key_pair()). None: none; the operator's key still reaches the default user
+        through cloud-init.""").tag(config=True)
+
+    security_groups = List(Unicode(), help="""Security groups: ids (sg-...) or names.
+        Empty: the VPC's default group (see ensure_security_group()).""").tag(config=True)
+
+    subnet_id = Unicode(None, allow_none=True, help="Subnet to launch into. None: the default VPC's choice.").tag(config=True)
+
+    user_data = Unicode("", help="""The operator's own user data (a script starting with '#!' or a
+        '#cloud-config' document), sent after ecshell's host-key part.""").tag(config=True)
+
+    user = Unicode("ec2-user", help="""User to log in as: the image's default user
+        ('ec2-user' on Amazon Linux, 'admin' on Debian, 'ubuntu' on Ubuntu).""").tag(config=True)
+
+    identity_file = Unicode(help="""Private key to log in with; its public half is given to
+        cloud-init and to import_key_pair(). Default: <ECSHELL_HOME>/id_ed25519, created when missing.""").tag(config=True)
+
+    ssh_port = Integer(22, help="SSH port of the instances.").tag(config=True)
+
+    address = Enum(["public-ip", "private-ip", "public-dns", "private-dns"], "public-ip", help="""Which
+        address to connect to. An instance tag named address_tag ('host' or 'host:port')
+        overrides it per instance (bastions, VPNs, port forwards).""").tag(config=True)
+
+    address_tag = Unicode("ecshell:address", help="Tag that overrides an instance's address.").tag(config=True)
+
+    owner = Unicode(help="""Value of the ecshell:owner tag of every instance launched here;
+        discovery and the TTL reaper only touch instances with this owner.
+        Default: <local user>@<host name>.""").tag(config=True)
+
+    cluster = Unicode("default", help="Value of the ecshell:cluster tag; discovery finds this cluster's instances.").tag(config=True)
+
+    spot = Bool(False, help="Launch spot instances (one-time, terminated on interruption).").tag(config=True)
+
+    spot_max_price = Unicode(None, allow_none=True, help="Highest hourly spot price (USD). None: up to the on-demand price.").tag(config=True)
+
+    ttl = Float(None, allow_none=True, help="""Hours an instance may live: launch tags it with
+        ecshell:expires and reap() terminates it after. None: no limit.""").tag(config=True)
+
+    prices = Dict(help="""Hourly prices (USD) overriding the shipped table, per instance type
+        ('t3.micro': 0.0104) or per region and type ('eu-west-1/t3.micro': 0.0114).""").tag(config=True)
+
+    max_attempts = Integer(8, help="Attempts per AWS call in boto3's adaptive retry mode (throttling, 5xx).").tag(config=True)
+
+    launch_workers = Integer(8, help="RunInstances calls in flight at once (one per instance: each has its own host key).").tag(config=True)
+
+    console_recheck = Float(30.0, help="""Seconds between console-output reads for an instance
+        whose host key is not pinned.""").tag(config=True)
+
+    @default("region")
+    def _default_region(self):
+        return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+    @default("identity_file")
+    def _default_identity_file(self):
+        return os.path.join(ecshell_home(), "id_ed25519")
+
+    @default("owner")
+    def _default_owner(self):
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+
+    @validate("ttl")
+    def _check_ttl(self, proposal):
+        if proposal.value is not None and proposal.value <= 0:
+            raise ArgumentError(f"ttl is in hours and must be positive, not {proposal.value}; e.g. ttl=8")
+        return proposal.value
+
+    @validate("launch_workers", "max_attempts")
+    def _check_count(self, proposal):
+        if proposal.value < 1:
+            raise ArgumentError(f"{proposal.trait.name} must be at least 1, not {proposal.value}")
+        return proposal.value
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.name == self.kind and "name" not in kwargs and self.region:
+            # Two regions attached to one cluster need two names.
+            self.name = f"ec2-{self.region}"
+        self._lock = threading.Lock()
+        self._session = None
+        self._client = None
+        self._console_checked = {}
+        self._reaper = None
+
+    # -- the boto3 session and client ----------------------------------------
+
+    @property
+    def client(self):
+        """The fabric's one EC2 client (thread-safe), made on first use."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    with aws_call("opening an AWS session"):
+                        import boto3
+                        from botocore.config import Config
+
+                        session = boto3.session.Session(profile_name=self.profile or None,
+                                                        region_name=self.region or None)
+                        if not session.region_name:
+                            raise Ec2Error("no AWS region: set region='eu-west-1' (c.Ec2Fabric.region) "
+                                           "or AWS_REGION", code="NoRegion")
+                        config = Config(retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+                                        user_agent_extra="ecshell", connect_timeout=10, read_timeout=60)
+                        self._client = session.client("ec2", endpoint_url=self.endpoint_url or None, config=config)
+                        self._session = session
+                        if not self.region:
+                            self.region = session.region_name
+        return self._client
+
+    def _call(self, action, method, **params):
+        with aws_call(action):
+            return getattr(self.client, method)(**params)
+
+    def _pages(self, action, method, key, **params):
+        with aws_call(action):
+            for page in self.client.get_paginator(method).paginate(**params):
+                yield from page.get(key, [])
+
+    # -- host keys ------------------------------------------------------------
+
+    @property
+    def pins(self):
+        """Pinned host keys of this endpoint and region, on disk."""
+        scope = "aws"
+        if self.endpoint_url:
+            scope = "endpoint-" + hashlib.sha256(self.endpoint_url.encode()).hexdigest()[:10]
+        return PinStore(os.path.join(ecshell_home(), "ec2", "hostkeys", scope, self.region or "default"))
+
+    @property
+    def known_hosts_file(self):
+        """known_hosts for EC2 instances without a pin: empty unless the operator adds a verified key."""
+        return os.path.join(ecshell_home(), "ec2", "known_hosts")
+
+    def _host_keys(self, instance_id, state):
+        pins = self.pins
+        keys = pins.load(instance_id)
+        if keys or state != RUNNING:
+            return keys
+        # Not launched from here (or the pin was lost): the console output's key
+        # block, printed by cloud-init on the instance itself, is the fallback.
+        last = self._console_checked.get(instance_id)
+        if last is not None and time.monotonic() - last < self.console_recheck:
+            return []
+        self._console_checked[instance_id] = time.monotonic()
+        from ..aws.userdata import host_keys_from_console
+
+        try:
+            reply = self._call(f"reading the console output of {instance_id}", "get_console_output",
+                               InstanceId=instance_id)
+        except Ec2Error as exc:
+            log.warning("%s: %s", instance_id, exc)
+            return []
+        keys = host_keys_from_console(reply.get("Output") or "")
+        if keys:
+            pins.save(instance_id, keys, "console output")
+        else:
+            log.warning("%s has no pinned host key and no key block in its console output: "
+                        "connections to it are refused until one appears", instance_id)
+        return keys
+
+    def _forget(self, ids):
+        pins = self.pins
+        for instance_id in ids:
+            pins.forget(instance_id)
+            self._console_checked.pop(instance_id, None)
+
+    # -- prototypes -------------------------------------------------------------
+
+    def _address(self, instance, tags):
+        override = tags.get(self.address_tag)
+        if override:
+            user, host, port = parse_target(override)
+            return host, port or self.ssh_port, user
+        field = {"public-ip": "PublicIpAddress", "private-ip": "PrivateIpAddress",
+                 "public-dns": "PublicDnsName", "private-dns": "PrivateDnsName"}[self.address]
+        return instance.get(field) or "", self.ssh_port, None
+
+    def _price(self, instance_type, tags):
+        if PRICE_TAG in tags:
+            try:
+                return float(tags[PRICE_TAG])
+            except ValueError:
+                pass
+        return hourly_price(self.region, instance_type, self.prices)
+
+    def _prototype(self, instance):
+        tags = _tags(instance.get("Tags"))
+        instance_id = instance["InstanceId"]
+        state = STATES.get(instance["State"]["Name"], PENDING)
+        host, port, user = self._address(instance, tags)
+        keys = self._host_keys(instance_id, state) if state != TERMINATED else []
+        launched = instance.get("LaunchTime")
+        prototype = Prototype(
+            id=instance_id,
+            name=tags.get("Name") or instance_id,
+            host=host,
+            port=int(port),
+            user=user or self.user,
+            identity_files=[self.identity_file],
+            host_keys=keys,
+            tags=tags,
+            state=state,
+            identities_only=True,
+            launched_at=launched.timestamp() if launched else None,
+            extra={
+                "region": self.region,
+                "instance_type": instance.get("InstanceType"),
+                "image_id": instance.get("ImageId"),
+                "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
+                "spot": instance.get("InstanceLifecycle") == "spot",
+                "ec2_state": instance["State"]["Name"],
+                "hourly_cost": self._price(instance.get("InstanceType"), tags),
+                "expires_at": _parse_iso(tags.get(EXPIRES_TAG)),
+                "host_key_source": "pinned" if keys else None,
+            },
+        )
+        if not keys:
+            # No key known out of band: refuse whatever is offered (never fall back to
+            # the operator's ssh_config policy, which might say accept-new or no).
+            prototype.strict_host_key_checking = "yes"
+            prototype.known_hosts_files = [self.known_hosts_file]
+        return prototype
+
+    def _describe(self, action, filters=(), ids=None):
+        """Instances matching ``filters`` (and ``ids``, batched); no error for unknown ids."""
+        if ids is None:
+            return list(self._pages(action, "describe_instances", "Reservations", Filters=list(filters)))
+        ids = list(ids)
+        reservations = []
+        for start in range(0, len(ids), _BATCH):
+            batch = [{"Name": "instance-id", "Values": ids[start:start + _BATCH]}] + list(filters)
+            reservations += self._pages(action, "describe_instances", "Reservations", Filters=batch)
+        return reservations
+
+    @staticmethod
+    def _instances(reservations):
+        return [i for r in reservations for i in r.get("Instances", [])]
+
+    def _owned(self, all_clusters=False):
+        filters = [{"Name": f"tag:{OWNER_TAG}", "Values": [self.owner]},
+                   {"Name": "instance-state-name", "Values": LIVE_STATES}]
+        if not all_clusters:
+            filters.append({"Name": f"tag:{CLUSTER_TAG}", "Values": [self.cluster]})
+        return filters
+
+    # -- the Fabric interface ---------------------------------------------------
+
+    def discover(self):
+        """This owner's instances of this cluster (pending, running, stopped), by tag."""
+        instances = self._instances(self._describe("finding this cluster's instances", self._owned()))
+        prototypes = sorted((self._prototype(i) for i in instances), key=lambda p: p.name)
+        self._prune_pins({p.id for p in prototypes})
+        return prototypes
+
+    def _prune_pins(self, alive):
+        stale = [i for i in self.pins.ids() if i not in alive]
+        if not stale:
+            return
+        # Pins of instances that are not in this cluster's live set: forget those that
+        # are terminated or gone, keep those of other clusters.
+        states = {i["InstanceId"]: i["State"]["Name"]
+                  for i in self._instances(self._describe("checking pinned instances", ids=stale))}
+        self._forget([i for i in stale if states.get(i, "terminated") in ("terminated", "shutting-down")])
+
+    def prototypes(self, ids):
+        """Fresh prototypes of these instances (address, state, host keys); gone ones are absent."""
+        found = [self._prototype(i) for i in self._instances(self._describe("describing instances", ids=ids))]
+        self._forget([p.id for p in found if p.state == TERMINATED])
+        return found
+
+    def states(self, ids):
+        return {p.id: p.state for p in self.prototypes(ids)}
+
+    def stop(self, ids):
+        ids = list(ids)
+        if ids:
+            self._call(f"stopping {len(ids)} instance(s)", "stop_instances", InstanceIds=ids)
+
+    def start(self, ids):
+        ids = list(ids)
+        if not ids:
+            return []
+        self._call(f"starting {len(ids)} instance(s)", "start_instances", InstanceIds=ids)
+        return self.prototypes(ids)
+
+    def terminate(self, ids, wait=False):
+        """Terminate instances and forget their host keys; ``wait`` for EC2 to confirm."""
+        ids = list(ids)
+        if not ids:
+            return
+        self._call(f"terminating {len(ids)} instance(s)", "terminate_instances", InstanceIds=ids)
+        self._forget(ids)
+        if wait:
+            self.wait(ids, "terminated")
+
+    def wait(self, ids, state="running", timeout=600):
+        """One boto3 waiter call for all ``ids`` (instance_running, _stopped, _terminated)."""
+        waiter = {"running": "instance_running", "stopped": "instance_stopped",
+                  "terminated": "instance_terminated"}[state]
+        delay = 5 if not self.endpoint_url else 1
+        with aws_call(f"waiting for {len(ids)} instance(s) to be {state}"):
+            self.client.get_waiter(waiter).wait(
+                InstanceIds=list(ids), WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(timeout / delay))})
+
+    def close(self):
+        self.stop_reaper()
+        self._client = None
+        self._session = None
+
+    # -- launching ----------------------------------------------------------------
+
+    def spot_price(self, instance_type=None):
+        """``{availability zone: current hourly spot price}`` for Linux."""
+        instance_type = instance_type or self.instance_type
+        history = self._call("reading the spot price", "describe_spot_price_history",
+                             InstanceTypes=[instance_type], ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+                             StartTime=datetime.datetime.now(datetime.timezone.utc))
+        prices = {}
+        for entry in sorted(history.get("SpotPriceHistory", []), key=lambda e: e["Timestamp"]):
+            prices[entry["AvailabilityZone"]] = float(entry["SpotPrice"])
+        return prices
+
+    def _operator_public_key(self):
+        from .local import client_key
+
+        path = self.identity_file
+        if path == self._default_identity_file():
+            client_key(path)  # ecshell's own client key is made on first use
+        try:
+            with open(path + ".pub") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            raise ArgumentError(f"no public key next to identity_file {path}: create {path}.pub "
+                                f"(ssh-keygen -y -f {path} > {path}.pub)") from None
+
+    def _security_group_params(self):
+        ids = [g for g in self.security_groups if g.startswith("sg-")]
+        names = [g for g in self.security_groups if not g.startswith("sg-")]
+        if names and self.subnet_id:
+            found = self._call("resolving security group names", "describe_security_groups",
+                               Filters=[{"Name": "group-name", "Values": names}])
+            by_name = {g["GroupName"]: g["GroupId"] for g in found.get("SecurityGroups", [])}
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise Ec2Error(f"no security group named {', '.join(missing)}", code="InvalidGroup.NotFound",
+                               remedy="run ec2.ensure_security_group(), or fix security_groups")
+            ids += [by_name[n] for n in names]
+            names = []
+        params = {}
+        if ids:
+            params["SecurityGroupIds"] = ids
+        if names:
+            params["SecurityGroups"] = names
+        return params
+
+    def launch(self, count, name="node", tags=None, instance_type=None, image_id=None,
+               spot=None, ttl=None, user_data=None, **options):
+        """Launch ``count`` instances named ``name-<i>``; their prototypes (state pending).
+
+        One RunInstances call per instance, each with its own host key and its
+        Name among the launch tags. If any call fails, every instance this
+        launch created is terminated and an :class:`Ec2Error` says which.
+        """
+        if options:
+            raise ArgumentError(f"Ec2Fabric.launch takes no {', '.join(sorted(options))}; it accepts count, "
+                                "name, tags, instance_type, image_id, spot, ttl and user_data")
+        if count < 1:
+            raise ArgumentError(f"count must be at least 1, not {count}")
+        image_id = image_id or self.image_id
+        if not image_id:
+            raise ArgumentError("no image to launch: Ec2Fabric(image_id='ami-...') or c.Ec2Fabric.image_id "
+                                "(an AMI of this region)")
+        instance_type = instance_type or self.instance_type
+        spot = self.spot if spot is None else spot
+        ttl = self.ttl if ttl is None else ttl
+        user_data = self.user_data if user_data is None else user_data
+        authorized = self._operator_public_key()
+
+        base_tags = {"role": name}
+        base_tags.update(tags or {})
+        launch_id = secrets.token_hex(8)
+        base_tags.update({OWNER_TAG: self.owner, CLUSTER_TAG: self.cluster, LAUNCH_TAG: launch_id})
+        if ttl:
+            base_tags[EXPIRES_TAG] = _iso(time.time() + ttl * 3600)
+        params = {"ImageId": image_id, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1,
+                  "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"}}
+        params.update(self._security_group_params())
+        if self.key_name:
+            params["KeyName"] = self.key_name
+        if self.subnet_id:
+            params["SubnetId"] = self.subnet_id
+        if spot:
+            prices = self.spot_price(instance_type)
+            if prices:
+                low = min(prices.values())
+                base_tags[PRICE_TAG] = f"{low:g}"
+                log.info("spot price of %s in %s now: %s", instance_type, self.region,
+                         ", ".join(f"{zone} ${price:g}/h" for zone, price in sorted(prices.items())))
+            options = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+            if self.spot_max_price:
+                options["MaxPrice"] = self.spot_max_price
+            params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
+
+        taken = {p.name for p in self.discover()}
+        names, index = [], 0
+        while len(names) < count:
+            candidate = f"{name}-{index}"
+            index += 1
+            if candidate not in taken:
+                names.append(candidate)
+
+        failed = threading.Event()
+        created, errors = [], []
+
+        def one(position, machine_name):
+            if failed.is_set():
+                return
+            try:
+                instance = self._run_one(machine_name, base_tags, params, launch_id, position, authorized, user_data)
+            except Exception as exc:
+                failed.set()
+                errors.append((machine_name, exc))
+            else:
+                created.append(instance)
+
+        workers = min(self.launch_workers, count)
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ecshell-launch") as pool:
+            list(pool.map(one, range(count), names))
+        if errors:
+            raise self._abandon(launch_id, created, errors)
+        return sorted((self._prototype(i) for i in created), key=lambda p: p.name)
+
+    def _run_one(self, machine_name, base_tags, params, launch_id, position, authorized, user_data):
+        from ..aws.userdata import build
+        from .local import generate_ed25519
+
+        private, public = generate_ed25519()
+        tags = dict(base_tags, Name=machine_name)
+        specs = [{"ResourceType": "instance", "Tags": _tag_list(tags)},
+                 {"ResourceType": "volume", "Tags": _tag_list(tags)}]
+        call = dict(params, UserData=build(private, public, [authorized], user_data),
+                    TagSpecifications=specs,
+                    # the same token on boto3's own retries makes RunInstances idempotent
+                    ClientToken=f"ecshell-{launch_id}-{position}")
+        reply = self._call(f"launching {machine_name}", "run_instances", **call)
+        instance = reply["Instances"][0]
+        self.pins.save(instance["InstanceId"], [public], "user data at launch")
+        return instance
+
+    def _abandon(self, launch_id, created, errors):
+        """A launch failed part way: terminate what it made (found by its launch tag too)."""
+        ids = {i["InstanceId"] for i in created}
+        try:
+            tagged = self._instances(self._describe("finding the instances of the failed launch",
+                                                    [{"Name": f"tag:{LAUNCH_TAG}", "Values": [launch_id]}]))
+            ids |= {i["InstanceId"] for i in tagged if i["State"]["Name"] not in ("terminated", "shutting-down")}
+        except Ec2Error as exc:
+            log.warning("could not list the instances of the failed launch: %s", exc)
+        name, first = errors[0]
+        code = getattr(first, "code", None)
+        remedy = getattr(first, "remedy", None)
+        message = f"launch failed at {name}: {first.message if isinstance(first, Ec2Error) else first}"
+        terminated = []
+        if ids:
+            try:
+                self.terminate(sorted(ids))
+                terminated = sorted(ids)
+                message += f"; terminated the {len(ids)} instance(s) it had started: {', '.join(sorted(ids))}"
+            except Ec2Error as exc:
+                message += (f"; COULD NOT TERMINATE the {len(ids)} instance(s) it had started "
+                            f"({', '.join(sorted(ids))}): {exc}. Terminate them by hand")
+        else:
+            message += "; nothing was started"
+        return Ec2Error(message, code=code, remedy=remedy, action="launch",
+                        created=sorted(ids), terminated=terminated)
+
+    # -- cost and TTL ----------------------------------------------------------------
+
+    def cost(self, prototypes=None, now=None):
+        """Uptime and cost so far of each machine, and the total.
+
+        ``{"machines": [{name, id, type, state, uptime, hourly, cost}], "total": float}``.
+        Uptime counts from the last start (LaunchTime); stopped machines cost nothing
+        here (their volumes still do). ``hourly`` is None for a type without a price.
+        """
+        now = time.time() if now is None else now
+        rows, total = [], 0.0
+        for p in self.discover() if prototypes is None else prototypes:
+            running = p.state in (RUNNING, PENDING)
+            uptime = now - p.launched_at if (running and p.launched_at) else 0.0
+            hourly = p.extra.get("hourly_cost")
+            cost = uptime / 3600 * hourly if hourly is not None else None
+            total += cost or 0.0
+            rows.append({"name": p.name, "id": p.id, "type": p.extra.get("instance_type"),
+                         "state": p.state, "uptime": uptime, "hourly": hourly, "cost": cost,
+                         "expires_at": p.extra.get("expires_at")})
+        return {"machines": rows, "total": total}
+
+    def reap(self, warn_within=3600.0, now=None, dry_run=False):
+        """Terminate this owner's instances (every cluster) whose TTL has passed.
+
+        Instances expiring within ``warn_within`` seconds are warned about.
+        Returns ``{"terminated": [ids], "warned": [ids]}``.
+        """
+        now = time.time() if now is None else now
+        expired, warned = [], []
+        for instance in self._instances(self._describe("finding expired instances", self._owned(all_clusters=True))):
+            tags = _tags(instance.get("Tags"))
+            expires = _parse_iso(tags.get(EXPIRES_TAG))
+            if expires is None:
+                continue
+            label = f"{tags.get('Name', instance['InstanceId'])} ({instance['InstanceId']})"
+            if expires <= now:
+                expired.append(instance["InstanceId"])
+                log.warning("%s passed its TTL at %s: %s", label, tags[EXPIRES_TAG],
+                            "would terminate (dry run)" if dry_run else "terminating")
+            elif expires - now <= warn_within:
+                warned.append(instance["InstanceId"])
+                log.warning("%s reaches its TTL in %d min (%s) and will then be terminated",
+                            label, (expires - now) // 60, tags[EXPIRES_TAG])
+        if expired and not dry_run:
+            self.terminate(expired)
+        return {"terminated": expired, "warned": warned}
+
+    def start_reaper(self, interval=300.0, warn_within=3600.0):
+        """Run :meth:`reap` every ``interval`` seconds in a daemon thread until close()."""
+        self.stop_reaper()
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(interval):
+                try:
+                    self.reap(warn_within=warn_within)
+                except Exception as exc:  # the reaper must outlive a transient AWS failure
+                    log.warning("TTL reaper: %s", exc)
+
+        thread = threading.Thread(target=loop, name="ecshell-ttl-reaper", daemon=True)
+        self._reaper = (thread, stop)
+        thread.start()
+        return thread
+
+    def stop_reaper(self):
+        if self._reaper is not None:
+            thread, stop = self._reaper
+            stop.set()
+            thread.join(timeout=5)
+            self._reaper = None
+
+    # -- setup, images, volumes (in ecshell.aws) -------------------------------------
+
+    def import_key_pair(self, name=None, public_key=None):
+        """Import the operator's public key as an EC2 key pair (idempotent); its name."""
+        from ..aws.setup import import_key_pair
+
+        return import_key_pair(self, name, public_key)
+
+    def ensure_security_group(self, name="ecshell-ssh", cidr=None, vpc_id=None):
+        """A security group opening SSH only to the operator's address (idempotent); its id."""
+        from ..aws.setup import ensure_security_group
+
+        return ensure_security_group(self, name, cidr, vpc_id)
+
+    def bundle(self, machine, name=None, markers=None, wait=True, reboot=False):
+        """Make an AMI of a running machine, tagged with its source and markers."""
+        from ..aws.images import bundle
+
+        return bundle(self, machine, name, markers, wait, reboot)
+
+    def list_images(self):
+        from ..aws.images import list_images
+
+        return list_images(self)
+
+    def deregister_image(self, image_id, delete_snapshots=True):
+        from ..aws.images import deregister_image
+
+        return deregister_image(self, image_id, delete_snapshots)
+
+    def create_volume(self, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
+        from ..aws.volumes import create_volume
+
+        return create_volume(self, size, availability_zone, volume_type, name, wait)
+
+    def attach_volume(self, volume_id, machine, device="/dev/sdf", wait=True):
+        from ..aws.volumes import attach_volume
+
+        return attach_volume(self, volume_id, machine, device, wait)
+
+    def detach_volume(self, volume_id, force=False, wait=True):
+        from ..aws.volumes import detach_volume
+
+        return detach_volume(self, volume_id, force, wait)
+
+    def delete_volume(self, volume_id):
+        from ..aws.volumes import delete_volume
+
+        return delete_volume(self, volume_id)
+
+    def list_volumes(self):
+        from ..aws.volumes import list_volumes
+
+        return list_volumes(self)
+
+    def __repr__(self):
+        where = self.region or "?"
+        if self.endpoint_url:
+            where += f" via {self.endpoint_url}"
+        return f"<Ec2Fabric {self.name!r} {where} cluster={self.cluster!r}>"

@@ -1,0 +1,120 @@
+"""End to end on a moto server plus real sshd: launch, ready, broadcast, bundle, terminate.
+
+The Ec2Fabric code path is the one a real account uses; only the instances'
+"boot" is played by local sshd processes (see ec2_support.Booter), reached
+through the per-instance address tag.
+"""
+
+import getpass
+import os
+
+from ec2_support import Booter, aws, ami, booter, client, live_instances, moto_url  # noqa: F401
+
+from ecshell import Cluster, Ec2Fabric
+from ecshell.fabrics.local import generate_ed25519
+
+
+def fabric(url, **kwargs):
+    kwargs.setdefault("region", "us-east-1")
+    return Ec2Fabric(endpoint_url=url, image_id=ami(url, kwargs["region"]), user=getpass.getuser(), **kwargs)
+
+
+def test_launch_ready_broadcast_bundle_terminate(aws, booter):
+    ec2 = fabric(aws)
+    ec2.import_key_pair()
+    cluster = Cluster(ec2)
+    try:
+        web = cluster.launch(3, name="web", wait=False)
+        assert [m.name for m in web] == ["web-0", "web-1", "web-2"]
+        for machine in web:
+            booter.boot(machine.id)
+        ready = cluster.ready(web, timeout=60)
+        assert sorted(m.name for m in ready) == ["web-0", "web-1", "web-2"]
+        assert all(m.host == "127.0.0.1" for m in web)
+
+        rs = cluster.run("echo hello; echo err >&2")
+        assert len(rs.ok) == 3 and not rs.failed
+        ((output, machines),) = rs.groups()
+        assert output == "hello\nerr\n" and len(machines) == 3
+
+        image = ec2.bundle(cluster.machine("web-0"), markers=["configured"])
+        assert image["state"] == "available"
+        assert image["source"] == cluster.machine("web-0").id and image["markers"] == ["configured"]
+
+        # a new shell finds the same machines, still pinned
+        again = Cluster(fabric(aws))
+        try:
+            assert sorted(m.id for m in again.machines) == sorted(m.id for m in web)
+            assert len(again.run("true").ok) == 3
+        finally:
+            again.close()
+
+        cluster.terminate(web)
+        assert live_instances(aws) == []
+        assert ec2.pins.ids() == []
+        assert ec2.deregister_image(image["id"]) == image["snapshots"]
+    finally:
+        cluster.close()
+
+
+def test_a_different_host_key_is_refused(aws, booter):
+    ec2 = fabric(aws)
+    cluster = Cluster(ec2)
+    try:
+        (machine,) = cluster.launch(1, name="web", wait=False)
+        booter.boot(machine.id, host_key=generate_ed25519())  # an impostor on the address
+        assert len(cluster.ready(machine, timeout=2)) == 0
+        assert machine.state == "failed-init"
+        result = machine.run("true")
+        assert result.error == "hostkey" and "pinned at launch" in result.message
+    finally:
+        cluster.close()
+        ec2.terminate([p.id for p in ec2.discover()])
+
+
+def test_an_instance_without_a_pin_is_refused(aws, booter):
+    """Launched outside this shell: no pin, no console key block -> refused, whatever ssh_config says."""
+    ec2 = fabric(aws)
+    seed = Cluster(ec2)
+    (machine,) = seed.launch(1, name="web", wait=False)
+    seed.close()
+    booter.boot(machine.id)
+    ec2.pins.forget(machine.id)
+    with open(os.path.expanduser("~/.ssh/config"), "w") as f:
+        f.write("Host *\n  StrictHostKeyChecking no\n")
+    cluster = Cluster(fabric(aws))
+    try:
+        assert len(cluster.ready(timeout=2)) == 0
+        result = cluster.machine("web-0").run("true")
+        assert result.error == "hostkey" and "unknown host key" in result.message
+    finally:
+        cluster.close()
+        ec2.terminate([machine.id])
+
+
+def test_stragglers_held_pending_are_failed_init_then_ready(aws, booter):
+    """One instance held in 'pending' (a botocore hook rewrites its state): the others get ready."""
+    ec2 = fabric(aws)
+    cluster = Cluster(ec2)
+    held = set()
+
+    def hold(parsed, **_):
+        for reservation in parsed.get("Reservations", []):
+            for instance in reservation["Instances"]:
+                if instance["InstanceId"] in held:
+                    instance["State"] = {"Code": 0, "Name": "pending"}
+
+    try:
+        ec2.client.meta.events.register("after-call.ec2.DescribeInstances", hold)
+        web = cluster.launch(3, name="web", wait=False)
+        for machine in web:
+            booter.boot(machine.id)
+        held.add(web[2].id)
+        ready = cluster.ready(web, timeout=3)
+        assert sorted(m.name for m in ready) == ["web-0", "web-1"]
+        assert cluster.machine("web-2").state == "failed-init"
+        held.clear()
+        assert [m.name for m in cluster.ready(cluster.machine("web-2"), timeout=30)] == ["web-2"]
+    finally:
+        cluster.close()
+        ec2.terminate([p.id for p in ec2.discover()])
