@@ -101,14 +101,18 @@ class EcShell(Configurable):
             raise ArgumentError(f"{proposal.trait.name} must be a positive number of seconds, not {proposal.value}")
         return proposal.value
 
-    executor = Unicode("channel", help="""How shell commands reach a machine.
+    executor = Unicode(help="""How shell commands reach a machine.
         'auto': through a persistent executor, a stdlib-only python3 process that
         ecshell starts over the machine's pooled SSH connection on first use (no
         install, no port) and that runs every later command without a new SSH
         session; machines without python3, PTY commands and an executor that died
         twice use one SSH channel per command. 'executor': the executor only (a
         machine without python3 reports 'unreachable'). 'channel': one SSH channel
-        per command, as ssh does.""").tag(config=True)
+        per command, as ssh does. Default: $ECSHELL_EXECUTOR if set, else 'channel'.""").tag(config=True)
+
+    @default("executor")
+    def _default_executor(self):
+        return os.environ.get("ECSHELL_EXECUTOR") or "channel"
 
     @validate("executor")
     def _check_executor(self, proposal):

@@ -41,7 +41,7 @@ from .results import ErrorKind
 HEADER = struct.Struct(">BII")
 WINDOW_FIELD = struct.Struct(">I")
 RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
-HELLO, OUTPUT, EXIT, FAILED = b"HOXF"
+HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
 FLAG_INPUT = 1
 
 #: Bytes of one command's output that may be in flight or queued before the worker takes them.
@@ -88,9 +88,14 @@ class Job:
 
     def __init__(self, ident):
         self.id = ident
-        self.events = queue.SimpleQueue()  # (OUTPUT, bytes) | (EXIT, dict) | (FAILED, str) | _LOST
+        # (OUTPUT, bytes) | (EXIT, dict) | (FAILED, str) | (KILLED, None) | _LOST
+        self.events = queue.SimpleQueue()
         self.granted_back = 0
-        self.pid = None
+        self.pid = None  # set when the executor says the shell started
+
+    @property
+    def started(self):
+        return self.pid is not None
 
 
 class Executor:
@@ -166,8 +171,7 @@ class Executor:
             self._send(GRANT, job.id, WINDOW_FIELD.pack(grant))
 
     def cancel(self, job):
-        """TERM the job's process group now, KILL it a second later; forget the job."""
-        self.forget(job)
+        """TERM the job's process group now, KILL it a second later; (KILLED, None) follows."""
         self._send(CANCEL, job.id)
 
     def forget(self, job):
@@ -209,6 +213,11 @@ class Executor:
             return  # a cancelled command's late events
         if kind == OUTPUT:
             job.events.put((OUTPUT, payload))
+        elif kind == STARTED:
+            job.pid = WINDOW_FIELD.unpack(payload)[0]
+        elif kind == KILLED:
+            self.forget(job)
+            job.events.put((KILLED, None))
         elif kind == EXIT:
             self.forget(job)
             job.events.put((EXIT, json.loads(payload)))
@@ -317,38 +326,62 @@ def execute(shell, attempt):
     """Run Shell ``shell`` through the machine's executor; None means: use the channel path."""
     import paramiko
 
-    from .commands import POLL, _PidFilter
+    track = attempt.settings.kill_on_cancel
+    timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
+    deadline = time.monotonic() + timeout if timeout else None
+    while True:
+        connection, executor, why = _executor(attempt)
+        if executor is None:
+            if attempt.settings.executor == "executor":
+                return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=(
+                    f"no executor on {attempt.machine.name}: {why}; "
+                    "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
+            return None
+        try:
+            job = executor.submit(shell.wire(track), shell.input is not None)
+            if shell.input is not None:
+                _feed(executor, job, shell.input)
+        except (paramiko.SSHException, EOFError, OSError):
+            job = None
+        if job is not None:
+            result = _wait(shell, attempt, connection, executor, job, deadline, timeout, track)
+            if result is not None:
+                return result
+        # The command never started: the executor or its connection was gone already.
+        if connection.alive:
+            continue  # the executor restarts once, else the channel path takes over
+        if attempt.reconnected:
+            return attempt.result(shell, error=ErrorKind.LOST,
+                                  message="connection lost before the command started; it was not run")
+        attempt.engine.pool.discard(attempt.machine.endpoint, connection)
+        attempt.reconnected = True
 
-    mode = attempt.settings.executor
+
+def _executor(attempt):
+    """(connection, executor or None, why not) for the attempt's machine; replaces a dead connection once."""
+    import paramiko
+
     connection = attempt.connect()
     try:
         executor, why = executor_for(connection, attempt.settings.connect_timeout)
     except (paramiko.SSHException, EOFError, OSError) as exc:
         if connection.alive:
             raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
+        if attempt.reconnected:
+            raise ConnectError(ErrorKind.UNREACHABLE, f"the new connection failed too: {exc}") from None
         attempt.engine.pool.discard(attempt.machine.endpoint, connection)
         attempt.reconnected = True
         connection = attempt.connect()
         executor, why = executor_for(connection, attempt.settings.connect_timeout)
-    if executor is None:
-        if mode == "executor":
-            return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=(
-                f"no executor on {attempt.machine.name}: {why}; "
-                "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
-        return None
+    return connection, executor, why
 
-    track = attempt.settings.kill_on_cancel
-    timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
-    deadline = time.monotonic() + timeout if timeout else None
-    try:
-        job = executor.submit(shell.wire(track), shell.input is not None)
-        if shell.input is not None:
-            _feed(executor, job, shell.input)
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        if not connection.alive:
-            return attempt.result(shell, error=ErrorKind.LOST,
-                                  message=f"connection lost before the command started ({exc}); it was not run")
-        return None  # the executor died just now: this command goes over its own channel
+
+def _wait(shell, attempt, connection, executor, job, deadline, timeout, track):
+    """The job's Result; None if the executor died before the command started."""
+    import paramiko
+
+    from .commands import POLL, _PidFilter
+
     pids = _PidFilter() if track else None
     while True:
         stop = None
@@ -364,9 +397,11 @@ def execute(shell, attempt):
         except queue.Empty:
             continue
         if event is _LOST:
+            if not job.started:
+                return None
             if pids is not None:
                 attempt.output(pids.flush())
-            return _lost(shell, attempt, connection, executor)
+            return _lost(shell, attempt, connection, executor, job)
         kind, value = event
         if kind == OUTPUT:
             data = pids.feed(value) if pids is not None else value
@@ -404,42 +439,54 @@ def _feed(executor, job, data):
 
 
 def _stop(shell, attempt, executor, job, pids, kind, timeout):
-    """Timeout or cancel: the executor kills the command's process group."""
+    """Timeout or cancel: the executor TERMs the command's process group (KILL a second later)."""
     import paramiko
 
+    from .commands import KILL_TIMEOUT
+
+    killed = "killed on the machine"
     try:
         executor.cancel(job)
-        killed = "killed on the machine"
     except (paramiko.SSHException, EOFError, OSError) as exc:
         killed = f"could not kill it on the machine: {exc}"
-    # Output that had already arrived belongs to the result, as on the channel path.
-    while True:
-        try:
-            event = job.events.get_nowait()
-        except queue.Empty:
-            break
-        if event is not _LOST and event[0] == OUTPUT:
-            data = pids.feed(event[1]) if pids is not None else event[1]
-            if data:
-                attempt.output(data)
-    detail = {}
+    else:
+        # Wait for the executor to confirm, as the channel path waits for its kill command.
+        # Output that arrives meanwhile belongs to the result, as on the channel path.
+        until = time.monotonic() + KILL_TIMEOUT
+        while True:
+            try:
+                event = job.events.get(timeout=max(0.001, until - time.monotonic()))
+            except queue.Empty:
+                killed = f"could not kill it on the machine: no answer from the executor in {KILL_TIMEOUT:g}s"
+                break
+            if event is _LOST:
+                killed = "the executor went away; its watcher killed it on the machine"
+                break
+            if event[0] == OUTPUT:
+                data = pids.feed(event[1]) if pids is not None else event[1]
+                if data:
+                    attempt.output(data)
+                continue
+            break  # KILLED, or it exited just now
+    executor.forget(job)
+    detail = {"pid": job.pid} if job.pid is not None else {}
     if pids is not None:
-        if pids.pid is not None:
-            detail = {"pid": pids.pid}
         attempt.output(pids.flush())
     message = f"no exit after {timeout:g}s" if kind is ErrorKind.TIMEOUT else "interrupted"
     return attempt.result(shell, error=kind, message=f"{message}; {killed}", detail=detail)
 
 
-def _lost(shell, attempt, connection, executor):
+def _lost(shell, attempt, connection, executor, job):
     ran = time.monotonic() - attempt.started
     if not connection.alive:
         return attempt.result(shell, error=ErrorKind.LOST, message=(
-            f"connection lost while the command ran (after {ran:.1f}s); "
-            "it was not re-run and may or may not have finished"))
+            f"connection lost while the command ran (after {ran:.1f}s); it was not re-run "
+            f"and may or may not have finished (its process group {job.pid} is killed on the machine "
+            "when the executor notices)"), detail={"pid": job.pid})
     slot = _slot(connection)
     then = ("the executor restarts for the next command" if slot.starts < MAX_STARTS
             else "the next commands use one channel per command")
     return attempt.result(shell, error=ErrorKind.LOST, message=(
         f"the executor on the machine died while the command ran (after {ran:.1f}s; "
-        f"{executor.why_dead}); its process group was killed and it was not re-run; {then}"))
+        f"{executor.why_dead}); its process group {job.pid} was killed and it was not re-run; {then}"),
+        detail={"pid": job.pid})

@@ -24,9 +24,12 @@ Events (executor -> client):
 
 ``H`` hello     JSON: executor pid, shell, python version. Sent once at start.
 ``O`` output    bytes, never more than the command's window allows.
+``S`` started   payload: the shell's pid (4 bytes). Held back up to
+                :data:`ACK_DELAY` so that it shares a write with the first output.
 ``X`` exit      JSON: ``{"pid": p, "code": n}`` or ``{"pid": p, "signal": n}``,
                 sent after the command exited and its output reached EOF.
 ``F`` failed    text: the command could not be started.
+``K`` killed    the command's process group was sent TERM (after a cancel).
 
 Flow control: the executor reads a command's output only while the client
 has granted window for it; past that the pipe fills and the command blocks,
@@ -56,8 +59,9 @@ HEADER = struct.Struct(">BII")
 WINDOW = struct.Struct(">I")
 READ_SIZE = 65536
 KILL_AFTER = 1.0
+ACK_DELAY = 0.005
 RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
-HELLO, OUTPUT, EXIT, FAILED = b"HOXF"
+HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
 FLAG_INPUT = 1
 
 
@@ -166,6 +170,7 @@ class Executor:
         self.selector = selectors.DefaultSelector()
         self.jobs = {}
         self.outbox = []
+        self.acks_since = None  # when the held-back start acknowledgements were queued
         self.inbuf = bytearray()
         self.running = True
         self.watcher_pid, self.watcher = start_watcher()
@@ -186,10 +191,17 @@ class Executor:
         self.outbox.append(HEADER.pack(kind, ident, len(payload)))
         if payload:
             self.outbox.append(payload)
+        if kind != STARTED:
+            self.acks_since = None
+        elif self.acks_since is None and len(self.outbox) == 2:
+            self.acks_since = time.monotonic()
 
     def flush(self):
         if not self.outbox:
             return
+        if self.acks_since is not None and time.monotonic() - self.acks_since < ACK_DELAY:
+            return  # only start acknowledgements: wait a moment for output to go with them
+        self.acks_since = None
         data = memoryview(b"".join(self.outbox))
         self.outbox = []
         while data:
@@ -233,6 +245,8 @@ class Executor:
 
     def _next_timer(self):
         timers = [j.kill_at for j in self.jobs.values() if j.kill_at is not None]
+        if self.acks_since is not None:
+            timers.append(self.acks_since + ACK_DELAY)
         if not timers:
             return None
         return max(0.0, min(timers) - time.monotonic())
@@ -299,6 +313,7 @@ class Executor:
         os.close(out_w)
         os.close(in_r)
         self.tell_watcher(b"+%d\n" % job.pid)
+        self.send(STARTED, ident, WINDOW.pack(job.pid))
         job.out = out_r
         self.jobs[ident] = job
         if flags & FLAG_INPUT:
@@ -403,6 +418,7 @@ class Executor:
             return
         job.cancelled = True
         _killpg(job.pid, signal.SIGTERM)
+        self.send(KILLED, job.id)
         job.kill_at = time.monotonic() + KILL_AFTER
         self._want_read(job)
 
