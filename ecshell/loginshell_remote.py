@@ -1,0 +1,322 @@
+"""The machine side of installing ecshell-login: runs on the target, stdlib only.
+
+The controller (ecshell.loginshell) sends this file's source through the
+machine's existing login shell as ``python3 -c <code> <op> <base64 JSON>``;
+it never imports it locally. Each op prints one JSON line starting with
+``@ecshell`` on success and exits 0; anything else is a failure whose reason
+is on stderr. Exit codes are the contract.
+
+ops:
+  prepare    check the user and python, create the prefix
+  install    venv + pip install the shipped wheel; run ecshell-login as the user
+  switch     add to /etc/shells, switch the user's shell, then wait on stdin for
+             COMMIT; anything else -- ABORT, EOF (the controller or its
+             connection died), a signal, the timeout -- puts everything back
+  uninstall  restore the recorded previous shell; remove what install added
+"""
+
+import base64
+import hashlib
+import json
+import os
+import pwd
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ETC_SHELLS = "/etc/shells"
+
+
+class Failed(Exception):
+    pass
+
+
+def say(**fields):
+    sys.stdout.write("@ecshell " + json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def note(text):
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _user(name):
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise Failed(f"no user {name!r} on this machine; create it first (useradd -m {name})") from None
+
+
+def _entry(prefix):
+    return os.path.join(prefix, "venv", "bin", "ecshell-login")
+
+
+def _record_path(prefix, user):
+    return os.path.join(prefix, "users", user + ".json")
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _etc_shells_write(lines):
+    """Rewrite /etc/shells atomically, keeping its mode and owner."""
+    st = os.stat(ETC_SHELLS)
+    tmp = ETC_SHELLS + ".ecshell-tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, st.st_mode & 0o7777)
+    os.chown(tmp, st.st_uid, st.st_gid)
+    os.replace(tmp, ETC_SHELLS)
+
+
+def etc_shells_add(entry):
+    """Add ``entry`` to /etc/shells; True if it was not there before."""
+    with open(ETC_SHELLS) as f:
+        lines = f.readlines()
+    if any(line.strip() == entry for line in lines):
+        return False
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    _etc_shells_write(lines + [entry + "\n"])
+    return True
+
+
+def etc_shells_remove(entry):
+    with open(ETC_SHELLS) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() != entry]
+    if kept != lines:
+        _etc_shells_write(kept)
+
+
+def set_shell(user, shell):
+    for argv in (["usermod", "-s", shell, user], ["chsh", "-s", shell, user]):
+        if shutil.which(argv[0]) is None:
+            continue
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode == 0 and pwd.getpwnam(user).pw_shell == shell:
+            return
+        note(f"{' '.join(argv)}: exit {done.returncode} {done.stderr.strip()}")
+    raise Failed(f"could not set the shell of {user} to {shell} (neither usermod nor chsh worked)")
+
+
+def as_user(account, argv, timeout=120):
+    """Run ``argv`` as ``account`` with a login-like environment; CompletedProcess."""
+    env = {"HOME": account.pw_dir, "USER": account.pw_name, "LOGNAME": account.pw_name,
+           "SHELL": account.pw_shell, "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    kwargs = {}
+    if os.geteuid() != account.pw_uid:
+        kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    cwd = account.pw_dir if os.path.isdir(account.pw_dir) else "/"
+    return subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=timeout, **kwargs)
+
+
+# -- ops ----------------------------------------------------------------------
+
+def op_prepare(p):
+    if os.geteuid() != 0:
+        raise Failed("installing a login shell needs root on the machine (/etc/shells, usermod); "
+                     "connect as root")
+    account = _user(p["user"])
+    if sys.version_info < (3, 11):
+        raise Failed(f"{sys.executable} is Python {sys.version.split()[0]}; ecshell needs 3.11 or newer "
+                     "(pass python='/path/to/python3.11')")
+    for sub in ("", "dist", "users"):
+        os.makedirs(os.path.join(p["prefix"], sub), mode=0o755, exist_ok=True)
+    os.chmod(p["prefix"], 0o755)
+    say(user=account.pw_name, shell=account.pw_shell, home=account.pw_dir, python=sys.executable)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def op_install(p):
+    prefix, wheel = p["prefix"], p["wheel"]
+    account = _user(p["user"])
+    venv = os.path.join(prefix, "venv")
+    python = os.path.join(venv, "bin", "python")
+    stamp_path = os.path.join(prefix, "installed.json")
+    sha = _sha256(wheel)
+    stamp = _read_json(stamp_path) or {}
+    fresh = not (stamp.get("sha256") == sha and stamp.get("deps") == p["deps"] and os.access(_entry(prefix), os.X_OK))
+    if fresh:
+        if not os.access(python, os.X_OK):
+            done = subprocess.run([sys.executable, "-m", "venv", venv], stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise Failed(f"python3 -m venv {venv} failed: {done.stderr.strip() or done.stdout.strip()} "
+                             "(on Debian: apt-get install python3-venv)")
+        pip = [python, "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "-q"]
+        if p.get("find_links"):
+            pip += ["--no-index", "--find-links", p["find_links"]]
+        steps = []
+        if p["deps"] == "login":
+            steps.append(pip + ["--force-reinstall", "--no-deps", wheel])
+            steps.append(pip + p["login_requirements"])
+        else:
+            steps.append(pip + [wheel])
+            steps.append(pip + ["--force-reinstall", "--no-deps", wheel])
+        for argv in steps:
+            started = time.monotonic()
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if done.returncode:
+                tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+                raise Failed(f"pip install failed (exit {done.returncode}):\n{tail}")
+            note(f"{' '.join(argv[3:])}: {time.monotonic() - started:.1f}s")
+        subprocess.run(["chmod", "-R", "a+rX", venv], check=False)
+        _write_json(stamp_path, {"sha256": sha, "deps": p["deps"], "at": time.time()})
+    # Before anything changes for the user: does the shell work as that user?
+    entry = _entry(prefix)
+    done = as_user(account, [entry, "-c", "echo $((6*7)); exit 5"])
+    if done.returncode != 5 or done.stdout != b"42\n":
+        raise Failed(f"{entry} -c, run as {account.pw_name}, gave exit {done.returncode} and "
+                     f"{(done.stdout + done.stderr)[-300:]!r} instead of 42 and exit 5")
+    done = as_user(account, [python, "-c", "import ecshell.login as l; l.check()"])
+    if done.returncode:
+        raise Failed(f"IPython cannot start for {account.pw_name}: "
+                     f"{done.stderr.decode(errors='replace').strip().splitlines()[-1:] or done.returncode}")
+    say(entry=entry, installed=fresh, sha256=sha, check=done.stdout.decode(errors="replace").splitlines()[:1])
+
+
+def op_switch(p):
+    prefix, user, entry = p["prefix"], p["user"], _entry(p["prefix"])
+    account = _user(user)
+    if not os.access(entry, os.X_OK):
+        raise Failed(f"{entry} is missing: run the install step first")
+    record_path = _record_path(prefix, user)
+    record = _read_json(record_path)
+    new_record = record is None
+    if new_record:
+        if account.pw_shell == entry:
+            raise Failed(f"{user}'s shell is {entry} already but no previous shell is recorded; "
+                         "set it back with usermod -s /bin/bash first")
+        record = {"previous_shell": account.pw_shell, "at": time.time()}
+    previous = record["previous_shell"]
+    undo = []
+    restored = []
+
+    def restore(why):
+        if restored:
+            return
+        restored.append(why)
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception as exc:  # keep going: the shell itself comes first in undo order
+                note(f"while restoring: {exc}")
+        say(restored=previous, why=why)
+
+    def on_signal(signum, frame):
+        restore(f"signal {signum}")
+        sys.exit(3)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    try:
+        if new_record:
+            _write_json(record_path, record)
+            undo.append(lambda: os.unlink(record_path))
+        if etc_shells_add(entry):
+            record["etc_shells_added"] = True
+            _write_json(record_path, record)
+            undo.append(lambda: etc_shells_remove(entry))
+        # The previous shell goes back first, whatever else fails (even usermod half-way).
+        undo.append(lambda: set_shell(user, previous))
+        if account.pw_shell != entry:
+            set_shell(user, entry)
+        say(switched=entry, previous=previous)
+        answer = _wait_line(p.get("timeout", 300))
+        if answer != "COMMIT":
+            restore(f"no commit ({answer or 'end of input'})")
+            sys.exit(3)
+        say(committed=entry, previous=previous)
+    except Failed as exc:
+        restore(str(exc))
+        raise
+    except Exception as exc:
+        restore(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _wait_line(timeout):
+    deadline = time.monotonic() + timeout
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        ready, _, _ = select.select([0], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(0, 256)
+        if not chunk:
+            return ""
+        data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace").strip()
+
+
+def op_uninstall(p):
+    prefix, user, entry = p["prefix"], p["user"], _entry(p["prefix"])
+    account = _user(user)
+    record_path = _record_path(prefix, user)
+    record = _read_json(record_path)
+    if record is None:
+        if account.pw_shell == entry:
+            raise Failed(f"{user}'s shell is {entry} but no previous shell is recorded in {record_path}; "
+                         "set one with usermod -s /bin/bash")
+        say(user=user, shell=account.pw_shell, changed=False)
+        return
+    previous = record["previous_shell"]
+    if account.pw_shell == entry:
+        set_shell(user, previous)
+    os.unlink(record_path)
+    left = [n for n in os.listdir(os.path.join(prefix, "users")) if n.endswith(".json")]
+    removed = False
+    if not left:
+        etc_shells_remove(entry)
+        if p.get("remove"):
+            shutil.rmtree(prefix, ignore_errors=True)
+            removed = True
+    say(user=user, shell=previous, changed=True, removed=removed, users_left=len(left))
+
+
+OPS = {"prepare": op_prepare, "install": op_install, "switch": op_switch, "uninstall": op_uninstall}
+
+
+def run(op, params_b64):
+    params = json.loads(base64.b64decode(params_b64))
+    try:
+        OPS[op](params)
+    except Failed as exc:
+        note(f"ecshell-login {op}: {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2])
