@@ -117,6 +117,11 @@ class Machine:
         from . import state
         return state.Lock(self, name, timeout=timeout, note=note)
 
+    def locks(self):
+        """``{lock name: Marker}``: the locks held here now, and by whom."""
+        from . import state
+        return {k[len(state.LOCK_PREFIX):]: v for k, v in self.markers().items() if k.startswith(state.LOCK_PREFIX)}
+
     def break_lock(self, name):
         """Remove lock ``name`` whoever holds it (logged); the holder's Marker, or None if it was free."""
         from . import state
