@@ -278,6 +278,20 @@ class Cluster:
     def get(self, remote, local, target=None):
         return self._live(target).get(remote, local)
 
+    # -- the login shell (ecshell.loginshell) ---------------------------------
+
+    def install_login_shell(self, target, user, **options):
+        """Make ecshell-login ``user``'s login shell on ``target``, verified by fresh logins; a ResultSet."""
+        from .loginshell import install_login_shell
+
+        return install_login_shell(self._live(target), user, **options)
+
+    def uninstall_login_shell(self, target, user, **options):
+        """Give ``user`` back the login shell they had before ecshell-login; a ResultSet."""
+        from .loginshell import uninstall_login_shell
+
+        return uninstall_login_shell(self._live(target), user, **options)
+
     def close(self):
         """Close every pooled connection (machines keep running)."""
         for pool in self.free_lists.values():
