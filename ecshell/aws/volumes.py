@@ -61,8 +61,13 @@ def attach_volume(fabric, volume_id, machine, device="/dev/sdf", wait=True):
 
 
 def detach_volume(fabric, volume_id, force=False, wait=True):
+    current = describe_volume(fabric, volume_id)
+    params = {"VolumeId": volume_id, "Force": force}
+    if current["instance"]:
+        # naming the attachment refuses to detach it from anything else
+        params.update(InstanceId=current["instance"], Device=current["device"])
     with aws_call(f"detaching {volume_id}"):
-        fabric.client.detach_volume(VolumeId=volume_id, Force=force)
+        fabric.client.detach_volume(**params)
     if wait:
         _wait(fabric, "volume_available", volume_id)
     return describe_volume(fabric, volume_id)
