@@ -111,10 +111,18 @@ class Extension:
     def complete(self, shell, event):
         from IPython.core.error import TryNext
 
-        words = self.session.complete(event.text_until_cursor)
+        line = event.text_until_cursor
+        words = self.session.complete(line)
         if not words:
             raise TryNext()
-        return words
+        # IPython replaces only its own token, which stops at '=', '[', ',' ...:
+        # hand back the part of each word that goes in place of that token.
+        current = "" if line[-1:].isspace() else line.split()[-1]
+        symbol = event.symbol or ""
+        if not current.endswith(symbol):
+            return words
+        cut = len(current) - len(symbol)
+        return [w[cut:] for w in words if w.startswith(current)]
 
     def update_toolbar(self):
         app = getattr(self.shell, "pt_app", None)
