@@ -21,6 +21,17 @@ from .results import ErrorKind
 
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET = 32768
+#: Offered first: AES-GCM authenticates as it decrypts, so a packet needs no separate
+#: HMAC, which paramiko computes and compares in Python (~15% of the client's CPU in a
+#: warm broadcast). Only the order changes: hosts without GCM get paramiko's usual list.
+AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _prefer_aead(transport):
+    options = transport.get_security_options()
+    offered = tuple(options.ciphers)
+    first = tuple(c for c in AEAD_CIPHERS if c in offered)
+    options.ciphers = first + tuple(c for c in offered if c not in first)
 
 
 def _tune(sock, dead_peer_timeout):
@@ -178,6 +189,7 @@ def connect(endpoint, settings, deadline, pool):
     try:
         transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
                                        default_max_packet_size=MAX_PACKET)
+        _prefer_aead(transport)
         transport.banner_timeout = _remaining(deadline)
         transport.handshake_timeout = _remaining(deadline)
         hung = ConnectError(ErrorKind.TIMEOUT, f"no SSH handshake from {endpoint.host}:{endpoint.port} "
