@@ -374,7 +374,12 @@ def select_marker(machines, wanted):
     patterns = [wanted] if isinstance(wanted, str) else list(wanted)
     if not patterns:
         raise ArgumentError("give a marker name, e.g. select(marker='configured')")
-    machines = _set(machines)
+    from .fabrics.base import RUNNING
+
+    # only running machines can answer; the others are left out without a connection attempt
+    machines = _set(machines).in_state(RUNNING, "ready")
+    if not machines:
+        raise SelectionError("no running machine to read markers from; start or launch some first")
     seen = markers(machines)
     chosen = []
     for machine in machines:
