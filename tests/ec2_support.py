@@ -17,9 +17,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from ecshell.aws.userdata import authorized_keys_from_user_data, host_key_from_user_data
 from ecshell.fabrics.local import SSHD_CONFIG, _free_port
@@ -37,13 +39,20 @@ def _stop(proc):
             proc.wait()
 
 
+def _moto_command():
+    # The moto_server script of this interpreter's environment (CI runs .venv/bin/python
+    # without .venv/bin on PATH); the module itself when the script is not there.
+    script = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "moto.server"]
+
+
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     env = dict(os.environ, **MOTO_ENV)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+        proc = subprocess.Popen(_moto_command() + ["-H", "127.0.0.1", "-p", str(port)], env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
@@ -102,6 +111,30 @@ def live_instances(url, region="us-east-1"):
 def user_data(ec2_client, instance_id):
     value = ec2_client.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
     return base64.b64decode(value).decode()
+
+
+class _Body:
+    def __init__(self, data):
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+
+def answer(request, status, body):
+    return AWSResponse(request.url, status, {"Content-Type": "text/xml"}, _Body(body.encode()))
+
+
+def error_xml(code, message="injected"):
+    return (f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+            "<RequestID>ecshell-test</RequestID></Response>")
+
+
+def console_reply(instance_id, text):
+    output = base64.b64encode(text.encode()).decode()
+    return ('<GetConsoleOutputResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            f"<requestId>r</requestId><instanceId>{instance_id}</instanceId>"
+            f"<timestamp>2026-01-01T00:00:00.000Z</timestamp><output>{output}</output></GetConsoleOutputResponse>")
 
 
 class Booter:

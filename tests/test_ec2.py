@@ -1,13 +1,10 @@
 """Ec2Fabric against a real moto server process: tags, discovery, lifecycle, failures, setup, images, volumes, cost."""
 
-import base64
-import datetime
 import subprocess
 import sys
 
 import pytest
-from botocore.awsrequest import AWSResponse
-from ec2_support import aws, ami, client, live_instances, moto_url, user_data  # noqa: F401
+from ec2_support import answer, aws, ami, client, console_reply, error_xml, live_instances, moto_url, user_data  # noqa: F401
 
 from ecshell import Cluster, Ec2Fabric, FabricError
 from ecshell.aws.errors import Ec2Error
@@ -20,23 +17,6 @@ def fabric(url, **kwargs):
     kwargs.setdefault("region", "us-east-1")
     kwargs.setdefault("image_id", ami(url, kwargs["region"]))
     return Ec2Fabric(endpoint_url=url, **kwargs)
-
-
-class _Body:
-    def __init__(self, data):
-        self.data = data
-
-    def stream(self, **_):
-        yield self.data
-
-
-def answer(request, status, body):
-    return AWSResponse(request.url, status, {"Content-Type": "text/xml"}, _Body(body.encode()))
-
-
-def error_xml(code, message="injected"):
-    return (f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
-            "<RequestID>ecshell-test</RequestID></Response>")
 
 
 def test_importing_ecshell_does_not_import_boto3():
@@ -219,13 +199,6 @@ def test_throttling_past_the_retries_is_reported(aws):
     assert info.value.code == "RequestLimitExceeded" and "wait a minute" in str(info.value)
 
 
-def _console(instance_id, text):
-    output = base64.b64encode(text.encode()).decode()
-    return ('<GetConsoleOutputResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
-            f"<requestId>r</requestId><instanceId>{instance_id}</instanceId>"
-            f"<timestamp>2026-01-01T00:00:00.000Z</timestamp><output>{output}</output></GetConsoleOutputResponse>")
-
-
 def test_without_a_pin_the_console_key_block_is_the_fallback(aws):
     ec2 = fabric(aws)
     (p,) = ec2.launch(1)
@@ -236,7 +209,7 @@ def test_without_a_pin_the_console_key_block_is_the_fallback(aws):
              f"{delivered[0]} root@ip-10-0-0-1\n"
              "-----END SSH HOST KEY KEYS-----\n")
     ec2.client.meta.events.register("before-send.ec2.GetConsoleOutput",
-                                    lambda request, **_: answer(request, 200, _console(p.id, block)))
+                                    lambda request, **_: answer(request, 200, console_reply(p.id, block)))
     (found,) = ec2.discover()
     assert found.host_keys == delivered and ec2.pins.load(p.id) == delivered
 

@@ -7,8 +7,9 @@ through the per-instance address tag.
 
 import getpass
 import os
+import urllib.parse
 
-from ec2_support import Booter, aws, ami, booter, client, live_instances, moto_url  # noqa: F401
+from ec2_support import aws, ami, answer, booter, console_reply, live_instances, moto_url  # noqa: F401
 
 from ecshell import Cluster, Ec2Fabric
 from ecshell.fabrics.local import generate_ed25519
@@ -118,3 +119,33 @@ def test_stragglers_held_pending_are_failed_init_then_ready(aws, booter):
     finally:
         cluster.close()
         ec2.terminate([p.id for p in ec2.discover()])
+
+
+def test_a_console_checked_key_lets_an_unpinned_instance_in(aws, booter):
+    """No pin (launched from another shell): the console output's key block is accepted, and only it."""
+    ec2 = fabric(aws)
+    seed = Cluster(ec2)
+    web = seed.launch(2, name="web", wait=False)
+    seed.close()
+    consoles = {}
+    for machine in web:
+        booter.boot(machine.id)
+        ec2.pins.forget(machine.id)
+        consoles[machine.id] = machine.prototype.host_keys[0]
+    consoles[web[1].id] = generate_ed25519()[1]  # web-1's console shows some other key
+
+    def console(request, **_):
+        body = request.body if isinstance(request.body, str) else request.body.decode()
+        instance_id = urllib.parse.parse_qs(body)["InstanceId"][0]
+        block = f"-----BEGIN SSH HOST KEY KEYS-----\n{consoles[instance_id]} root@h\n-----END SSH HOST KEY KEYS-----\n"
+        return answer(request, 200, console_reply(instance_id, block))
+
+    other = fabric(aws)
+    other.client.meta.events.register("before-send.ec2.GetConsoleOutput", console)
+    cluster = Cluster(other)
+    try:
+        assert [m.name for m in cluster.ready(timeout=3)] == ["web-0"]
+        assert cluster.machine("web-1").run("true").error == "hostkey"
+    finally:
+        cluster.close()
+        ec2.terminate([m.id for m in web])
