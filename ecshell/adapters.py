@@ -27,6 +27,7 @@ step: a machine that fails a step takes no further step.
 import copy
 import secrets
 import shlex
+import threading
 import time
 
 from .commands import Command, Shell
@@ -149,6 +150,9 @@ class Timeout(Wrapper):
         return result
 
 
+#: Seconds ``once`` allows for its last round trip (set the marker, release its lock).
+FINISH_TIMEOUT = 10.0
+
 #: What sudo -n prints when it would have to ask.
 _SUDO_ASKS = (b"a password is required", b"a terminal is required")
 
@@ -222,14 +226,26 @@ class Once(Wrapper):
             checked.detail = dict(checked.detail, held_by=holder)
             return checked
         result = self.inner.execute(sub_attempt(attempt))
+        result.detail = dict(result.detail, skipped=False)
+        if result.error is ErrorKind.LOST or "could not kill" in result.message:
+            # it may still be running there: the lock says so until someone knows better
+            result.message += (f"; lock {self.lock[len(LOCK_PREFIX):]!r} is left held on the machine, since the step "
+                               "may still be running: break_lock it once you know it is not")
+            return result
         ops = [Op("unmark", self.lock, token=token)]
         if result.ok:
             ops.insert(0, Op("mark", self.marker, note=str(self.inner)))
-        finish = StateCommand(ops, label=f"once {self.marker}: done").execute(sub_attempt(attempt))
-        if result.ok and not finish.ok:
-            result.error = finish.error
-            result.message = f"the step ran, but marking {self.marker} failed: {finish.status} {finish.message}"
-        result.detail = dict(result.detail, skipped=False)
+        # A timeout or Ctrl-C has set the attempt's cancel flag by now; the claim is still
+        # ours to give back (the step was killed), so this last round trip gets its own clock.
+        own = _Deadline(threading.Event(), time.monotonic() + FINISH_TIMEOUT)
+        finish = StateCommand(ops, label=f"once {self.marker}: done").execute(sub_attempt(attempt, own))
+        if not finish.ok:
+            note = (f"marking {self.marker} and releasing lock {self.lock[len(LOCK_PREFIX):]!r} failed: "
+                    f"{finish.status} {finish.message}".rstrip())
+            if result.ok:
+                result.error, result.message = finish.error, f"the step ran, but {note}"
+            else:
+                result.message += f"; {note}"
         return result
 
 

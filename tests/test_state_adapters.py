@@ -64,6 +64,16 @@ def test_once_does_not_mark_a_failed_step(machines):
     assert "flaky" in machine.markers()
 
 
+def test_once_cut_short_by_a_timeout_gives_its_lock_back(machines):
+    machine = machines(1)[0]
+    result = machine.execute(timeout(0.5)(once("long")(Shell("sleep 60"))))
+    assert result.error is ErrorKind.TIMEOUT
+    have = machine.markers()
+    assert "long" not in have and "lock.once.long" not in have
+    assert machine.execute(once("long")(Shell("true"))).ok
+    assert "long" in machine.markers()
+
+
 def test_retry_recovers_from_a_failing_first_try(machines):
     web = machines(2, name="web")
     rs = web.execute(retry(3, backoff=0.01)(counted("try", '[ "$n" -ge 2 ]')))
