@@ -156,6 +156,8 @@ def _ipython_app():
     if config:
         argv.append(f"--config={config}")
     app = TerminalIPythonApp.instance()
+    # IPython prints the banner before it loads extensions: the machine's state goes in now.
+    app.config.InteractiveShell.banner2 = _banner()
     app.initialize(argv)
     if app.shell is None:
         raise RuntimeError("IPython made no shell")
@@ -321,6 +323,13 @@ def status():
     return "\n".join(lines)
 
 
+def _banner():
+    try:
+        return status() + "\n"
+    except Exception as exc:  # a broken /proc must not keep the shell from starting
+        return f"ecshell-login: could not read the machine's state: {exc}\n"
+
+
 def check():
     """What the installer runs as the user: can IPython start here, and with which profile?"""
     import IPython  # noqa: F401  (the point is that it imports)
@@ -337,10 +346,6 @@ def load_ipython_extension(shell):
                "state_dir": state_dir(), "machine": machine_name()}
     helpers["status"] = lambda: print(status())
     shell.push(helpers)
-    try:
-        shell.banner2 = status() + "\n"
-    except Exception as exc:  # a broken /proc must not keep the shell from starting
-        shell.banner2 = f"ecshell-login: could not read the machine's state: {exc}\n"
     prompts = getattr(shell, "prompts", None)
     if prompts is not None and hasattr(prompts, "in_prompt_tokens"):
         shell.prompts = _machine_prompts(shell, prompts, machine_name())
