@@ -20,7 +20,9 @@ claims ``taken.<name>`` atomically, so two shells never hand out the same
 machine.
 """
 
+import hashlib
 import logging
+import re
 import threading
 import time
 
@@ -52,6 +54,9 @@ class FreeList:
             raise ArgumentError(f"size is how many machines to keep warm (0 or more), not {size!r}")
         self.cluster, self.name, self.size = cluster, name, size
         self.recipe = [as_command(step) for step in recipe]
+        #: Names the recipe in each member's pool marker, so a shell with another recipe
+        #: never finishes a machine that was started with this one.
+        self.fingerprint = hashlib.sha256("\n".join(map(repr, self.recipe)).encode()).hexdigest()[:12]
         self.last = last
         self.launch_options = dict(launch or {})
         self.timeout = timeout
@@ -64,6 +69,7 @@ class FreeList:
         self._thread = None
         self._closed = False
         self._configuring = set()
+        self._seen = {}
 
     # -- what the machines say -------------------------------------------------
 
@@ -80,7 +86,7 @@ class FreeList:
         groups = {"free": [], "configuring": [], "taken": [], "broken": []}
         if not live:
             return {k: MachineSet(v) for k, v in groups.items()}
-        seen = markers(live)
+        seen = self._seen = markers(live)
         for machine in live:
             have = seen.get(machine.name)
             if not have or self.member not in have:
@@ -109,18 +115,29 @@ class FreeList:
         with self._fill_lock:
             groups = self.scan()
             # members left half done (by this shell's failed try or a shell that died) come first
-            resume = MachineSet(m for m in groups["configuring"] if m.name not in self._configuring)
+            resume = MachineSet(m for m in groups["configuring"]
+                                if m.name not in self._configuring and self._same_recipe(m))
             missing = self.size - len(groups["free"]) - len(resume)
             fresh = MachineSet()
             if missing > 0 and not self._closed:
                 fresh = self.cluster.launch(missing, name=self.name, timeout=min(self.timeout, 120.0),
                                             **self.launch_options)
-                joined = fresh.mark(self.member, note=f"free list {self.name}")
+                joined = fresh.mark(self.member, note=f"free list {self.name}, recipe {self.fingerprint}")
                 for result in joined.failed.results():
                     self.problems[result.name] = f"could not mark it a member: {result.status} {result.message}"
                 fresh = joined.ok.machines
             self._configure(resume | fresh)
             return self.scan()["free"]
+
+    def _same_recipe(self, machine):
+        note = ((self._seen.get(machine.name) or {}).get(self.member) or None)
+        found = re.search(r"recipe (\w+)", getattr(note, "note", "") or "")
+        if found is None or found.group(1) == self.fingerprint:
+            return True
+        self.problems[machine.name] = (
+            f"left half configured by a shell with another recipe ({found.group(1)}, this one is "
+            f"{self.fingerprint}); finish it with that recipe, or terminate it")
+        return False
 
     def _configure(self, machines):
         if not machines:

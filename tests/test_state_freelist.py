@@ -13,7 +13,7 @@ import time
 import pytest
 
 from procs import remote_processes
-from ecshell import Cluster, FreeListEmpty, LocalFabric, MachineSet, Shell, once
+from ecshell import Cluster, FreeList, FreeListEmpty, LocalFabric, MachineSet, Shell, once
 
 COUNT = 'f="$ECSHELL_STATE_DIR/../{name}.count"; echo x >> "$f"; '
 
@@ -180,6 +180,11 @@ def test_kill_a_shell_mid_recipe_and_rebuild_from_the_machines(isolated_home, cl
             assert f"pid {proc.pid}" in pool.problems[name]
             assert "break_lock('once.slow')" in pool.problems[name]
         assert pool.status()["configuring"] == 2
+
+        # a shell with another recipe does not touch them
+        other = FreeList(again, "build", size=0, recipe=["echo another recipe"])
+        assert len(other.fill()) == 0
+        assert all("another recipe" in other.problems[name] for name in members.names)
 
         for machine in members:
             assert machine.break_lock("once.slow").by.endswith(f"pid {proc.pid}")
