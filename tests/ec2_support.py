@@ -155,7 +155,7 @@ class Booter:
         if isinstance(private, bytes):
             private = private.decode()
         path = os.path.join(self.directory, instance_id)
-        os.makedirs(path, mode=0o700)
+        os.makedirs(os.path.join(path, "state"), mode=0o700)
         key = os.path.join(path, "ssh_host_ed25519_key")
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -164,7 +164,9 @@ class Booter:
             f.write("\n".join(authorized_keys_from_user_data(text)) + "\n")
         port = _free_port()
         with open(os.path.join(path, "sshd_config"), "w") as f:
-            f.write(SSHD_CONFIG.format(name=instance_id, id=instance_id, port=port, dir=path, env='"SHLVL=1"'))
+            # the instance's own state directory, so that markers never reach the real ~
+            env = f'"SHLVL=1" "ECSHELL_STATE_DIR={path}/state" "ECSHELL_MACHINE={instance_id}"'
+            f.write(SSHD_CONFIG.format(name=instance_id, id=instance_id, port=port, dir=path, env=env))
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", os.path.join(path, "sshd_config"),

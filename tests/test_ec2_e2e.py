@@ -38,7 +38,8 @@ def test_launch_ready_broadcast_bundle_terminate(aws, booter):
         ((output, machines),) = rs.groups()
         assert output == "hello\nerr\n" and len(machines) == 3
 
-        image = ec2.bundle(cluster.machine("web-0"), markers=["configured"])
+        assert cluster.machine("web-0").mark("configured").ok
+        image = ec2.bundle(cluster.machine("web-0"))  # its markers are read from the machine
         assert image["state"] == "available"
         assert image["source"] == cluster.machine("web-0").id and image["markers"] == ["configured"]
 
