@@ -154,6 +154,11 @@ class MachineSet(Sequence):
         from . import state
         return state.markers(self)
 
+    def lock(self, name, timeout=30.0, note=""):
+        """``with web.lock("deploy"):`` the lock on every machine, all or nothing."""
+        from . import state
+        return state.Lock(self, name, timeout=timeout, note=note)
+
     def locks(self):
         """``{machine name: {lock: Marker}}``: the locks held now, and by whom."""
         from . import state

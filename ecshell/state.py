@@ -414,67 +414,94 @@ class Lock:
     :class:`LockHeld` naming the holder and since when. Release removes the
     lock only if it is still ours (its token); a lock broken meanwhile with
     ``break_lock`` is reported, not removed from its new holder.
+
+    On a MachineSet (``web.lock("deploy")``) the lock is all or nothing: a
+    try that finds any machine's lock held gives back the ones it took
+    before it waits, so two shells locking overlapping sets never deadlock.
     """
 
-    def __init__(self, machine, name, timeout=30.0, note=""):
+    def __init__(self, machines, name, timeout=30.0, note=""):
         check_name(name)
         if timeout is not None and timeout < 0:
             raise ArgumentError(f"timeout is seconds to wait (0: try once, None: forever), not {timeout!r}")
-        self.machine, self.name, self.timeout, self.note = machine, name, timeout, note
+        from .machine import Machine
+
+        self.machine = machines if isinstance(machines, Machine) else None
+        self.machines = _set(machines)
+        if not self.machines:
+            raise ArgumentError("nothing to lock: the selection is empty")
+        self.name, self.timeout, self.note = name, timeout, note
         self.marker = LOCK_PREFIX + name
         self.token = None
-        self.holder = None
 
     @property
     def held(self):
         return self.token is not None
 
+    @property
+    def where(self):
+        return self.machine.name if self.machine is not None else str(self.machines)
+
     def acquire(self):
         if self.held:
-            raise ArgumentError(f"lock {self.name!r} on {self.machine.name} is held by this Lock already")
+            raise ArgumentError(f"lock {self.name!r} on {self.where} is held by this Lock already")
         token = secrets.token_hex(8)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         pause = 0.05
         while True:
-            result = self.machine.execute(StateCommand([Op("claim", self.marker, self.note, token)],
-                                                       label=f"lock {self.name}"))
-            if not result.ok:
-                raise StateError(f"could not take lock {self.name!r} on {self.machine.name}: "
-                                 f"{result.status} {result.message}".rstrip(), result)
-            if result.detail["ops"][0] == "ok":
+            results = self.machines.execute(StateCommand([Op("claim", self.marker, self.note, token)],
+                                                         label=f"lock {self.name}"))
+            taken = [r.machine for r in results.ok.results() if r.detail["ops"][0] == "ok"]
+            if len(taken) == len(self.machines):
                 self.token = token
                 return self
-            holder = result.detail["markers"].get(self.marker)
+            if taken:
+                self._give_back(taken, token)
+            failed = results.failed
+            if failed:
+                bad = failed.results()[0]
+                raise StateError(f"could not take lock {self.name!r} on {bad.name}: "
+                                 f"{bad.status} {bad.message}".rstrip(), bad)
+            holders = {r.name: (r.detail["markers"].get(self.marker), r.detail.get("now"))
+                       for r in results.results() if r.detail["ops"][0] != "ok"}
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0 and holder is not None:
-                raise LockHeld(self._held_message(holder, result.detail.get("now")),
-                               self.machine, self.name, holder, result)
-            time.sleep(pause if left is None else max(0.0, min(pause, left)))
+            if left is not None and left <= 0 and all(h is not None for h, _ in holders.values()):
+                name, (holder, _) = next(iter(holders.items()))
+                raise LockHeld(self._held_message(holders), results[name].machine, self.name, holder,
+                               results[name])
+            time.sleep((pause if left is None else max(0.0, min(pause, left))) * (0.5 + secrets.randbelow(100) / 100))
             pause = min(pause * 1.5, 1.0)
 
-    def _held_message(self, holder, now):
-        gone = holder.holder_gone()
-        hint = " (that process is no longer running here)" if gone else ""
+    def _give_back(self, machines, token):
+        _set(machines).execute(StateCommand([Op("unmark", self.marker, token=token)],
+                                                  label=f"unlock {self.name}"))
+
+    def _held_message(self, holders):
+        parts = []
+        for name, (holder, now) in holders.items():
+            gone = " (that process is no longer running here)" if holder.holder_gone() else ""
+            parts.append(f"on {name} by {holder.by or 'unknown'} since {holder.when} "
+                         f"({_age((now or time.time()) - holder.at)} ago){gone}"
+                         f"{': ' + holder.note if holder.note else ''}")
         waited = f"waited {self.timeout:g}s; " if self.timeout else ""
-        return (f"lock {self.name!r} on {self.machine.name} is held by {holder.by or 'unknown'} since "
-                f"{holder.when} ({_age((now or time.time()) - holder.at)} ago){hint}"
-                f"{': ' + holder.note if holder.note else ''}. {waited}wait longer with "
+        first = next(iter(holders))
+        return (f"lock {self.name!r} is held {'; '.join(parts)}. {waited}wait longer with "
                 f".lock({self.name!r}, timeout=...), or if that holder is gone, break it with "
-                f"cluster.machine({self.machine.name!r}).break_lock({self.name!r})")
+                f"cluster.machine({first!r}).break_lock({self.name!r})")
 
     def release(self):
-        """Remove the lock if it is still ours; False (and a warning) if someone broke it."""
+        """Remove the lock where it is still ours; False (and a warning) where someone broke it."""
         if not self.held:
             return False
         token, self.token = self.token, None
-        result = self.machine.execute(StateCommand([Op("unmark", self.marker, token=token)],
-                                                   label=f"unlock {self.name}"))
-        status = result.detail.get("ops", [None])[0] if result.ok else None
-        if status != "ok":
+        results = self.machines.execute(StateCommand([Op("unmark", self.marker, token=token)],
+                                                     label=f"unlock {self.name}"))
+        lost = {r.name: (r.detail["ops"][0] if r.ok else f"{r.status} {r.message}") for r in results.results()
+                if not (r.ok and r.detail["ops"][0] == "ok")}
+        for name, status in lost.items():
             log.warning("lock %r on %s was no longer ours when released (%s); it was broken meanwhile",
-                        self.name, self.machine.name, status or f"{result.status} {result.message}")
-            return False
-        return True
+                        self.name, name, status)
+        return not lost
 
     def __enter__(self):
         return self.acquire()
@@ -483,7 +510,7 @@ class Lock:
         self.release()
 
     def __repr__(self):
-        return f"<Lock {self.name} on {self.machine.name} {'held' if self.held else 'not held'}>"
+        return f"<Lock {self.name} on {self.where} {'held' if self.held else 'not held'}>"
 
 
 def break_lock(machine, name):

@@ -158,6 +158,19 @@ def test_lock_held_by_another_shell_waits_then_names_the_holder(machines, holder
     assert "lock.deploy" not in machine.markers()
 
 
+def test_lock_on_a_set_is_all_or_nothing(machines, holder):
+    web = machines(3, name="web")
+    other = holder("web-1")
+    with pytest.raises(LockHeld, match=f"on web-1 by .*pid {other.pid}"):
+        web.lock("deploy", timeout=0.2).acquire()
+    held = web.locks()
+    assert "deploy" not in held["web-0"] and "deploy" not in held["web-2"]  # given back
+    other.stdin.close()
+    with web.lock("deploy", timeout=60):
+        assert all(h["deploy"].by.endswith(f"pid {os.getpid()}") for h in web.locks().values())
+    assert all(h == {} for h in web.locks().values())
+
+
 def test_lock_of_a_dead_holder_is_broken_only_explicitly(isolated_home, machines, holder):
     machine = machines(1, name="app")[0]
     other = holder("app-0")
