@@ -161,8 +161,9 @@ def _resolve(names):
 class Diagnose(Command):
     """Run several diagnostics and list the markers, in one round trip; ``detail["diagnostics"]``."""
 
-    def __init__(self, diagnostics):
+    def __init__(self, diagnostics, timeout=None):
         self.diagnostics = list(diagnostics)
+        self.timeout = timeout
 
     def __repr__(self):
         return f"Diagnose({', '.join(d.name for d in self.diagnostics)})"
@@ -181,7 +182,7 @@ class Diagnose(Command):
     def execute(self, attempt):
         quiet = sub_attempt(attempt)
         quiet.on_output = None
-        result = Shell(self.script(attempt.settings)).execute(quiet)
+        result = Shell(self.script(attempt.settings), timeout=self.timeout).execute(quiet)
         result.command = self
         text = result.output
         outcomes = {}
@@ -220,8 +221,11 @@ class Diagnose(Command):
         return result
 
 
-def diagnose(machines, *names):
-    """``{machine name: {diagnostic name: Diagnosis}}``, one round trip per machine; None where unreachable."""
-    results = _set(machines).execute(Diagnose(_resolve(names)))
+def diagnose(machines, *names, timeout=None):
+    """``{machine name: {diagnostic name: Diagnosis}}``, one round trip per machine; None where unreachable.
+
+    ``timeout``: seconds for all the checks on one machine; past it they are killed there.
+    """
+    results = _set(machines).execute(Diagnose(_resolve(names), timeout=timeout))
     return PerMachine({r.name: (r.detail.get("diagnostics") if r.ok else None) for r in results.results()},
                       results)

@@ -127,10 +127,15 @@ class Machine:
         from . import state
         return state.break_lock(self, name)
 
-    def diagnose(self, *names):
+    def diagnose(self, *names, timeout=None):
         """Run diagnostics here in one round trip: ``{name: Diagnosis}``."""
         from . import diagnostics
-        return diagnostics.diagnose(self, *names)[self.name]
+        found = diagnostics.diagnose(self, *names, timeout=timeout)
+        if found[self.name] is None:
+            from .state import StateError
+            result = found.results[self.name]
+            raise StateError(f"could not diagnose {self.name}: {result.status} {result.message}".rstrip(), result)
+        return found[self.name]
 
     def apply(self, recipe):
         """Run a recipe (a list of Commands) here, stopping at the first failure."""

@@ -164,10 +164,10 @@ class MachineSet(Sequence):
         from . import state
         return state.locks(self)
 
-    def diagnose(self, *names):
+    def diagnose(self, *names, timeout=None):
         """Run diagnostics on every machine, one round trip each: ``{machine name: {name: Diagnosis}}``."""
         from . import diagnostics
-        return diagnostics.diagnose(self, *names)
+        return diagnostics.diagnose(self, *names, timeout=timeout)
 
     def apply(self, recipe):
         """Run a recipe (a list of Commands) step by step; a machine that fails a step stops there."""

@@ -202,3 +202,5 @@ def test_diagnostics_run_together_and_fold_into_the_machine(machines):
     assert not one["service:no-such-service-ecsh5"].ok and one["service:no-such-service-ecsh5"].exit_code == 3
     with pytest.raises(ArgumentError, match="no diagnostic named"):
         web.diagnose("nope")
+    hung = web.diagnose(Diagnostic("hangs", "sleep 60"), timeout=0.5)
+    assert hung["web-0"] is None and hung.failed["web-0"].error is ErrorKind.TIMEOUT
