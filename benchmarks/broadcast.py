@@ -450,7 +450,11 @@ def _timed(tool, mode, n):
         cluster = tool.prepare_cold()
         gc.collect()
         t = time.perf_counter()
-        outputs, cleanup = tool.cold_with(cluster, n)
+        try:
+            outputs, cleanup = tool.cold_with(cluster, n)
+        except BaseException:
+            cluster.close()
+            raise
     else:
         gc.collect()
         t = time.perf_counter()
@@ -642,7 +646,7 @@ def scale_run(fleet, args, log):
         result["traced_peak_warm_mb"] = (peak_warm - base) / 2**20
         log(f"scale: traced Python heap: {result['traced_pool_mb']:.1f} MB held by {n} pooled connections, "
             f"peak {result['traced_peak_cold_mb']:.1f} MB connecting, {result['traced_peak_warm_mb']:.1f} MB "
-            f"during a warm broadcast")
+            f"during a warm broadcast (pool included)")
     finally:
         tracemalloc.stop()
         cluster.close()
@@ -734,7 +738,7 @@ def main(argv=None):
         print(f"scale: {s['n']} machines, fanout {s['fanout']}: cold {s['cold_seconds']:.3f}s, "
               f"warm median {s['warm_median']:.3f}s; peak RSS {s['ru_maxrss_mb']:.0f} MB; "
               f"Python heap held by the pool {s['traced_pool_mb']:.1f} MB, "
-              f"warm-broadcast peak {s['traced_peak_warm_mb']:.1f} MB")
+              f"peak during a warm broadcast {s['traced_peak_warm_mb']:.1f} MB")
     else:
         print(f"median seconds to broadcast {COMMAND!r} ({args.rounds} rounds after a warm-up; "
               f"ecshell fanout {report['fanout']}; load {report['machine']['loadavg_before']})")
