@@ -196,13 +196,23 @@ class Cluster:
             pending = [m for m in pending if m.state != READY]
             if not pending or time.monotonic() + backoff > deadline:
                 break
-            time.sleep(backoff)
+            self._pause(pending, backoff)
             backoff = min(backoff * 2, 5.0)
         for machine in pending:
             machine.state = FAILED_INIT
             log.warning("%s did not become ready within %gs (failed-init): terminate or replace it",
                         machine.name, timeout)
         return chosen.in_state(READY)
+
+    @staticmethod
+    def _pause(pending, seconds):
+        """Wait between readiness polls; a fabric with ``wait_for_news`` (EC2's phone-home) may end it early."""
+        for fabric in {id(m.fabric): m.fabric for m in pending}.values():
+            wait = getattr(fabric, "wait_for_news", None)
+            if wait is not None:
+                wait([m.id for m in pending if m.fabric is fabric], seconds)
+                return
+        time.sleep(seconds)
 
     def _refresh_states(self, machines):
         by_fabric = {}

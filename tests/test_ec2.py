@@ -334,3 +334,33 @@ def test_volumes_create_attach_detach_delete(aws):
     assert volume["id"] in [v["id"] for v in ec2.list_volumes()]
     ec2.delete_volume(volume["id"])
     assert volume["id"] not in [v["id"] for v in ec2.list_volumes()]
+
+
+def test_phone_home_wakes_the_readiness_wait_and_is_only_a_hint(aws, caplog):
+    import threading
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    ec2 = fabric(aws)
+    url = ec2.listen_for_phone_home(host="127.0.0.1")
+    try:
+        (p,) = ec2.launch(1)
+        assert f"url: {url}" in user_data(client(aws), p.id)
+        woken = []
+        waiter = threading.Thread(target=lambda: woken.append(ec2.wait_for_news([p.id], 30)))
+        waiter.start()
+        # what cloud-init's phone_home module posts when boot has finished
+        form = {"instance_id": p.id, "pub_key_ed25519": generate_ed25519()[1], "hostname": "ip-10-0-0-1"}
+        urllib.request.urlopen(url, data=urllib.parse.urlencode(form).encode(), timeout=10).read()
+        waiter.join()
+        assert woken == [{p.id}]
+        with caplog.at_level("WARNING", logger="ecshell"):
+            (q,) = ec2.prototypes([p.id])
+        assert q.extra["phoned_home_at"] and q.host_keys == p.host_keys  # the posted key changes nothing
+        assert "not its pinned one" in caplog.text
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url, data=b"instance_id=../../etc", timeout=10)
+    finally:
+        ec2.close()
+    assert ec2.phone_home_url is None

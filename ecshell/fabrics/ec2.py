@@ -139,6 +139,10 @@ class Ec2Fabric(Fabric):
     prices = Dict(help="""Hourly prices (USD) overriding the shipped table, per instance type
         ('t3.micro': 0.0104) or per region and type ('eu-west-1/t3.micro': 0.0114).""").tag(config=True)
 
+    phone_home_url = Unicode(None, allow_none=True, help="""URL instances POST to when cloud-init
+        has finished (its phone_home module), short-cutting the wait between readiness
+        polls; listen_for_phone_home() starts a listener and sets it. None: no call-back.""").tag(config=True)
+
     max_attempts = Integer(8, help="Attempts per AWS call in boto3's adaptive retry mode (throttling, 5xx).").tag(config=True)
 
     launch_workers = Integer(8, help="RunInstances calls in flight at once (one per instance: each has its own host key).").tag(config=True)
@@ -180,6 +184,7 @@ class Ec2Fabric(Fabric):
         self._client = None
         self._console_checked = {}
         self._reaper = None
+        self._phone_home = None
 
     # -- the boto3 session and client ----------------------------------------
 
@@ -257,6 +262,16 @@ class Ec2Fabric(Fabric):
                         "connections to it are refused until one appears", instance_id)
         return keys
 
+    def _phoned_home(self, instance_id, keys):
+        if self._phone_home is None or instance_id not in self._phone_home.arrived:
+            return None
+        at, fields = self._phone_home.arrived[instance_id]
+        reported = fields.get("pub_key_ed25519", "").split()[:2]
+        if keys and reported and " ".join(reported) not in {" ".join(k.split()[:2]) for k in keys}:
+            log.warning("%s phoned home with a host key that is not its pinned one: ignored "
+                        "(the SSH check accepts only the pinned key)", instance_id)
+        return at
+
     def _forget(self, ids):
         pins = self.pins
         for instance_id in ids:
@@ -311,6 +326,7 @@ class Ec2Fabric(Fabric):
                 "hourly_cost": self._price(instance.get("InstanceType"), tags),
                 "expires_at": _parse_iso(tags.get(EXPIRES_TAG)),
                 "host_key_source": "pinned" if keys else None,
+                "phoned_home_at": self._phoned_home(instance_id, keys),
             },
         )
         if not keys:
@@ -401,8 +417,35 @@ class Ec2Fabric(Fabric):
             self.client.get_waiter(waiter).wait(
                 InstanceIds=list(ids), WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(timeout / delay))})
 
+    def listen_for_phone_home(self, host="0.0.0.0", port=0, public_url=None):
+        """Start a listener for instances' boot call-backs; instances launched after use it.
+
+        ``public_url`` is the address instances can reach (this machine as the VPC sees
+        it); by default the listener's own address.
+        """
+        from ..aws.phonehome import PhoneHome
+
+        self.stop_phone_home()
+        self._phone_home = PhoneHome(host, port, public_url)
+        self.phone_home_url = self._phone_home.url
+        return self._phone_home.url
+
+    def stop_phone_home(self):
+        if self._phone_home is not None:
+            self._phone_home.close()
+            self._phone_home = None
+            self.phone_home_url = None
+
+    def wait_for_news(self, ids, timeout):
+        """Sleep up to ``timeout`` between readiness polls, ending early when one of ``ids`` phones home."""
+        if self._phone_home is None:
+            time.sleep(timeout)
+            return set()
+        return self._phone_home.wait(ids, timeout)
+
     def close(self):
         self.stop_reaper()
+        self.stop_phone_home()
         self._client = None
         self._session = None
 
@@ -537,7 +580,7 @@ class Ec2Fabric(Fabric):
         tags = dict(base_tags, Name=machine_name)
         specs = [{"ResourceType": "instance", "Tags": _tag_list(tags)},
                  {"ResourceType": "volume", "Tags": _tag_list(tags)}]
-        call = dict(params, UserData=build(private, public, [authorized], user_data),
+        call = dict(params, UserData=build(private, public, [authorized], user_data, self.phone_home_url),
                     TagSpecifications=specs,
                     # the same token on boto3's own retries makes RunInstances idempotent
                     ClientToken=f"ecshell-{launch_id}-{position}")
