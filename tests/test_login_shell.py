@@ -466,3 +466,27 @@ def test_the_machine_restores_the_shell_when_the_controller_vanishes(login):
         channel.close()  # as if the controller died: no COMMIT ever comes
     _wait(lambda: login.shell == "/bin/bash", "the machine to restore the shell")
     _wait(lambda: open("/etc/shells", "rb").read() == login.etc_shells, "/etc/shells to be restored")
+
+
+def test_install_from_wheels_shipped_along(login):
+    """wheels="ship": every wheel built here and shipped; pip on the machine uses no index."""
+    second = os.path.join(login.dir, "prefix-shipped")
+    rs = login.cluster.install_login_shell(MACHINE, user=login.user, prefix=second, wheels="ship", deps="login")
+    try:
+        assert rs.all_ok, _explain(rs)
+        entry = os.path.join(second, "venv", "bin", "ecshell-login")
+        assert login.shell == entry
+        assert rs[MACHINE].detail["previous_shell"] == login.entry
+        shipped = os.listdir(os.path.join(second, "dist"))
+        assert any(n.startswith("ipython-") for n in shipped) and any(n.startswith("ecshell-") for n in shipped)
+        site = [d for d, _, _ in os.walk(os.path.join(second, "venv", "lib")) if d.endswith("site-packages")][0]
+        assert os.path.isdir(os.path.join(site, "IPython")) and not os.path.exists(os.path.join(site, "boto3"))
+        done = login.ssh("echo $((6*7)); exit 5")
+        assert (done.stdout, done.returncode) == (b"42\n", 5)
+    finally:
+        rs = login.cluster.uninstall_login_shell(MACHINE, user=login.user, prefix=second)
+    assert rs.all_ok, _explain(rs)
+    assert login.shell == login.entry  # back to what it was before this install
+    assert not os.path.exists(second)
+    with open("/etc/shells") as f:
+        assert second not in f.read()
