@@ -212,7 +212,8 @@ class FreeList:
             if left <= 0 or (not refill and self._thread is None):
                 raise FreeListEmpty(f"free list {self.name!r} has no warm machine"
                                     f"{' after waiting for a refill' if refill else ''}; status {self.status()}"
-                                    f"{'; problems: ' + str(self.problems) if self.problems else ''}")
+                                    f"{'; problems: ' + str(self.problems) if self.problems else ''}"
+                                    f"{'; last refill failed: ' + str(self.errors[-1]) if self.errors else ''}")
             with self._changed:
                 self._changed.wait(min(left, 1.0))
         if refill:
