@@ -1,0 +1,109 @@
+"""``ecshell --fabric local`` in a real terminal: tmux, keys typed, the screen read back.
+
+The tmux server runs on a private socket (``tmux -L <unique>``) and is
+killed when the test ends; every machine the shell launched is terminated
+by pid from the test's isolated ECSHELL_HOME, passed or failed.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from ecshell import LocalFabric
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (bootstrap.sh installs it)")
+
+#: Seconds to wait for something to appear on the screen (generous: 2 busy cores).
+PATIENCE = 60
+
+
+def ecshell_command():
+    """The installed ``ecshell`` script next to this Python, else the module."""
+    script = os.path.join(os.path.dirname(sys.executable), "ecshell")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "ecshell.console"]
+
+
+class Terminal:
+    def __init__(self, socket):
+        self.socket = socket
+
+    def tmux(self, *args):
+        return subprocess.run(["tmux", "-L", self.socket, *args], check=True,
+                              capture_output=True, text=True).stdout
+
+    def start(self, command, env):
+        line = " ".join(["env", *(f"{k}={v}" for k, v in env.items()), *command])
+        self.tmux("-f", "/dev/null", "new-session", "-d", "-x", "160", "-y", "50", line)
+        self.tmux("set-option", "-g", "remain-on-exit", "on")
+        self.tmux("set-option", "-g", "history-limit", "5000")
+
+    def type(self, text):
+        self.tmux("send-keys", "-l", text)
+        self.tmux("send-keys", "Enter")
+
+    def screen(self):
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-5000")
+
+    def wait_for(self, pattern, after=0):
+        """The screen text once ``pattern`` appears past offset ``after``; fails with the screen."""
+        until = time.monotonic() + PATIENCE
+        while True:
+            text = self.screen()
+            found = re.search(pattern, text[after:], re.S)
+            if found:
+                return text, after + found.end()
+            if time.monotonic() > until:
+                pytest.fail(f"{pattern!r} did not appear within {PATIENCE}s; the screen:\n{text}")
+            time.sleep(0.2)
+
+    def kill(self):
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+@pytest.fixture
+def terminal(isolated_home):
+    term = Terminal(f"ecshell-test-{uuid.uuid4().hex[:12]}")
+    try:
+        yield term
+    finally:
+        term.kill()
+        fabric = LocalFabric()
+        fabric.terminate([p.id for p in fabric.discover()])
+
+
+def test_launch_broadcast_fail_interrupt_and_leave(terminal, isolated_home):
+    env = {"HOME": os.environ["HOME"], "ECSHELL_HOME": os.environ["ECSHELL_HOME"], "TERM": "xterm-256color",
+           "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    terminal.start(ecshell_command() + ["--fabric", "local"], env)
+    _, at = terminal.wait_for(r"In \[1\]:")
+
+    terminal.type("%launch 3")
+    _, at = terminal.wait_for(r"<MachineSet node-\[0-2\] \(3\)>.*?In \[2\]:", at)
+
+    terminal.type("%on all hostname")
+    screen, at = terminal.wait_for(r"3 ok, 0 failed -- hostname.*?In \[3\]:", at)
+    assert "---------------- node-[0-2] (3) ok" in screen  # one folded header for three hosts
+
+    terminal.type("%on all 'exit 3'")
+    screen, at = terminal.wait_for(r"0 ok, 3 failed -- exit 3.*?In \[4\]:", at)
+    assert "---------------- node-[0-2] (3) exit 3" in screen
+
+    terminal.type("%on all sleep 30")
+    terminal.wait_for(r"running: node-\[0-2\]", at)  # the live progress line (erased later: keep `at`)
+    terminal.tmux("send-keys", "C-c")
+    screen, at = terminal.wait_for(r"interrupted node-\[0-2\] \(3\).*?0 ok, 3 failed -- sleep 30.*?In \[5\]:", at)
+    assert "(interrupted: results shown are those that arrived)" in screen
+
+    terminal.type("%on failed echo again")  # the shell is usable: re-target the interrupted hosts
+    _, at = terminal.wait_for(r"3 ok, 0 failed -- echo again.*?In \[6\]:", at)
+
+    terminal.type("exit")  # machines still run: the shell says so on the way out
+    screen, at = terminal.wait_for(r"3 machines still running \(node-\[0-2\]\)", at)
