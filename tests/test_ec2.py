@@ -364,3 +364,23 @@ def test_phone_home_wakes_the_readiness_wait_and_is_only_a_hint(aws, caplog):
     finally:
         ec2.close()
     assert ec2.phone_home_url is None
+
+
+def test_ctrl_c_during_a_launch_terminates_what_it_started(aws, caplog):
+    import signal
+    import threading
+
+    ec2 = fabric(aws, launch_workers=1)
+    main = threading.main_thread().ident
+    calls = []
+
+    def interrupt_after_the_second(**_):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.pthread_kill(main, signal.SIGINT)
+
+    ec2.client.meta.events.register("after-call.ec2.RunInstances", interrupt_after_the_second)
+    with caplog.at_level("WARNING", logger="ecshell"), pytest.raises(KeyboardInterrupt):
+        ec2.launch(5, name="web")
+    assert "interrupted" in caplog.text and "terminated the" in caplog.text
+    assert live_instances(aws) == [] and ec2.pins.ids() == []

@@ -565,12 +565,22 @@ class Ec2Fabric(Fabric):
             else:
                 created.append(instance)
 
-        workers = min(self.launch_workers, count)
-        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ecshell-launch") as pool:
-            list(pool.map(one, range(count), names))
+        pool = concurrent.futures.ThreadPoolExecutor(min(self.launch_workers, count), thread_name_prefix="ecshell-launch")
+        try:
+            futures = [pool.submit(one, position, n) for position, n in enumerate(names)]
+            while concurrent.futures.wait(futures, timeout=0.2).not_done:
+                pass  # a timed wait, so that Ctrl-C is noticed at once
+        except BaseException:
+            # Ctrl-C (or worse) mid-launch: let the calls in flight finish, then undo them all.
+            failed.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            log.warning("%s", self._abandon(launch_id, created, errors + [(f"{name}-*", "interrupted")]))
+            raise
+        pool.shutdown()
         if errors:
             raise self._abandon(launch_id, created, errors)
-        return sorted((self._prototype(i) for i in created), key=lambda p: p.name)
+        order = {n: i for i, n in enumerate(names)}
+        return sorted((self._prototype(i) for i in created), key=lambda p: order.get(p.name, len(order)))
 
     def _run_one(self, machine_name, base_tags, params, launch_id, position, authorized, user_data):
         from ..aws.userdata import build
