@@ -384,3 +384,29 @@ def test_ctrl_c_during_a_launch_terminates_what_it_started(aws, caplog):
         ec2.launch(5, name="web")
     assert "interrupted" in caplog.text and "terminated the" in caplog.text
     assert live_instances(aws) == [] and ec2.pins.ids() == []
+
+
+def test_a_profile_configures_the_default_fabric(aws):
+    from traitlets.config import Config
+
+    (p,) = fabric(aws).launch(1, name="web")
+    config = Config()
+    config.EcShell.default_fabric = "ec2"
+    config.Ec2Fabric.region = "us-east-1"
+    config.Ec2Fabric.endpoint_url = aws
+    config.Ec2Fabric.image_id = ami(aws)
+    cluster = Cluster(config=config)
+    try:
+        (ec2,) = cluster.fabrics.values()
+        assert isinstance(ec2, Ec2Fabric) and ec2.endpoint_url == aws
+        assert [m.id for m in cluster.machines] == [p.id]
+    finally:
+        cluster.close()
+
+
+def test_the_design_signature_constructs():
+    ec2 = Ec2Fabric(region="eu-west-1", image_id="ami-0123456789abcdef0", instance_type="t3.micro",
+                    key_name="ops", security_groups=["ssh-from-me"], subnet_id=None, endpoint_url=None)
+    assert ec2.name == "ec2-eu-west-1" and "eu-west-1" in repr(ec2)
+    with pytest.raises(Exception, match="ttl"):
+        Ec2Fabric(region="eu-west-1", ttl=-1)
