@@ -213,6 +213,10 @@ class Once(Wrapper):
             checked.message = f"skipped: {self.marker} {done.describe(now)}"
             checked.detail = dict(checked.detail, skipped=True)
             return checked
+        if status == "failed":
+            checked.command, checked.error = self, ErrorKind.EXIT
+            checked.message = f"could not make lock {self.lock} in the state directory"
+            return checked
         if status != "ok":
             holder = seen.get(self.lock)
             gone = holder is not None and holder.holder_gone()

@@ -174,11 +174,13 @@ class Op:
 
     def script(self, index):
         f = f'"$D"/{shlex.quote(self.name)}'
+        # mv and ln put a file *into* a directory of that name: refuse, rather than succeed wrongly
         if self.kind == "mark":
-            body = f"_mk '{_b64(self.note)}' {shlex.quote(self.token)}; mv -f \"$t\" {f} && r=ok || r=failed"
+            body = (f"if [ -d {f} ]; then r=failed; else _mk '{_b64(self.note)}' {shlex.quote(self.token)}; "
+                    f"mv -f \"$t\" {f} && r=ok || r=failed; fi")
         elif self.kind == "claim":
-            body = (f"_mk '{_b64(self.note)}' {shlex.quote(self.token)}; "
-                    f"if ln \"$t\" {f} 2>/dev/null; then r=ok; else r=held; fi; rm -f \"$t\"")
+            body = (f"if [ -d {f} ]; then r=failed; else _mk '{_b64(self.note)}' {shlex.quote(self.token)}; "
+                    f"if ln \"$t\" {f} 2>/dev/null; then r=ok; else r=held; fi; rm -f \"$t\"; fi")
             if self.unless:
                 body = f'if [ -e "$D"/{shlex.quote(self.unless)} ]; then r=done; else {body}; fi'
         elif self.kind == "unmark":
@@ -289,6 +291,10 @@ class StateCommand(Command):
         if result.ok and now is None:
             result.error = ErrorKind.EXIT
             result.message = "the machine's shell did not run the state script (is its login shell POSIX sh?)"
+        unwritten = [op.name for op, status in zip(self.ops, ops + [None] * len(self.ops)) if status in (None, "failed")]
+        if result.ok and unwritten:
+            result.error = ErrorKind.EXIT
+            result.message = f"could not change {', '.join(unwritten)} in the state directory (disk full? permissions?)"
         readable = text if not result.ok else render_markers(markers, now)
         buffer = OutputBuffer(attempt.settings.output_memory_limit, attempt.settings.spill_dir)
         buffer.write(readable.encode())
@@ -457,11 +463,12 @@ class Lock:
                 return self
             if taken:
                 self._give_back(taken, token)
-            failed = results.failed
+            failed = results.failed.results() or [
+                r for r in results.results() if r.detail["ops"][0] not in ("ok", "held")]
             if failed:
-                bad = failed.results()[0]
+                bad = failed[0]
                 raise StateError(f"could not take lock {self.name!r} on {bad.name}: "
-                                 f"{bad.status} {bad.message}".rstrip(), bad)
+                                 f"{bad.status} {bad.message or 'the lock file could not be made'}".rstrip(), bad)
             holders = {r.name: (r.detail["markers"].get(self.marker), r.detail.get("now"))
                        for r in results.results() if r.detail["ops"][0] != "ok"}
             left = None if deadline is None else deadline - time.monotonic()

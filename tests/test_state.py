@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from ecshell import Cluster, LocalFabric, LockHeld, Marker
+from ecshell import Cluster, LocalFabric, LockHeld, Marker, StateError
 from ecshell.errors import ArgumentError, SelectionError
 from ecshell.state import StateCommand, Op, state_dir_expr
 
@@ -76,6 +76,17 @@ def test_parameters_cross_the_wire_as_data(machines, isolated_home):
     for bad in ("../escape", "a b", "", ".hidden", "x;rm", None):
         with pytest.raises(ArgumentError):
             machine.mark(bad)
+
+
+def test_a_marker_that_cannot_be_written_is_a_failed_result(machines):
+    machine = machines(1)[0]
+    machine.run('mkdir -p "$ECSHELL_STATE_DIR/markers/blocked/inside"')  # a directory where the file would go
+    result = machine.mark("blocked")
+    assert result.error == "exit" and "could not change blocked" in result.message
+    assert machine.mark("fine").ok
+    machine.run('mkdir -p "$ECSHELL_STATE_DIR/markers/lock.odd/inside"')
+    with pytest.raises(StateError, match="could not take lock 'odd'"):
+        machine.lock("odd", timeout=None).acquire()
 
 
 def test_cluster_select_by_marker_and_clear_error(cluster, machines):
