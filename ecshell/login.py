@@ -101,7 +101,7 @@ def main(argv=None):
         exec_sh(args)  # -c CMD, a script, sh options: all /bin/sh's business
     login = _is_login(argv0, args)
     if not _interactive():
-        exec_sh(["-l"] if "-l" in args else [], login=login)
+        exec_sh(sorted({"--login": "-l"}.get(a, a) for a in set(args)), login=login)
     start_ipython(login)
 
 
