@@ -178,7 +178,8 @@ class Sudo(Wrapper):
             output = result.output_bytes
             if output.startswith(b"sudo: ") and any(s in output for s in _SUDO_ASKS):
                 result.message = (f"sudo -n to {self.user} needs a password here, and nobody can type one: "
-                                  f"give the login user a NOPASSWD rule for it (sudoers), or log in as a user that has one")
+                                  "give the login user a NOPASSWD rule for it (sudoers), "
+                                  "or log in as a user that has one")
                 result.detail = dict(result.detail, sudo="password")
         elif result.error is ErrorKind.EXIT and result.exit_code == 127 and b"sudo" in result.output_bytes:
             result.message = "sudo is not installed on this machine"

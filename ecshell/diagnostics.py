@@ -209,8 +209,8 @@ class Diagnose(Command):
         result.detail = dict(result.detail, diagnostics=outcomes, markers=markers, now=now)
         if result.ok:
             remember(attempt.machine, markers=markers, diagnostics=outcomes)
-            text = "".join(f"{d.name:<12} {'ok ' if d.ok else 'BAD'} {d.value!r}{' ' + d.message if d.message else ''}\n"
-                           for d in outcomes.values())
+            text = "".join(f"{d.name:<12} {'ok ' if d.ok else 'BAD'} {d.value!r}"
+                           f"{' ' + d.message if d.message else ''}\n" for d in outcomes.values())
             from .output import OutputBuffer
             buffer = OutputBuffer(attempt.settings.output_memory_limit, attempt.settings.spill_dir)
             buffer.write(text.encode())

@@ -153,7 +153,8 @@ PREAMBLE = """\
 mkdir -p "$D" 2>/dev/null || {{ printf '\\036ERR cannot create the state directory %s\\n' "$D"; exit 70; }}
 B=$(printf %s '{by}' | base64 -d) || {{ printf '\\036ERR base64 is missing on this machine\\n'; exit 71; }}
 t="$D/.new.$$"
-_mk() {{ printf 'at=%s\\nby=%s\\nnote=%s\\ntoken=%s\\n' "$(date +%s)" "$B" "$(printf %s "$1" | base64 -d)" "$2" > "$t"; }}
+_mk() {{ printf 'at=%s\\nby=%s\\nnote=%s\\ntoken=%s\\n' \\
+    "$(date +%s)" "$B" "$(printf %s "$1" | base64 -d)" "$2" > "$t"; }}
 _op() {{ printf '\\036OP %s %s\\n' "$1" "$2"; }}
 """
 
@@ -291,7 +292,8 @@ class StateCommand(Command):
         if result.ok and now is None:
             result.error = ErrorKind.EXIT
             result.message = "the machine's shell did not run the state script (is its login shell POSIX sh?)"
-        unwritten = [op.name for op, status in zip(self.ops, ops + [None] * len(self.ops)) if status in (None, "failed")]
+        statuses = ops + [None] * (len(self.ops) - len(ops))
+        unwritten = [op.name for op, status in zip(self.ops, statuses) if status in (None, "failed")]
         if result.ok and unwritten:
             result.error = ErrorKind.EXIT
             result.message = f"could not change {', '.join(unwritten)} in the state directory (disk full? permissions?)"

@@ -52,7 +52,8 @@ def test_once_from_two_threads_does_the_work_once(machines):
     ran = [r for r in results if r.ok and not r.detail.get("skipped")]
     assert len(ran) == 1
     other = [r for r in results if r is not ran[0]][0]
-    assert other.detail.get("skipped") or ("being done by" in other.message and "break_lock('once.slow')" in other.message)
+    assert other.detail.get("skipped") or (
+        "being done by" in other.message and "break_lock('once.slow')" in other.message)
 
 
 def test_once_does_not_mark_a_failed_step(machines):

@@ -33,7 +33,7 @@ def test_free_list_hands_out_a_warm_machine_and_refills(cluster):
     warm = pool.fill()
     assert len(warm) == 2
     # marked as such on the machines themselves
-    assert warm.run('test -e "$ECSHELL_STATE_DIR/markers/free.web" && test -e "$ECSHELL_STATE_DIR/markers/pool.web"').all_ok
+    assert warm.run('cd "$ECSHELL_STATE_DIR/markers" && test -e free.web && test -e pool.web').all_ok
 
     machine = pool.take(user="alice")
     assert machine.name in warm.names
