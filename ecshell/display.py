@@ -76,7 +76,10 @@ def render_resultset(resultset, color=False):
         lines.append("(interrupted: results shown are those that arrived)")
     summary = f"{len(resultset.ok)} ok, {len(resultset.failed)} failed"
     if resultset.command is not None:
-        summary += f" -- {printable(str(resultset.command))}"
+        command = str(resultset.command).strip()
+        if "\n" in command:  # a %%on cell: its first line is enough to recognise it
+            command = command.splitlines()[0] + f" ... ({len(command.splitlines())} lines)"
+        summary += f" -- {printable(command)}"
     lines.append(summary)
     return "\n".join(lines)
 

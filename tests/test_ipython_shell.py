@@ -228,6 +228,7 @@ def test_cell_magic_sends_the_script(ip):
     launch(ip, 2)
     rs = ip.run_cell_magic("on", "-t 10 node-*", "x=$ECSHELL_MACHINE\necho \"cell on $x\"\nexit 0\n")
     assert {n: r.output for n, r in rs.items()} == {"node-0": "cell on node-0\n", "node-1": "cell on node-1\n"}
+    assert shown(ip, rs).endswith("2 ok, 0 failed -- x=$ECSHELL_MACHINE ... (3 lines)")
     with pytest.raises(UsageError, match="from the cell"):
         ip.run_cell_magic("on", "all echo no", "echo yes\n")
 

@@ -105,5 +105,15 @@ def test_launch_broadcast_fail_interrupt_and_leave(terminal, isolated_home):
     terminal.type("%on failed echo again")  # the shell is usable: re-target the interrupted hosts
     _, at = terminal.wait_for(r"3 ok, 0 failed -- echo again.*?In \[6\]:", at)
 
+    assert "ecshell: 3 running (local)" in terminal.screen()  # the toolbar
+    colour = terminal.tmux("capture-pane", "-p", "-e", "-J", "-S", "-5000")
+    headers = [line for line in colour.splitlines() if "---------------- node-[0-2] (3)" in line]
+    assert headers and all("\x1b[" in line for line in headers)  # folded headers are coloured
+
+    terminal.type("%terminate all")  # all: the shell asks first
+    _, at = terminal.wait_for(r"Terminate 3 machines node-\[0-2\]\? \[y/N\]", at)
+    terminal.type("n")
+    _, at = terminal.wait_for(r"nothing terminated.*?In \[7\]:", at)
+
     terminal.type("exit")  # machines still run: the shell says so on the way out
     screen, at = terminal.wait_for(r"3 machines still running \(node-\[0-2\]\)", at)
