@@ -446,3 +446,19 @@ def test_cluster_from_shell_config(isolated_home):
         shell.run_line_magic("unload_ext", "ecshell")
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_changed_host_key_is_refused_without_a_question(ip, isolated_home):
+    from ecshell.fabrics.local import generate_ed25519
+
+    machines = launch(ip, 1)
+    cluster = ip.user_ns["cluster"]
+    cluster.attach(_static_hosts(isolated_home, machines))
+    known = isolated_home / "home" / ".ssh" / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{machines[0].port} {generate_ed25519()[1]}\n")
+    questions = []
+    extension_for(ip).session.ask = lambda question: questions.append(question) or True
+    rs = ip.run_line_magic("on", "ext0 hostname")
+    assert rs["ext0"].error == "hostkey" and questions == []
+    text = shown(ip, rs)
+    assert "HOST KEY CHANGED" in text and f"ssh-keygen -f {known} -R '[127.0.0.1]:{machines[0].port}'" in text
