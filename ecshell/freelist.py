@@ -104,6 +104,23 @@ class FreeList:
     def status(self):
         return {k: len(v) for k, v in self.scan().items()}
 
+    @staticmethod
+    def discover(cluster):
+        """``{free list name: MachineSet of members}`` found in the markers of the running machines.
+
+        What a new shell calls to learn which free lists exist before it
+        attaches to one with ``cluster.free_list(name, recipe=...)``.
+        """
+        from .fabrics.base import RUNNING
+
+        live = cluster.machines.in_state(RUNNING, "ready")
+        found = {}
+        for name, have in (markers(live) if live else {}).items():
+            for marker in have or ():
+                if marker.startswith("pool."):
+                    found.setdefault(marker[len("pool."):], []).append(cluster.machine(name))
+        return {name: MachineSet(members, sort=True) for name, members in sorted(found.items())}
+
     # -- filling ---------------------------------------------------------------
 
     def fill(self):

@@ -164,6 +164,7 @@ def test_kill_a_shell_mid_recipe_and_rebuild_from_the_machines(isolated_home, cl
     hang.unlink()
 
     with Cluster(LocalFabric()) as again:  # a new shell: only the fabric and the machines to go on
+        assert list(FreeList.discover(again)) == ["build"]
         pool = again.free_list("build", size=2, recipe=recipe)
         groups = pool.scan()
         assert len(groups["configuring"]) == 2 and not groups["free"]
