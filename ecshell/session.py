@@ -129,7 +129,7 @@ class Session:
         from .machineset import MachineSet
 
         retried = self._execute(MachineSet(r.machine for r in unknown), operation, live)
-        merged = [retried[r.name] if r.name in retried else r for r in results.results()]
+        merged = [retried.get(r.name, r) for r in results.results()]
         return ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
 
     def put(self, local, remote, target="all", mode=None):

@@ -57,7 +57,7 @@ class Terminal:
         until = time.monotonic() + PATIENCE
         while True:
             text = self.screen()
-            found = re.search(pattern, text[after:], re.S)
+            found = re.search(pattern, text[after:], re.DOTALL)
             if found:
                 return text, after + found.end()
             if time.monotonic() > until:
@@ -65,7 +65,7 @@ class Terminal:
             time.sleep(0.2)
 
     def kill(self):
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], check=False, capture_output=True)
 
 
 @pytest.fixture
