@@ -6,7 +6,7 @@ import sys
 import pytest
 from ec2_support import answer, aws, ami, client, console_reply, error_xml, live_instances, moto_url, user_data  # noqa: F401
 
-from ecshell import Cluster, Ec2Fabric, FabricError
+from ecshell import ArgumentError, Cluster, Ec2Fabric, FabricError
 from ecshell.aws.errors import Ec2Error
 from ecshell.aws.userdata import host_key_from_user_data, host_keys_from_console
 from ecshell.fabrics.ec2 import CLUSTER_TAG, EXPIRES_TAG, LAUNCH_TAG, OWNER_TAG
@@ -237,8 +237,9 @@ def test_operator_user_data_travels_alongside(aws):
     text = user_data(client(aws), p.id)
     assert "multipart/mixed" in text and "text/x-shellscript" in text and "text/cloud-config" in text
     assert host_key_from_user_data(text)[1] == p.host_keys[0]
-    with pytest.raises(Exception, match="must start with"):
+    with pytest.raises(ArgumentError, match="must start with"):
         fabric(aws, user_data="echo no shebang").launch(1)
+    assert len(live_instances(aws)) == 1
 
 
 def test_address_choice_and_tag_override(aws):
@@ -249,6 +250,8 @@ def test_address_choice_and_tag_override(aws):
     client(aws).create_tags(Resources=[p.id], Tags=[{"Key": "ecshell:address", "Value": "ops@10.9.8.7:2200"}])
     (q,) = fabric(aws).prototypes([p.id])
     assert (q.user, q.host, q.port) == ("ops", "10.9.8.7", 2200)
+    client(aws).create_tags(Resources=[p.id], Tags=[{"Key": "ecshell:address", "Value": "10.9.8.7:ssh"}])
+    assert fabric(aws).prototypes([p.id])[0].host == instance["PublicIpAddress"]  # unreadable: ignored
 
 
 def test_two_regions_in_one_cluster(aws):

@@ -70,6 +70,11 @@ def _part_subtype(text):
                         f"'#cloud-boothook' or '#part-handler', not {text[:20]!r}")
 
 
+def check_user_data(text):
+    """Raise ArgumentError unless ``text`` is user data cloud-init can run next to ours."""
+    _part_subtype(text)
+
+
 def build(host_private, host_public, authorized_keys=(), extra="", phone_home=None):
     """User data (text) for one instance: our cloud-config, plus the operator's ``extra``."""
     ours = cloud_config(host_private, host_public, authorized_keys, phone_home)

@@ -283,8 +283,12 @@ class Ec2Fabric(Fabric):
     def _address(self, instance, tags):
         override = tags.get(self.address_tag)
         if override:
-            user, host, port = parse_target(override)
-            return host, port or self.ssh_port, user
+            try:
+                user, host, port = parse_target(override)
+                return host, port or self.ssh_port, user
+            except ValueError:
+                log.warning("%s: ignoring tag %s=%r: write host, host:port or user@host:port",
+                            instance["InstanceId"], self.address_tag, override)
         field = {"public-ip": "PublicIpAddress", "private-ip": "PrivateIpAddress",
                  "public-dns": "PublicDnsName", "private-dns": "PrivateDnsName"}[self.address]
         return instance.get(field) or "", self.ssh_port, None
@@ -517,6 +521,10 @@ class Ec2Fabric(Fabric):
         ttl = self.ttl if ttl is None else ttl
         user_data = self.user_data if user_data is None else user_data
         authorized = self._operator_public_key()
+        if user_data:
+            from ..aws.userdata import check_user_data
+
+            check_user_data(user_data)  # refused before anything is launched
 
         base_tags = {"role": name}
         base_tags.update(tags or {})
