@@ -183,7 +183,17 @@ def load_ipython_extension(shell):
     """``%load_ext ecshell``: put ``cluster`` in the namespace and register the magics."""
     if id(shell) in _loaded:
         return
-    extension = Extension(shell)
+    from .errors import EcShellError
+
+    try:
+        extension = Extension(shell)
+    except EcShellError as exc:
+        # e.g. a fabric that cannot be reached with these settings: say why, load
+        # nothing, and stay unloaded in IPython's eyes so that %load_ext works again
+        from IPython.core.error import UsageError
+
+        raise UsageError(f"ecshell not loaded: {exc}. Fix the setting (%config EcShell, or c.EcShell.* "
+                         "in the profile), then %load_ext ecshell again.") from None
     extension.load()
     _loaded[id(shell)] = extension
 

@@ -462,3 +462,21 @@ def test_changed_host_key_is_refused_without_a_question(ip, isolated_home):
     assert rs["ext0"].error == "hostkey" and questions == []
     text = shown(ip, rs)
     assert "HOST KEY CHANGED" in text and f"ssh-keygen -f {known} -R '[127.0.0.1]:{machines[0].port}'" in text
+
+
+def test_a_bad_setting_loads_nothing_and_says_why(isolated_home):
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    config.EcShell.default_fabric = "nowhere"
+    shell = InteractiveShell.instance(config=config)
+    try:
+        with pytest.raises(UsageError, match="ecshell not loaded: unknown default_fabric 'nowhere'"):
+            shell.run_line_magic("load_ext", "ecshell")
+        assert "cluster" not in shell.user_ns and shell.find_line_magic("on") is None
+        assert extension_for(shell) is None
+        shell.run_line_magic("config", "EcShell.default_fabric = 'local'")
+        shell.run_line_magic("load_ext", "ecshell")  # fixed: loads now
+        assert shell.find_line_magic("on") is not None
+        shell.run_line_magic("unload_ext", "ecshell")
+    finally:
+        InteractiveShell.clear_instance()
