@@ -413,3 +413,16 @@ def test_the_design_signature_constructs():
     assert ec2.name == "ec2-eu-west-1" and "eu-west-1" in repr(ec2)
     with pytest.raises(Exception, match="ttl"):
         Ec2Fabric(region="eu-west-1", ttl=-1)
+
+
+def test_an_instance_terminated_elsewhere_leaves_and_its_pin_is_forgotten(aws):
+    ec2 = fabric(aws)
+    cluster = Cluster(ec2)
+    try:
+        web = cluster.launch(2, name="web", wait=False)
+        gone = web[0].id
+        client(aws).terminate_instances(InstanceIds=[gone])  # from the console, another shell, a spot interruption
+        assert [m.name for m in cluster.refresh()] == ["web-1"]
+        assert ec2.pins.ids() == [web[1].id]
+    finally:
+        cluster.close()
