@@ -16,6 +16,8 @@ step: a machine that fails a step takes no further step.
   seconds, doubling, between them; never retries a Ctrl-C.
 - ``timeout(seconds)``: the wrapped command (retries and all, if it wraps a
   retry) is stopped at ``seconds`` and killed on the machine; result ``timeout``.
+  It stops what looks at the cancel flag: shell commands and state steps, not
+  an SFTP transfer already under way (Put, Get).
 - ``sudo(user)``: the shell commands inside run through ``sudo -n -u user``;
   where sudo would ask for a password it fails at once, with a result that
   says so, instead of hanging on a prompt nobody sees.
