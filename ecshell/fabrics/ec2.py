@@ -375,11 +375,13 @@ class Ec2Fabric(Fabric):
         stale = [i for i in self.pins.ids() if i not in alive]
         if not stale:
             return
-        # Pins of instances that are not in this cluster's live set: forget those that
-        # are terminated or gone, keep those of other clusters.
+        # Pins of instances outside this cluster's live set: forget those EC2 says are
+        # terminated. Unknown ids are kept: they may belong to another account whose
+        # pins share this directory, and instance ids are never reused, so a pin of a
+        # long-gone instance trusts nothing.
         states = {i["InstanceId"]: i["State"]["Name"]
                   for i in self._instances(self._describe("checking pinned instances", ids=stale))}
-        self._forget([i for i in stale if states.get(i, "terminated") in ("terminated", "shutting-down")])
+        self._forget([i for i in stale if states.get(i) in ("terminated", "shutting-down")])
 
     def prototypes(self, ids):
         """Fresh prototypes of these instances (address, state, host keys); gone ones are absent."""
