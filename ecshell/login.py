@@ -21,7 +21,9 @@ How it decides:
   replaces it with the interpreter), so "no arguments at all" counts as a
   login: sshd, login(1) and tmux start a login shell exactly that way.
 - Not on a terminal and no ``-c``: ``exec /bin/sh`` (as a login shell if this
-  was one), which reads commands from stdin.
+  was one), which reads commands from stdin. A terminal with ``TERM=dumb`` is
+  treated the same way: tools that drive a remote shell through a PTY (Emacs
+  TRAMP) set it, and expect sh.
 - IPython fails to import or to start: a plain login ``/bin/sh``, after one
   line on stderr saying why.
 
@@ -100,7 +102,7 @@ def main(argv=None):
     if any(a not in LOGIN_OPTIONS for a in args):
         exec_sh(args)  # -c CMD, a script, sh options: all /bin/sh's business
     login = _is_login(argv0, args)
-    if not _interactive():
+    if not _interactive() or os.environ.get("TERM") == "dumb":
         exec_sh(sorted({"--login": "-l"}.get(a, a) for a in set(args)), login=login)
     start_ipython(login)
 

@@ -355,6 +355,15 @@ def test_interactive_login_is_ipython_with_the_machine_state(login, tmux):
     _wait(lambda: tmux("has-session", "-t", "t").returncode != 0, "the session to end")
 
 
+def test_a_dumb_terminal_gets_sh_as_tools_like_tramp_expect(login, tmux):
+    tmux.start(["env", "TERM=dumb"] + login.ssh_argv(tty=True))
+    tmux.type("echo sum=$((6*7)) shell=$0")
+    tmux.wait_for("sum=42 shell=-sh")
+    assert "IPython" not in tmux.screen()
+    tmux.type("exit")
+    _wait(lambda: tmux("has-session", "-t", "t").returncode != 0, "the session to end")
+
+
 @pytest.fixture
 def broken_ipython(login):
     """IPython in the installed venv made to fail on import, and mended afterwards."""
