@@ -104,9 +104,10 @@ class EcShellMagics(Magics):
     @magic_arguments()
     @argument("-t", "--timeout", type=float, help="seconds the command may run on each host")
     @argument("--quiet", action="store_true", help="no live progress or streamed output")
-    @argument("target", help="all, a name, a glob (web-*), a range (web-[0-3]), a tag (role=db), "
-                             "marker=NAME, ok or failed")
-    @argument("command", nargs=argparse.REMAINDER, help="the shell command (the cell, for %%%%on)")
+    @argument("target", metavar="TARGET", help="all, a name, a glob (web-*), a range (web-[0-3]), "
+                                               "a tag (role=db), marker=NAME, ok or failed")
+    @argument("command", metavar="CMD", nargs=argparse.REMAINDER,
+              help="the shell command (the cell, for %%%%on); none after 'failed': the last one again")
     def on(self, line, cell=None):
         """Broadcast a shell command to TARGET; returns the ResultSet, shown folded.
 
