@@ -182,8 +182,6 @@ class Executor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.selector.register(0, selectors.EVENT_READ, "client")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
-        self.spawn = self._posix_spawn if hasattr(os, "posix_spawn") and sys.version_info >= (3, 8) \
-            else self._fork_exec
 
     # -- frames ---------------------------------------------------------------
 
@@ -300,11 +298,7 @@ class Executor:
         in_r, in_w = os.pipe()
         argv = [self.argv0.encode(), b"-c", command]
         try:
-            try:
-                job.pid = self.spawn(argv, in_r, out_w)
-            except NotImplementedError:  # posix_spawn without setsid on this libc
-                self.spawn = self._fork_exec
-                job.pid = self.spawn(argv, in_r, out_w)
+            job.pid = self.spawn(argv, in_r, out_w)
         except OSError as exc:
             for fd in (out_r, out_w, in_r, in_w):
                 os.close(fd)
@@ -323,14 +317,9 @@ class Executor:
             os.close(in_w)
         self._want_read(job)
 
-    def _posix_spawn(self, argv, stdin, output):
-        actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, output, 1),
-                   (os.POSIX_SPAWN_DUP2, output, 2)]
-        return os.posix_spawn(self.shell, argv, self.env, file_actions=actions, setsid=True,
-                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
-                                         signal.SIGCHLD))
-
-    def _fork_exec(self, argv, stdin, output):
+    def spawn(self, argv, stdin, output):
+        # Not os.posix_spawn: glibc leaves its internal signals (32, 33) ignored in the
+        # child, and ignored signals survive exec; sshd's commands start with none ignored.
         pid = os.fork()
         if pid:
             return pid

@@ -1,0 +1,275 @@
+"""The persistent executor (issue 7): broadcast behaviours on both paths, identical results.
+
+The machines are local sshd, so "on the machine" is this host: process
+checks use /proc and pgrep for a marker string unique to each test.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import _stop_everything
+from procs import remote_processes, running
+
+from ecshell import Cluster, LocalFabric
+from ecshell import executor as executor_module
+
+
+@pytest.fixture(params=["executor", "channel"])
+def path(request, cluster):
+    cluster.settings.executor = request.param
+    return request.param
+
+
+def executor_of(machine):
+    return executor_module.peek(machine.connection())
+
+
+def gone(token, limit=10.0):
+    """Wait (up to ``limit`` seconds) until no process carries ``token``; what is left."""
+    until = time.monotonic() + limit
+    while remote_processes(token) and time.monotonic() < until:
+        time.sleep(0.05)
+    return remote_processes(token)
+
+
+def sleeper(token, seconds=300):
+    """A command that sleeps in a process whose command line carries ``token``
+    (bash replaces itself with the last command of a ``-c`` string, comment and all)."""
+    return f"sh -c 'sleep {seconds}; exit 0' {token}"
+
+
+def when_running(token, count, action, limit=30.0):
+    """A started thread that calls ``action()`` once ``count`` processes carry ``token``."""
+
+    def watch():
+        until = time.monotonic() + limit
+        while time.monotonic() < until:
+            if len(remote_processes(token)) >= count:
+                action()
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_exit_codes_combined_order_and_exact_bytes(path, machines):
+    fleet = machines(2)
+    rs = fleet.run("echo out; sleep 0.05; echo err >&2; sleep 0.05; printf '\\377\\000\\303(end'; "
+                   "exit $(( ${ECSHELL_MACHINE#node-} + 3 ))")
+    assert [rs[n].exit_code for n in rs] == [3, 4]
+    assert all(rs[n].error == "exit" for n in rs)
+    assert rs["node-0"].output_bytes == b"out\nerr\n\xff\x00\xc3(end"
+    assert rs["node-0"].output == "out\nerr\n\ufffd\x00\ufffd(end"
+    assert fleet.run("true").all_ok
+    if path == "executor":
+        assert all(executor_of(m) is not None and executor_of(m).alive for m in fleet)
+    else:
+        assert all(executor_of(m) is None for m in fleet)
+
+
+def test_stdin_input_and_eof(path, machines):
+    (m,) = machines(1)
+    assert m.run("cat; echo done").output == "done\n"
+    assert m.run("cat", input=b"a\x00b\xff\n").output_bytes == b"a\x00b\xff\n"
+    big = os.urandom(2 * 1024 * 1024 + 7)
+    r = m.run("sha256sum; wc -c </dev/null", input=big)
+    assert r.ok and r.output.split()[0] == hashlib.sha256(big).hexdigest()
+    # a command that does not read its input still finishes
+    assert m.run("echo ignored", input=big).output == "ignored\n"
+
+
+def test_timeout_kills_the_whole_process_group(path, machines):
+    fleet = machines(2)
+    token = f"ecshell-x7-timeout-{path}-{fleet[0].id}"
+    seen = threading.Event()
+    when_running(token, 4, seen.set)
+    rs = fleet.run(f"{sleeper(token + '-child')} & echo begun; {sleeper(token)}", timeout=1.5)
+    assert seen.is_set()
+    for r in rs.results():
+        assert r.error == "timeout", r
+        assert r.output == "begun\n"
+        assert "killed on the machine" in r.message
+        assert r.detail["pid"] > 0
+    assert gone(token) == []
+    assert fleet.run("echo still usable").all_ok
+
+
+def test_ctrl_c_interrupts_keeps_what_arrived_and_kills(path, machines):
+    fleet = machines(3)
+    token = f"ecshell-x7-ctrlc-{path}-{fleet[0].id}"
+    command = (f'case $ECSHELL_MACHINE in node-0) echo quick;; '
+               f'*) echo slow; {sleeper(token)};; esac')
+    fired = threading.Event()
+
+    def interrupt():
+        fired.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = when_running(token, 2, interrupt)
+    rs = fleet.run(command)
+    watcher.join()
+    assert fired.is_set()
+    assert rs.interrupted
+    assert rs["node-0"].ok and rs["node-0"].output == "quick\n"
+    for name in ("node-1", "node-2"):
+        assert rs[name].error == "interrupted", rs[name]
+        assert rs[name].output == "slow\n"
+    assert gone(token) == []
+    assert fleet.run("echo pool works").all_ok
+
+
+def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machines, tmp_path):
+    cluster.settings.executor = "auto"
+    (m,) = machines(1)
+    assert m.run("true").ok
+    counter = tmp_path / "runs"
+    connection = m.connection()
+    for round_ in (1, 2):
+        executor = executor_of(m)
+        assert executor.alive
+        token = f"ecshell-x7-lost{round_}-{m.id}"
+        when_running(token, 1, lambda: os.kill(executor.pid, signal.SIGKILL))
+        r = m.run(f"echo started >> {counter}; echo partial; {sleeper(token)}")
+        assert r.error == "lost", r
+        assert "not re-run" in r.message and "executor" in r.message
+        assert r.output == "partial\n"
+        assert counter.read_text() == "started\n" * round_
+        assert gone(token) == [], "the watcher kills a dead executor's commands"
+        assert not running(executor.pid)
+        again = m.run("echo again")
+        assert again.ok and again.output == "again\n" and not again.reconnected
+        assert m.connection() is connection
+        if round_ == 1:
+            assert executor_of(m).pid != executor.pid and executor_of(m).alive
+    # died twice: this connection now uses one channel per command
+    assert not executor_of(m).alive
+    assert "died 2 times" in executor_module._slot(connection).unavailable
+    assert m.run("echo channel").output == "channel\n"
+
+
+def test_executor_channel_closed_kills_its_commands(cluster, machines):
+    cluster.settings.executor = "executor"
+    (m,) = machines(1)
+    assert m.run("true").ok
+    executor = executor_of(m)
+    token = f"ecshell-x7-close-{m.id}"
+    when_running(token, 2, executor.close)
+    r = m.run(f"{sleeper(token + '-child')} & {sleeper(token)}")
+    assert r.error == "lost"
+    assert gone(token) == []
+    until = time.monotonic() + 10
+    while running(executor.pid) and time.monotonic() < until:
+        time.sleep(0.05)
+    assert not running(executor.pid)
+    assert m.run("echo restarted").ok
+
+
+def test_machine_without_python3_uses_the_channel_path(isolated_home, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "bash", "cat", "echo", "printf", "sleep"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    fabric = LocalFabric(environment={"SHLVL": "1", "PATH": str(bin_dir)})
+    cluster = Cluster(fabric, executor="auto")
+    try:
+        (m,) = cluster.launch(1)
+        r = m.run("echo $PATH; exit 3")
+        assert r.exit_code == 3 and r.output == f"{bin_dir}\n"
+        assert executor_of(m) is None
+        assert "no python3" in executor_module._slot(m.connection()).unavailable
+        cluster.settings.executor = "executor"
+        r = m.run("echo never")
+        assert r.error == "unreachable" and "no python3" in r.message
+        assert "executor = 'auto'" in r.message
+    finally:
+        cluster.close()
+        _stop_everything(fabric)
+
+
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_fifty_megabytes_exact_bounded_and_a_stalled_reader_stalls_nothing_else(cluster, machines):
+    cluster.settings.executor = "executor"
+    (m,) = machines(1)
+    fleet = cluster.machines
+    assert m.run("true").ok
+    line = b"ecshell executor fifty megabytes\n"
+    size = 50_000_000
+    expected = hashlib.sha256((line * (size // len(line) + 1))[:size]).hexdigest()
+    reading, release = threading.Event(), threading.Event()
+    peak, sampling = [_rss()], threading.Event()
+    base = peak[0]
+
+    def slow_reader(machine, data):
+        reading.set()
+        release.wait(60)
+
+    def sample():
+        while not sampling.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    results = []
+    big = threading.Thread(target=lambda: results.append(fleet.run(
+        f"yes '{line.decode().strip()}' | head -c {size}", on_output=slow_reader)))
+    big.start()
+    try:
+        assert reading.wait(30)
+        # The big command's reader is stuck; the same executor still serves another command.
+        other = m.run("echo not stalled")
+        assert other.ok and other.output == "not stalled\n"
+    finally:
+        release.set()
+        big.join(120)
+    sampling.set()
+    sampler.join()
+    (rs,) = results
+    r = rs[m.name]
+    assert r.ok and r.output_size == size
+    assert r.output_path is not None  # spilled to disk, not held in memory
+    digest = hashlib.sha256()
+    with open(r.output_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    assert digest.hexdigest() == expected
+    assert peak[0] - base < 30_000_000, f"memory grew by {(peak[0] - base) / 1e6:.1f} MB"
+
+
+IDENTICAL = [
+    ("env | sort", None, None),
+    ("pwd; echo $0 $-; umask; ulimit -a; trap; [ -t 0 ] || echo no tty", None, None),
+    ("grep -E '^(Sig(Pnd|Blk|Ign|Cgt)|NoNewPrivs|Cap)' /proc/self/status; ls /proc/$$/fd", None, None),
+    ("exit 255", None, None),
+    ("echo before; kill -TERM $$", None, None),
+    ("printf '\\000\\377\\376x'; echo err >&2; exit 1", None, None),
+    ("cat; echo; cat", b"in\x00put\xff", None),
+    ("echo begun; sleep 30", None, 1),
+]
+
+
+def test_identical_resultsets_on_both_paths(cluster, machines):
+    fleet = machines(3)
+    for command, given, timeout in IDENTICAL:
+        seen = {}
+        for mode in ("channel", "executor"):
+            cluster.settings.executor = mode
+            rs = fleet.run(command, input=given, timeout=timeout)
+            seen[mode] = [(r.name, r.exit_code, r.error, r.status, r.output_bytes, r.message, r.reconnected)
+                          for r in rs.results()]
+            seen[mode + " groups"] = [(out, ms.names) for out, ms in rs.groups()]
+        assert seen["channel"] == seen["executor"], command
+        assert seen["channel groups"] == seen["executor groups"], command
+    assert all(executor_of(m).alive for m in fleet)
