@@ -28,6 +28,9 @@ from .output import decode, printable
 TICK = 0.1
 #: Most streamed bytes kept per host while waiting for the end of a line.
 LINE_LIMIT = 4096
+#: Most bytes waiting to be streamed; past this, output is left to the results
+#: (which keep all of it) rather than held twice in memory or flooded to the screen.
+QUEUE_LIMIT = 1024 * 1024
 
 _SPINNER = "|/-\\"
 
@@ -46,6 +49,8 @@ class LiveView:
         self.done = set()
         self.failed = set()
         self._queue = collections.deque()
+        self._queued = 0
+        self._skipped = 0
         self._partial = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -58,8 +63,14 @@ class LiveView:
     # -- called from worker threads --------------------------------------------
 
     def output(self, machine, data):
-        if self.stream_output:
-            self._queue.append((machine.name, data))
+        if not self.stream_output:
+            return
+        with self._lock:
+            if self._queued + len(data) > QUEUE_LIMIT:
+                self._skipped += len(data)
+                return
+            self._queued += len(data)
+        self._queue.append((machine.name, data))
 
     def result(self, result):
         with self._lock:
@@ -106,6 +117,8 @@ class LiveView:
                 if rest:
                     lines.append((name, rest))
                 continue
+            with self._lock:
+                self._queued -= len(data)
             buffer = self._partial.get(name, b"") + data
             *complete, rest = buffer.split(b"\n")
             lines.extend((name, line) for line in complete)
@@ -116,6 +129,11 @@ class LiveView:
         if final:
             lines.extend((name, rest) for name, rest in self._partial.items() if rest)
             self._partial.clear()
+        with self._lock:
+            skipped, self._skipped = self._skipped, 0
+        if skipped:
+            lines.append(("ecshell", f"({skipped} bytes of output arrived too fast to stream; "
+                                     "the results hold all of it)".encode()))
         if lines:
             self._clear_status()
             width = max(len(name) for name, _ in lines)

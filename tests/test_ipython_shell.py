@@ -480,3 +480,21 @@ def test_a_bad_setting_loads_nothing_and_says_why(isolated_home):
         shell.run_line_magic("unload_ext", "ecshell")
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_streaming_is_bounded(ip):
+    import io
+
+    from ecshell import live
+
+    machines = launch(ip, 1)
+    screen = io.StringIO()
+    view = live.LiveView(machines, delay=60, stream=screen)
+    chunk = b"x" * 65536 + b"\n"
+    for _ in range(3 * live.QUEUE_LIMIT // len(chunk)):
+        view.output(machines[0], chunk)
+    assert view._queued <= live.QUEUE_LIMIT and view._skipped >= live.QUEUE_LIMIT
+    view._drain(final=True)
+    text = screen.getvalue()
+    assert "arrived too fast to stream; the results hold all of it" in text
+    assert len(text) <= live.QUEUE_LIMIT + 4096
