@@ -150,3 +150,19 @@ def test_a_console_checked_key_lets_an_unpinned_instance_in(aws, booter):
     finally:
         cluster.close()
         ec2.terminate([m.id for m in web])
+
+
+def test_launch_waits_until_really_ready_by_default(aws, booter):
+    """cluster.launch(n) as %launch calls it: each instance "boots" as soon as RunInstances answers."""
+    ec2 = fabric(aws)
+    ec2.client.meta.events.register(
+        "after-call.ec2.RunInstances",
+        lambda parsed, **_: [booter.boot(i["InstanceId"]) for i in parsed.get("Instances", [])])
+    cluster = Cluster(ec2)
+    try:
+        web = cluster.launch(2, name="web", timeout=60)
+        assert [m.state for m in web] == ["ready", "ready"]
+        assert len(web.run("true").ok) == 2
+    finally:
+        cluster.close()
+        ec2.terminate([p.id for p in ec2.discover()])
