@@ -498,3 +498,15 @@ def test_streaming_is_bounded(ip):
     text = screen.getvalue()
     assert "arrived too fast to stream; the results hold all of it" in text
     assert len(text) <= live.QUEUE_LIMIT + 4096
+
+
+def test_display_lists_connection_failures_by_kind(ip):
+    machines = launch(ip, 3)
+    cluster = ip.user_ns["cluster"]
+    cluster.fabrics["local"].stop([machines[2].id])  # behind the cluster's back: it still says ready
+    rs = ip.run_line_magic("on", "all echo up")
+    text = shown(ip, rs)
+    assert "---------------- node-[0-1] (2) ok" in text
+    assert "failed:\n  unreachable node-2 (1): connection refused" in text
+    assert text.endswith("2 ok, 1 failed -- echo up")
+    assert list(ip.run_line_magic("on", "failed true")) == ["node-2"]
