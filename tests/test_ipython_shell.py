@@ -510,3 +510,21 @@ def test_display_lists_connection_failures_by_kind(ip):
     assert "failed:\n  unreachable node-2 (1): connection refused" in text
     assert text.endswith("2 ok, 1 failed -- echo up")
     assert list(ip.run_line_magic("on", "failed true")) == ["node-2"]
+
+
+def test_console_command_line(isolated_home):
+    from ecshell.console import ipython_argv, operator_profile
+
+    argv, config = ipython_argv(["--fabric", "local", "--EcShell.fanout=16"])
+    assert config.EcShell.default_fabric == "local"
+    assert f"--ipython-dir={os.environ['ECSHELL_HOME']}/ipython" in argv
+    assert "--profile=operator" in argv and "--ext=ecshell" in argv
+    assert f"--config={operator_profile()}" in argv
+    assert operator_profile().endswith("profiles/operator/ipython_config.py")
+    assert argv[-1] == "--EcShell.fanout=16"  # the rest goes to IPython unchanged
+    argv, config = ipython_argv(["--hosts", "h0,ops@127.0.0.1:2222", "--profile=mine"])
+    assert config.EcShell.default_fabric == "static"
+    assert config.StaticFabric.hosts == ["h0", "ops@127.0.0.1:2222"]
+    assert "--profile=operator" not in argv and "--profile=mine" in argv
+    with pytest.raises(SystemExit):
+        ipython_argv(["--fabric", "cloud9"])
