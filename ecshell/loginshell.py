@@ -13,7 +13,11 @@ What install does on each machine (as root over the pooled connection):
    the machine reaches or from the shipped wheels; then, still changing
    nothing for the user, runs ``ecshell-login -c`` and an IPython start check
    as that user.
-4. ``switch``: adds the entry point to /etc/shells, records the previous shell
+4. A fresh SSH login as the user (a new connection, the user's own shell
+   still) runs the new entry point, with a command and on a PTY: a key the
+   machine refuses for that user, or an IPython that does not start, stops
+   the install here, with nothing switched.
+5. ``switch``: adds the entry point to /etc/shells, records the previous shell
    in ``<prefix>/users/<user>.json``, switches the shell (usermod, else chsh),
    and then *waits*: the controller logs in afresh as the user, over a new SSH
    connection, once with a command and once interactively on a PTY (IPython's
@@ -223,6 +227,12 @@ def install_login_shell(machines, user, prefix=DEFAULT_PREFIX, wheel=None, wheel
                       find_links=dist if wheels == "ship" else None, login_requirements=requirements)
         live = step(live, live.run(remote_command("install", params, python), timeout=timeout), "install")
     if live:
+        # A fresh SSH login as the user, through the shell they have now, to the new one:
+        # a refused key or a broken IPython shows up before anything is switched.
+        entry = f"{prefix}/venv/bin/ecshell-login"
+        live = step(live, live.execute(VerifyLogin(user, identity_files, verify_timeout, via=entry)),
+                    "a fresh login as the user")
+    if live:
         switch = SwitchLoginShell(remote_command("switch", dict(base, timeout=guard_timeout), python),
                                   user, identity_files, verify_timeout)
         for result in live.execute(switch).results():
@@ -246,6 +256,27 @@ def uninstall_login_shell(machines, user, prefix=DEFAULT_PREFIX, remove=True, py
 
 
 # -- switching, verified ---------------------------------------------------------
+
+class VerifyLogin(Command):
+    """Log in afresh as ``user`` (a new SSH connection): a command, then a PTY session."""
+
+    def __init__(self, user, identity_files=None, timeout=60.0, via=None):
+        self.user, self.via, self.timeout = user, via, timeout
+        self.identity_files = list(identity_files) if identity_files else None
+
+    def __repr__(self):
+        return f"VerifyLogin(user={self.user!r}" + (f", via={self.via!r})" if self.via else ")")
+
+    def execute(self, attempt):
+        ok, notes = verify_login(attempt.machine, self.user, self.identity_files, self.timeout,
+                                 cancel=attempt.cancel, via=self.via)
+        attempt.output("".join(f"verify{' (before the switch)' if self.via else ''}: {n}\n"
+                               for n in notes).encode())
+        if ok:
+            return attempt.result(self, exit_code=0)
+        return attempt.result(self, error=ErrorKind.EXIT,
+                              message=f"{notes[-1]}; the login shell was not changed")
+
 
 class SwitchLoginShell(Command):
     """Switch the shell on the machine, verify fresh logins from here, then COMMIT (or not).
@@ -348,8 +379,12 @@ def _fresh_endpoint(machine, user, identity_files):
     return endpoint
 
 
-def verify_login(machine, user, identity_files=None, timeout=60.0, cancel=None):
-    """``(ok, notes)``: log in afresh as ``user``, run a command, then an interactive session."""
+def verify_login(machine, user, identity_files=None, timeout=60.0, cancel=None, via=None):
+    """``(ok, notes)``: log in afresh as ``user``, run a command, then an interactive session.
+
+    With ``via`` (the entry point's path) both go through the user's current
+    shell to that program: the check made before anything is switched.
+    """
     from .connection import connect
 
     notes = []
@@ -361,11 +396,11 @@ def verify_login(machine, user, identity_files=None, timeout=60.0, cancel=None):
         notes.append(f"a fresh SSH login as {user} failed ({exc.kind}): {exc}")
         return False, notes
     try:
-        ok, note = _check_command(connection, timeout)
+        ok, note = _check_command(connection, timeout, via)
         notes.append(note)
         if not ok:
             return False, notes
-        ok, note = _check_interactive(connection, timeout, cancel)
+        ok, note = _check_interactive(connection, timeout, cancel, via)
         notes.append(note)
         return ok, notes
     except Exception as exc:  # paramiko's many ways of saying the session broke
@@ -375,22 +410,25 @@ def verify_login(machine, user, identity_files=None, timeout=60.0, cancel=None):
         connection.close()
 
 
-def _check_command(connection, timeout):
+def _check_command(connection, timeout, via=None):
     channel = connection.open_session(timeout=timeout)
     try:
-        channel.exec_command(CHECK_COMMAND)
+        channel.exec_command(f"{shlex.quote(via)} -c {shlex.quote(CHECK_COMMAND)}" if via else CHECK_COMMAND)
         channel.shutdown_write()
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
-        while not (channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready()):
+        # sshd may send the exit status before the last of stderr: read both to EOF.
+        while True:
             if time.monotonic() > deadline:
-                return False, f"`{CHECK_COMMAND}` gave no exit status within {timeout:g}s"
+                return False, f"`{CHECK_COMMAND}` did not finish within {timeout:g}s"
             if channel.recv_ready():
                 out += channel.recv(65536)
             elif channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
+            elif (channel.eof_received or channel.closed) and channel.exit_status_ready():
+                break
             else:
-                channel.status_event.wait(0.05)
+                time.sleep(0.01)
         status = channel.exit_status
     finally:
         channel.close()
@@ -405,7 +443,7 @@ def screen_text(raw):
     return _ANSI.sub(b"", raw).replace(b"\r", b"").decode("utf-8", "replace")
 
 
-def _check_interactive(connection, timeout, cancel=None):
+def _check_interactive(connection, timeout, cancel=None, via=None):
     channel = connection.open_session(timeout=timeout)
     raw = bytearray()
     deadline = time.monotonic() + timeout
@@ -429,7 +467,10 @@ def _check_interactive(connection, timeout, cancel=None):
 
     try:
         channel.get_pty(term="xterm", width=160, height=48)
-        channel.invoke_shell()
+        if via:
+            channel.exec_command(f"exec {shlex.quote(via)}")  # no arguments: a login, as sshd starts one
+        else:
+            channel.invoke_shell()
         if not until(lambda s: "In [" in s or "IPython did not start" in s):
             return False, f"no IPython prompt within {timeout:g}s of an interactive login; the screen: {_tail(raw)!r}"
         text = screen_text(bytes(raw))

@@ -427,19 +427,59 @@ def _back_to_bash(host):
     assert host.shell == "/bin/bash"
 
 
-def test_failed_verification_after_the_switch_leaves_the_old_shell(login):
+def _unchanged(host):
+    assert host.shell == "/bin/bash"
+    with open("/etc/shells", "rb") as f:
+        assert f.read() == host.etc_shells
+    assert not os.path.exists(os.path.join(host.prefix, "users", host.user + ".json"))
+
+
+def test_a_refused_fresh_login_stops_the_install_with_nothing_changed(login):
     _back_to_bash(login)
-    # The fresh login as the user is attempted with a key the machine does not accept:
-    # the switch has happened on the machine, verification fails, the machine undoes it.
+    # The fresh login as the user is attempted with a key the machine does not accept.
     rs = login.install(identity_files=[login.other_key])
     assert not rs.all_ok
     result = rs[MACHINE]
     assert result.error == "exit"
-    assert "a fresh SSH login" in result.message and "restored" in result.message, result.message
-    assert login.shell == "/bin/bash"
-    with open("/etc/shells", "rb") as f:
-        assert f.read() == login.etc_shells
-    assert not os.path.exists(os.path.join(login.prefix, "users", login.user + ".json"))
+    assert "a fresh SSH login as" in result.message and "(auth)" in result.message, result.message
+    assert "not changed" in result.message
+    _unchanged(login)
+
+
+def _switch(host):
+    """Start the machine side of a switch by hand; the channel, once it reports the switch."""
+    machine = host.cluster.machine(MACHINE)
+    channel = machine.connection().open_session(timeout=10)
+    channel.exec_command(remote_command("switch", {"prefix": host.prefix, "user": host.user, "timeout": 300}))
+    seen = bytearray()
+
+    def switched():
+        while channel.recv_ready():
+            seen.extend(channel.recv(65536))
+        return b'"switched"' in seen or channel.exit_status_ready()
+
+    _wait(switched, "the switch")
+    assert b'"switched"' in seen, screen_text(bytes(seen))
+    assert host.shell == host.entry
+    return channel
+
+
+def test_a_failed_check_after_the_switch_puts_everything_back(login):
+    """What the controller sends when a fresh login with the new shell fails: ABORT."""
+    _back_to_bash(login)
+    channel = _switch(login)
+    try:
+        channel.sendall(b"ABORT\n")
+        channel.shutdown_write()
+        _wait(channel.exit_status_ready, "the machine to answer")
+        out = b""
+        while channel.recv_ready():
+            out += channel.recv(65536)
+        assert channel.recv_exit_status() == 3
+        assert b'"restored": "/bin/bash"' in out, out
+    finally:
+        channel.close()
+    _unchanged(login)
 
 
 def test_broken_ipython_stops_the_install_before_anything_changes(broken_ipython):
@@ -456,25 +496,11 @@ def test_broken_ipython_stops_the_install_before_anything_changes(broken_ipython
 def test_the_machine_restores_the_shell_when_the_controller_vanishes(login):
     """The switch waits for COMMIT; a connection that ends without one undoes it."""
     _back_to_bash(login)
-    machine = login.cluster.machine(MACHINE)
-    channel = machine.connection().open_session(timeout=10)
-    try:
-        wire = remote_command("switch", {"prefix": login.prefix, "user": login.user, "timeout": 300})
-        channel.exec_command(wire)
-        seen = bytearray()
-
-        def switched():
-            if channel.recv_ready():
-                seen.extend(channel.recv(65536))
-            return b'"switched"' in seen or channel.exit_status_ready()
-
-        _wait(switched, "the switch")
-        assert b'"switched"' in seen, screen_text(bytes(seen))
-        assert login.shell == login.entry
-    finally:
-        channel.close()  # as if the controller died: no COMMIT ever comes
+    channel = _switch(login)
+    channel.close()  # as if the controller died: no COMMIT ever comes
     _wait(lambda: login.shell == "/bin/bash", "the machine to restore the shell")
     _wait(lambda: open("/etc/shells", "rb").read() == login.etc_shells, "/etc/shells to be restored")
+    _unchanged(login)
 
 
 def test_install_from_wheels_shipped_along(login):
