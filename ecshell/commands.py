@@ -311,7 +311,11 @@ def _remote_path(path):
 
 
 class Put(Command):
-    """Copy a local file to ``remote`` on each machine over the pooled connection (SFTP)."""
+    """Copy a local file to ``remote`` on each machine over the pooled connection (SFTP).
+
+    ``{name}`` in ``remote`` becomes each machine's name, for machines that
+    share a filesystem or want their copy named after themselves.
+    """
 
     def __init__(self, local, remote, mode=None):
         local = os.path.expanduser(local)
@@ -324,7 +328,7 @@ class Put(Command):
 
     def execute(self, attempt):
         connection = attempt.connect()
-        remote = _remote_path(self.remote)
+        remote = _remote_path(self.remote.replace("{name}", attempt.machine.name))
         with connection.sftp_lock:
             sftp = connection.sftp()
             try:

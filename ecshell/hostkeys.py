@@ -128,7 +128,7 @@ class KnownHosts:
                 f"HOST KEY CHANGED for {name}: known {fingerprint(old)} (in {path}), "
                 f"offered {fingerprint(key)}. This may be an attack, or the host was re-installed. "
                 f"If you know it was, forget the old key with: ssh-keygen -f {path} -R '{name}'",
-                reason="changed", offered=key, known=old, host=name,
+                reason="changed", offered=key, known=old, host=host, port=port, entry=name,
             )
         if self.policy == "no":
             return
@@ -143,7 +143,7 @@ class KnownHosts:
             ErrorKind.HOSTKEY,
             f"unknown host key for {name}: {key.get_name()} {fingerprint(key)} "
             f"(StrictHostKeyChecking {self.policy}); to trust it, {how}",
-            reason="unknown", offered=key, host=name, port=port, verifier=self,
+            reason="unknown", offered=key, host=host, port=port, entry=name, verifier=self,
         )
 
     def accept(self, host, port, key):

@@ -115,7 +115,7 @@ class Session:
         lines = [f"{len(unknown)} of {len(results)} hosts offered a host key that is not in known_hosts:"]
         for r in unknown:
             key = r.detail["offered"]
-            where = r.detail.get("host") or f"{r.machine.host}:{r.machine.port}"
+            where = r.detail.get("entry") or f"{r.machine.host}:{r.machine.port}"
             lines.append(f"  {r.machine.name:<{width}}  {where}  {key.get_name()} {fingerprint(key)}")
         files = sorted({r.detail["verifier"].files[0] for r in unknown if r.detail["verifier"].files})
         lines.append(f"Check these fingerprints out of band. Trusting records them in {', '.join(files)}.")

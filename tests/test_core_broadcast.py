@@ -157,12 +157,16 @@ def test_put_and_get_over_the_pooled_connection(tmp_path, machines):
     state = {m.name: m.prototype.extra["state_dir"] for m in web}
     shared = tmp_path / "remote"
     shared.mkdir()
-    rs = web.put(str(src), str(shared) + "/")  # a directory: the file keeps its name
+    # The "machines" share this host's filesystem: {name} gives each its own copy.
+    rs = web.put(str(src), str(shared) + "/{name}.bin")
     assert rs.all_ok, rs
-    assert (shared / "app.bin").read_bytes() == payload
-    assert rs["web-0"].detail["size"] == len(payload)
     for m in web:
-        assert m.run(f"cp {shared}/app.bin $ECSHELL_STATE_DIR/app.bin && "
+        assert (shared / f"{m.name}.bin").read_bytes() == payload
+    assert rs["web-0"].detail == {"path": f"{shared}/web-0.bin", "size": len(payload)}
+    one = web["web-0"].put(str(src), str(shared) + "/")  # a directory: the file keeps its name
+    assert one.all_ok and (shared / "app.bin").read_bytes() == payload
+    for m in web:
+        assert m.run(f"cp {shared}/{m.name}.bin $ECSHELL_STATE_DIR/app.bin && "
                      "echo $ECSHELL_MACHINE >> $ECSHELL_STATE_DIR/app.bin").ok
     for m in web:
         rs = web[m.name].get(state[m.name] + "/app.bin", str(tmp_path / "logs"))
