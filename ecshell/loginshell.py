@@ -49,7 +49,8 @@ import time
 from .commands import Command
 from .errors import ArgumentError, ConnectError, EcShellError
 from .machineset import MachineSet
-from .results import ErrorKind, ResultSet
+from .output import OutputBuffer
+from .results import ErrorKind, Result, ResultSet
 
 #: Where the virtual environment and the install records go on each machine.
 DEFAULT_PREFIX = "/opt/ecshell"
@@ -203,18 +204,20 @@ def install_login_shell(machines, user, prefix=DEFAULT_PREFIX, wheel=None, wheel
         wheel, along = build_wheels(ship=wheels == "ship", deps=deps)
         requirements = _login_requirements(_source_root())
 
-    final = {}
+    final, story = {}, {name: "" for name in machines.names}
     base = {"prefix": prefix, "user": user}
+    started = time.monotonic()
 
     def step(members, results, what):
         kept = []
         for result in results.results():
+            story[result.machine.name] += _human(result.output_bytes)
+            final[result.machine.name] = result
             if result.ok:
                 kept.append(result.machine)
             else:
                 if not result.message:
                     result.message = f"{what} failed; the login shell was not changed"
-                final[result.machine.name] = result
         return MachineSet(kept)
 
     live = step(machines, machines.run(remote_command("prepare", base, python), timeout=60), "prepare")
@@ -235,9 +238,9 @@ def install_login_shell(machines, user, prefix=DEFAULT_PREFIX, wheel=None, wheel
     if live:
         switch = SwitchLoginShell(remote_command("switch", dict(base, timeout=guard_timeout), python),
                                   user, identity_files, verify_timeout)
-        for result in live.execute(switch).results():
-            final[result.machine.name] = result
-    return ResultSet([final[name] for name in machines.names if name in final],
+        step(live, live.execute(switch), "switch")
+    elapsed = time.monotonic() - started
+    return ResultSet([_retell(final[name], story[name], elapsed) for name in machines.names if name in final],
                      command=f"install_login_shell(user={user!r})")
 
 
@@ -252,7 +255,46 @@ def uninstall_login_shell(machines, user, prefix=DEFAULT_PREFIX, remove=True, py
     prefix = prefix.rstrip("/")
     results = machines.run(remote_command("uninstall", {"prefix": prefix, "user": user, "remove": remove},
                                           python), timeout=60)
-    return results
+    return ResultSet([_retell(r, _human(r.output_bytes), r.duration) for r in results.results()],
+                     command=f"uninstall_login_shell(user={user!r})")
+
+
+def _human(data):
+    """The remote side's output with its JSON reports told in words."""
+    lines = []
+    for line in data.splitlines():
+        report = _reports(line)
+        lines.append(_say(report[0]) if report else line.decode("utf-8", "replace"))
+    return "".join(f"{line}\n" for line in lines if line.strip())
+
+
+def _say(r):
+    if "committed" in r:
+        return f"committed: the login shell is {r['committed']} (it was {r['previous']})"
+    if "switched" in r:
+        return f"switched to {r['switched']} (it was {r['previous']}); checking fresh logins before committing"
+    if "restored" in r:
+        return f"restored the previous shell {r['restored']} ({r.get('why', '')})"
+    if "entry" in r:
+        how = "installed" if r.get("installed") else "already installed from the same wheel"
+        return f"{how}: {r['entry']}" + (f"; {r['check'][0]}" if r.get("check") else "")
+    if "changed" in r:
+        if not r["changed"]:
+            return f"ecshell-login was not {r['user']}'s shell (it is {r['shell']}): nothing to undo"
+        return (f"the login shell of {r['user']} is {r['shell']} again"
+                + ("; ecshell-login removed from the machine" if r.get("removed") else ""))
+    if "home" in r:
+        return f"user {r['user']}: shell {r['shell']}, home {r['home']}; python {r['python']}"
+    return json.dumps(r)
+
+
+def _retell(result, text, duration):
+    """The same result, with the whole story of the machine's install as its output."""
+    buffer = OutputBuffer()
+    buffer.write(text.encode())
+    buffer.close()
+    return Result(result.machine, result.command, buffer, result.exit_code, result.error, result.message,
+                  duration, result.reconnected, result.detail)
 
 
 # -- switching, verified ---------------------------------------------------------
