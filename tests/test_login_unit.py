@@ -81,3 +81,13 @@ def test_markers_helpers_follow_the_state_layout(tmp_path, monkeypatch):
         ecshell.login.mark("../escape")
     assert ecshell.login.unmark("configured") and not ecshell.login.unmark("configured")
     assert "no markers in" in ecshell.login.status()
+
+
+def test_install_refuses_bad_arguments_before_touching_a_machine():
+    from ecshell.errors import ArgumentError
+    from ecshell.loginshell import install_login_shell
+
+    for kwargs, words in (({"user": "Not A User"}, "login name"), ({"user": "ops", "wheels": "pypi"}, "'ship'"),
+                          ({"user": "ops", "deps": "some"}, "'login'"), ({"user": "ops", "prefix": "opt"}, "absolute")):
+        with pytest.raises(ArgumentError, match=words):
+            install_login_shell([], **kwargs)
