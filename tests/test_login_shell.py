@@ -7,7 +7,9 @@ with a generated key. ``cluster.install_login_shell`` installs ecshell into a
 venv under a temporary prefix once (the slow part: pip); tests that change
 the user's shell put it back. Everything is undone at the end, even on
 failure: sshd and every process under it stopped by pid, the user removed
-with its home, /etc/shells restored byte for byte, the prefix deleted.
+with its home, every /etc/shells line naming this module's directory
+removed (so /etc/shells is byte for byte what it was, and a concurrent run
+of this module elsewhere keeps its own lines), the prefix deleted.
 
 Needs root (useradd, /etc/shells, sshd's privilege separation) and the
 OpenSSH client, scp, sftp, rsync and tmux.
@@ -96,8 +98,6 @@ class Host:
         self.user = "ecl" + secrets.token_hex(4)
         self.prefix = os.path.join(self.dir, "prefix")
         self.entry = os.path.join(self.prefix, "venv", "bin", "ecshell-login")
-        with open("/etc/shells", "rb") as f:
-            self.etc_shells = f.read()
         self.pid = None
         self.cluster = None
         self.user_created = False
@@ -168,9 +168,10 @@ class Host:
             done = subprocess.run(["userdel", "-r", "-f", self.user], capture_output=True, text=True)
             if done.returncode not in (0, 12):  # 12: home directory could not be removed (mail spool)
                 errors.append(f"userdel: {done.stderr}")
-        with open("/etc/shells", "rb") as f:
-            if f.read() != self.etc_shells:
-                _write("/etc/shells", self.etc_shells)
+        if self.our_shells():
+            with open("/etc/shells", "rb") as f:
+                lines = f.read().splitlines(keepends=True)
+            _write("/etc/shells", b"".join(line for line in lines if self.dir.encode() not in line))
         shutil.rmtree(self.dir, ignore_errors=True)
         assert not errors, errors
 
@@ -188,6 +189,11 @@ class Host:
 
     def ssh(self, *args, input=None):
         return subprocess.run(self.ssh_argv(*args), input=input, capture_output=True, timeout=120)
+
+    def our_shells(self):
+        """The /etc/shells lines that point into this module's directory."""
+        with open("/etc/shells") as f:
+            return [line.strip() for line in f if self.dir in line]
 
     @property
     def shell(self):
@@ -406,8 +412,7 @@ def test_install_verifies_and_uninstall_restores(login):
     rs = login.uninstall(remove=False)
     assert rs.all_ok, _explain(rs)
     assert login.shell == "/bin/bash"
-    with open("/etc/shells", "rb") as f:
-        assert f.read() == login.etc_shells
+    assert login.our_shells() == []
     assert not os.path.exists(os.path.join(login.prefix, "users", login.user + ".json"))
     done = login.ssh("echo $BASH_VERSION | cut -c1; exit 3")
     assert done.stdout != b"\n" and done.returncode == 3  # bash again
@@ -429,8 +434,7 @@ def _back_to_bash(host):
 
 def _unchanged(host):
     assert host.shell == "/bin/bash"
-    with open("/etc/shells", "rb") as f:
-        assert f.read() == host.etc_shells
+    assert host.our_shells() == []
     assert not os.path.exists(os.path.join(host.prefix, "users", host.user + ".json"))
 
 
@@ -489,8 +493,7 @@ def test_broken_ipython_stops_the_install_before_anything_changes(broken_ipython
     assert not rs.all_ok
     assert "IPython cannot start" in rs[MACHINE].output, _explain(rs)
     assert host.shell == "/bin/bash"
-    with open("/etc/shells", "rb") as f:
-        assert f.read() == host.etc_shells
+    assert host.our_shells() == []
 
 
 def test_the_machine_restores_the_shell_when_the_controller_vanishes(login):
@@ -499,7 +502,7 @@ def test_the_machine_restores_the_shell_when_the_controller_vanishes(login):
     channel = _switch(login)
     channel.close()  # as if the controller died: no COMMIT ever comes
     _wait(lambda: login.shell == "/bin/bash", "the machine to restore the shell")
-    _wait(lambda: open("/etc/shells", "rb").read() == login.etc_shells, "/etc/shells to be restored")
+    _wait(lambda: login.our_shells() == [], "/etc/shells to be restored")
     _unchanged(login)
 
 
