@@ -179,7 +179,6 @@ class Executor:
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda number, frame: None)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.selector.register(0, selectors.EVENT_READ, "client")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
 
@@ -318,22 +317,19 @@ class Executor:
         self._want_read(job)
 
     def spawn(self, argv, stdin, output):
-        # Not os.posix_spawn: glibc leaves its internal signals (32, 33) ignored in the
-        # child, and ignored signals survive exec; sshd's commands start with none ignored.
-        pid = os.fork()
-        if pid:
-            return pid
-        try:
-            os.setsid()
-            os.dup2(stdin, 0)
-            os.dup2(output, 1)
-            os.dup2(output, 2)
-            for number in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGCHLD):
-                signal.signal(number, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            os.execve(self.shell, argv, self.env)
-        finally:
-            os._exit(127)
+        """Start the shell in a new session; its pid.
+
+        subprocess uses vfork where it can (about 0.5 ms here, against 1.3 ms for a
+        fork of this interpreter) and restores SIGPIPE and SIGXFSZ, which Python
+        ignores. Not os.posix_spawn: glibc leaves its internal signals (32, 33)
+        ignored in the child, and ignored signals survive exec.
+        """
+        import subprocess
+
+        process = subprocess.Popen(argv, executable=self.shell, stdin=stdin, stdout=output,
+                                   stderr=output, env=self.env, start_new_session=True)
+        process.returncode = 0  # we reap it ourselves: keep subprocess from waiting for it
+        return process.pid
 
     def _want_read(self, job):
         want = job.out is not None and (job.window > 0 or job.cancelled)
