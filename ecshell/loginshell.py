@@ -170,7 +170,7 @@ def _reports(output_bytes):
 
 def install_login_shell(machines, user, prefix=DEFAULT_PREFIX, wheel=None, wheels="index", deps="all",
                         python="python3", identity_files=None, timeout=900.0, verify_timeout=60.0,
-                        guard_timeout=300.0):
+                        guard_timeout=300.0, allow_this_host=False):
     """Make ``ecshell-login`` the login shell of ``user`` on every machine; a ResultSet.
 
     ``wheels``: ``"index"`` (pip on the machine fetches dependencies from the
@@ -182,7 +182,14 @@ def install_login_shell(machines, user, prefix=DEFAULT_PREFIX, wheel=None, wheel
     (default: the keys the machine is reached with). ``wheel``: a prebuilt
     ecshell wheel to ship instead of building one from this checkout.
     A machine whose fresh logins do not both work keeps its previous shell.
+    LocalFabric machines are this very host: installing there changes the
+    real account's shell, so it is refused unless ``allow_this_host=True``.
     """
+    local = [m.name for m in MachineSet(machines) if getattr(m.fabric, "kind", None) == "local"]
+    if local and not allow_this_host:
+        raise ArgumentError(
+            f"{', '.join(local)} are LocalFabric machines, i.e. this host: installing would change "
+            f"the login shell of {user!r} on this very machine. Pass allow_this_host=True if that is meant")
     if not isinstance(user, str) or not re.match(r"^[a-z_][a-z0-9_.-]*\$?$", user):
         raise ArgumentError(f"give the user as a login name such as 'ops', not {user!r}")
     if wheels not in ("index", "ship"):

@@ -91,3 +91,13 @@ def test_install_refuses_bad_arguments_before_touching_a_machine():
                           ({"user": "ops", "deps": "some"}, "'login'"), ({"user": "ops", "prefix": "opt"}, "absolute")):
         with pytest.raises(ArgumentError, match=words):
             install_login_shell([], **kwargs)
+
+
+def test_local_fabric_machines_are_this_host_and_refused(machines):
+    """Installing on a LocalFabric machine would change this host's own account: refused."""
+    from ecshell.errors import ArgumentError
+    from ecshell.loginshell import install_login_shell
+
+    web = machines(1, name="web")
+    with pytest.raises(ArgumentError, match="LocalFabric machines, i.e. this host"):
+        install_login_shell(web, user="root")
