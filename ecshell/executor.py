@@ -81,6 +81,10 @@ class ExecutorUnavailable(Exception):
     """The executor could not be started on this machine (no python3, refused, ...)."""
 
 
+class StartCancelled(Exception):
+    """Ctrl-C (or the broadcast's deadline) came while the executor was starting."""
+
+
 class Job:
     """One command in flight on an executor: its events arrive on ``events``."""
 
@@ -117,15 +121,18 @@ class Executor:
         self._reader.start()
 
     @classmethod
-    def start(cls, connection, timeout):
-        """Start the executor on a fresh channel of ``connection``; raises ExecutorUnavailable."""
+    def start(cls, connection, timeout, cancel=None):
+        """Start the executor on a fresh channel of ``connection``.
+
+        Raises ExecutorUnavailable, or StartCancelled when ``cancel`` is set meanwhile.
+        """
         import paramiko
 
         channel = connection.open_session(timeout=timeout)
         try:
             channel.exec_command(wire())
-            hello = _read_hello(channel, time.monotonic() + max(timeout, START_TIMEOUT))
-        except (paramiko.SSHException, EOFError, OSError, ExecutorUnavailable):
+            hello = _read_hello(channel, time.monotonic() + max(timeout, START_TIMEOUT), cancel)
+        except (paramiko.SSHException, EOFError, OSError, ExecutorUnavailable, StartCancelled):
             channel.close()
             raise
         channel.settimeout(None)
@@ -249,10 +256,14 @@ def _stderr_tail(channel):
     return ""
 
 
-def _read_hello(channel, deadline):
+def _read_hello(channel, deadline, cancel=None):
+    from .commands import POLL
+
     buffer = b""
     while len(buffer) < HEADER.size or len(buffer) < HEADER.size + HEADER.unpack_from(buffer)[2]:
-        left = deadline - time.monotonic()
+        if cancel is not None and cancel.is_set():
+            raise StartCancelled()
+        left = min(POLL, deadline - time.monotonic())
         if left <= 0:
             raise ExecutorUnavailable("python3 did not start within "
                                       f"{START_TIMEOUT:g}s")
@@ -296,7 +307,7 @@ def _slot(connection):
         return slot
 
 
-def executor_for(connection, timeout):
+def executor_for(connection, timeout, cancel=None):
     """The live executor of ``connection``, started now if needed; None with the reason otherwise."""
     slot = _slot(connection)
     with slot.lock:
@@ -309,7 +320,10 @@ def executor_for(connection, timeout):
             return None, slot.unavailable
         slot.starts += 1
         try:
-            slot.executor = Executor.start(connection, timeout)
+            slot.executor = Executor.start(connection, timeout, cancel)
+        except StartCancelled:
+            slot.starts -= 1
+            raise
         except ExecutorUnavailable as exc:
             slot.unavailable = str(exc)
             return None, slot.unavailable
@@ -328,15 +342,20 @@ def execute(shell, attempt):
 
     track = attempt.settings.kill_on_cancel
     timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
-    deadline = time.monotonic() + timeout if timeout else None
     while True:
-        connection, executor, why = _executor(attempt)
+        try:
+            connection, executor, why = _executor(attempt)
+        except StartCancelled:
+            return attempt.result(shell, error=ErrorKind.INTERRUPTED,
+                                  message="interrupted while the executor started; the command was not run")
         if executor is None:
             if attempt.settings.executor == "executor":
                 return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=(
                     f"no executor on {attempt.machine.name}: {why}; "
                     "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
             return None
+        # The command's clock starts once it can be sent, as on the channel path.
+        deadline = time.monotonic() + timeout if timeout else None
         try:
             job = executor.submit(shell.wire(track), shell.input is not None)
             if shell.input is not None:
@@ -363,7 +382,7 @@ def _executor(attempt):
 
     connection = attempt.connect()
     try:
-        executor, why = executor_for(connection, attempt.settings.connect_timeout)
+        executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel)
     except (paramiko.SSHException, EOFError, OSError) as exc:
         if connection.alive:
             raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
@@ -372,7 +391,7 @@ def _executor(attempt):
         attempt.engine.pool.discard(attempt.machine.endpoint, connection)
         attempt.reconnected = True
         connection = attempt.connect()
-        executor, why = executor_for(connection, attempt.settings.connect_timeout)
+        executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel)
     return connection, executor, why
 
 

@@ -273,3 +273,29 @@ def test_identical_resultsets_on_both_paths(cluster, machines):
         assert seen["channel"] == seen["executor"], command
         assert seen["channel groups"] == seen["executor groups"], command
     assert all(executor_of(m).alive for m in fleet)
+
+
+def test_ctrl_c_while_the_executor_starts_runs_nothing(isolated_home, tmp_path):
+    # A python3 that never says hello (it only reads its stdin): the start is cut short.
+    bin_dir = tmp_path / "slowbin"
+    bin_dir.mkdir()
+    for tool in ("sh", "cat", "echo"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    (bin_dir / "python3").write_text("#!/bin/sh\ncat >/dev/null\n")
+    (bin_dir / "python3").chmod(0o755)
+    fabric = LocalFabric(environment={"SHLVL": "1", "PATH": str(bin_dir)})
+    cluster = Cluster(fabric, executor="auto")
+    marker = tmp_path / "ran"
+    try:
+        (m,) = cluster.launch(1)
+        seen = threading.Event()
+        when_running(str(bin_dir / "python3"), 1, seen.set)
+        rs = cluster.machines.run(f"echo ran > {marker}", total_timeout=1.5)
+        r = rs[m.name]
+        assert seen.is_set()
+        assert r.error == "timeout" and "was not run" in r.message, r.message
+        assert not marker.exists()
+        assert gone(str(bin_dir / "python3")) == []  # closing the channel ended the start
+    finally:
+        cluster.close()
+        _stop_everything(fabric)
