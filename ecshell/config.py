@@ -108,11 +108,11 @@ class EcShell(Configurable):
         session; machines without python3, PTY commands and an executor that died
         twice use one SSH channel per command. 'executor': the executor only (a
         machine without python3 reports 'unreachable'). 'channel': one SSH channel
-        per command, as ssh does. Default: $ECSHELL_EXECUTOR if set, else 'channel'.""").tag(config=True)
+        per command, as ssh does. Default: $ECSHELL_EXECUTOR if set, else 'auto'.""").tag(config=True)
 
     @default("executor")
     def _default_executor(self):
-        return os.environ.get("ECSHELL_EXECUTOR") or "channel"
+        return os.environ.get("ECSHELL_EXECUTOR") or "auto"
 
     @validate("executor")
     def _check_executor(self, proposal):
