@@ -32,7 +32,6 @@ import socket
 import struct
 import threading
 import time
-import weakref
 import zlib
 
 from .errors import ConnectError
@@ -265,8 +264,7 @@ def _read_hello(channel, deadline, cancel=None):
             raise StartCancelled()
         left = min(POLL, deadline - time.monotonic())
         if left <= 0:
-            raise ExecutorUnavailable("python3 did not start within "
-                                      f"{START_TIMEOUT:g}s")
+            raise ExecutorUnavailable("the executor did not say hello in time (python3 too slow to start?)")
         channel.settimeout(left)
         try:
             data = channel.recv(65536)
@@ -295,15 +293,16 @@ class _Slot:
         self.unavailable = None  # why the channel path is used for this connection
 
 
-_slots = weakref.WeakKeyDictionary()
 _slots_lock = threading.Lock()
 
 
 def _slot(connection):
+    # Kept on the connection itself, so that it goes away with it (an executor refers
+    # to its connection: a weak-keyed table would keep both alive).
     with _slots_lock:
-        slot = _slots.get(connection)
+        slot = getattr(connection, "_executor_slot", None)
         if slot is None:
-            slot = _slots[connection] = _Slot()
+            slot = connection._executor_slot = _Slot()
         return slot
 
 
@@ -332,7 +331,7 @@ def executor_for(connection, timeout, cancel=None):
 
 def peek(connection):
     """The executor of ``connection`` if one was started, alive or not."""
-    slot = _slots.get(connection)
+    slot = getattr(connection, "_executor_slot", None)
     return slot.executor if slot is not None else None
 
 

@@ -12,7 +12,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import _stop_everything
 from procs import remote_processes, running
 
@@ -136,7 +135,7 @@ def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machin
         executor = executor_of(m)
         assert executor.alive
         token = f"ecshell-x7-lost{round_}-{m.id}"
-        when_running(token, 1, lambda: os.kill(executor.pid, signal.SIGKILL))
+        when_running(token, 1, lambda pid=executor.pid: os.kill(pid, signal.SIGKILL))
         r = m.run(f"echo started >> {counter}; echo partial; {sleeper(token)}")
         assert r.error == "lost", r
         assert "not re-run" in r.message and "executor" in r.message
