@@ -159,6 +159,40 @@ def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machin
     assert m.run("echo channel").output == "channel\n"
 
 
+def test_connection_killed_mid_command_is_lost_and_not_rerun(path, machines, tmp_path):
+    from ecshell.fabrics.local import _children_map, _descendants
+
+    (m,) = machines(1)
+    assert m.run("true").ok
+    listener = m.prototype.extra["pid"]
+    sessions = [pid for pid in _descendants(listener, _children_map())
+                if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"sshd")]
+    assert sessions
+    counter = tmp_path / "runs"
+    token = f"ecshell-x7-connlost-{path}-{m.id}"
+
+    def kill_sessions():
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+
+    when_running(token, 1, kill_sessions)
+    try:
+        r = m.run(f"echo started >> {counter}; echo partial; {sleeper(token, 20)}")
+        assert r.error == "lost" and "not re-run" in r.message, r
+        assert r.output == "partial\n"
+        assert counter.read_text() == "started\n"
+        if path == "executor":
+            assert gone(token) == [], "the executor's watcher kills its commands when sshd goes"
+        assert m.run("echo pool works").ok
+    finally:
+        # On the channel path the command outlives its connection (OpenSSH without a PTY).
+        for pid in remote_processes(token):
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)  # its group: the sleep too
+            except ProcessLookupError:
+                pass
+
+
 def test_executor_channel_closed_kills_its_commands(cluster, machines):
     cluster.settings.executor = "executor"
     (m,) = machines(1)
