@@ -210,6 +210,9 @@ class Executor:
                 sel.select()
                 sel.close()
                 continue
+            except OSError:  # the client is gone: stop; the watcher kills what runs
+                self.running = False
+                return
             data = data[written:]
 
     def tell_watcher(self, line):
@@ -375,6 +378,8 @@ class Executor:
             job.stdin = None
 
     def read_output(self, job):
+        if job.out is None:
+            return  # closed earlier in this round of events
         size = READ_SIZE if job.cancelled else min(READ_SIZE, job.window)
         try:
             data = os.read(job.out, size)
