@@ -291,6 +291,7 @@ class _Slot:
         self.executor = None
         self.starts = 0
         self.unavailable = None  # why the channel path is used for this connection
+        self.starting = None  # an Event while a start runs in the background
 
 
 _slots_lock = threading.Lock()
@@ -306,27 +307,74 @@ def _slot(connection):
         return slot
 
 
-def executor_for(connection, timeout, cancel=None):
-    """The live executor of ``connection``, started now if needed; None with the reason otherwise."""
+def executor_for(connection, timeout, cancel=None, wait=True):
+    """The live executor of ``connection``, or None and the reason there is none.
+
+    Without one, a start begins. With ``wait``, this waits for it; without, the
+    start goes on in the background and the answer is None, "starting" at once,
+    so that no command waits for python3 to start (a cold broadcast costs what
+    it costs on the channel path; later commands find the executor ready).
+    """
     slot = _slot(connection)
+    while True:
+        with slot.lock:
+            if slot.executor is not None and slot.executor.alive:
+                return slot.executor, None
+            if slot.unavailable is None and slot.starts >= MAX_STARTS and slot.starting is None:
+                slot.unavailable = (f"the executor died {slot.starts} times on this connection "
+                                    f"(last: {slot.executor.why_dead}); using one channel per command")
+            if slot.unavailable is not None:
+                return None, slot.unavailable
+            starting = slot.starting
+            if starting is None:
+                slot.starts += 1
+                starting = slot.starting = threading.Event()
+                if not wait:
+                    threading.Thread(target=_start, args=(slot, connection, timeout, None),
+                                     name="ecshell-executor-start", daemon=True).start()
+                    return None, "starting"
+                break
+        if not wait:
+            return None, "starting"
+        while not starting.wait(0.2):
+            if cancel is not None and cancel.is_set():
+                raise StartCancelled()
+    _start(slot, connection, timeout, cancel, reraise=True)
     with slot.lock:
         if slot.executor is not None and slot.executor.alive:
             return slot.executor, None
-        if slot.unavailable is None and slot.starts >= MAX_STARTS:
-            slot.unavailable = (f"the executor died {slot.starts} times on this connection "
-                                f"(last: {slot.executor.why_dead}); using one channel per command")
-        if slot.unavailable is not None:
-            return None, slot.unavailable
-        slot.starts += 1
-        try:
-            slot.executor = Executor.start(connection, timeout, cancel)
-        except StartCancelled:
+        return None, slot.unavailable or "the executor went away as it started"
+
+
+def _start(slot, connection, timeout, cancel, reraise=False):
+    """Start the slot's executor; with ``reraise``, a dead connection's error goes to the caller."""
+    import paramiko
+
+    executor, unavailable, cancelled, failure = None, None, False, None
+    try:
+        executor = Executor.start(connection, timeout, cancel)
+    except StartCancelled:
+        cancelled = True
+    except ExecutorUnavailable as exc:
+        unavailable = str(exc)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        if connection.alive:
+            unavailable = f"the server refused the executor's session: {exc}"
+        else:
+            failure = exc
+    with slot.lock:
+        if executor is not None:
+            slot.executor = executor
+        if unavailable is not None:
+            slot.unavailable = unavailable
+        if cancelled:
             slot.starts -= 1
-            raise
-        except ExecutorUnavailable as exc:
-            slot.unavailable = str(exc)
-            return None, slot.unavailable
-        return slot.executor, None
+        slot.starting.set()
+        slot.starting = None
+    if cancelled:
+        raise StartCancelled()
+    if failure is not None and reraise:
+        raise failure
 
 
 def peek(connection):
@@ -380,8 +428,9 @@ def _executor(attempt):
     import paramiko
 
     connection = attempt.connect()
+    wait = attempt.settings.executor == "executor"
     try:
-        executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel)
+        executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel, wait)
     except (paramiko.SSHException, EOFError, OSError) as exc:
         if connection.alive:
             raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
@@ -390,7 +439,7 @@ def _executor(attempt):
         attempt.engine.pool.discard(attempt.machine.endpoint, connection)
         attempt.reconnected = True
         connection = attempt.connect()
-        executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel)
+        executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel, wait)
     return connection, executor, why
 
 

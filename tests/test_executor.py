@@ -29,6 +29,19 @@ def executor_of(machine):
     return executor_module.peek(machine.connection())
 
 
+def ready_executor(machine, limit=10.0):
+    """The machine's executor once its background start (``auto``) is over, else None."""
+    until = time.monotonic() + limit
+    while time.monotonic() < until:
+        executor = executor_of(machine)
+        if executor is not None and executor.alive:
+            return executor
+        if executor_module._slot(machine.connection()).unavailable:
+            return None
+        time.sleep(0.02)
+    return None
+
+
 def gone(token, limit=10.0):
     """Wait (up to ``limit`` seconds) until no process carries ``token``; what is left."""
     until = time.monotonic() + limit
@@ -137,8 +150,8 @@ def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machin
     counter = tmp_path / "runs"
     connection = m.connection()
     for round_ in (1, 2):
-        executor = executor_of(m)
-        assert executor.alive
+        executor = ready_executor(m)  # auto starts it in the background, after a first command
+        assert executor is not None and executor.alive
         token = f"ecshell-x7-lost{round_}-{m.id}"
         when_running(token, 1, lambda pid=executor.pid: os.kill(pid, signal.SIGKILL))
         r = m.run(f"echo started >> {counter}; echo partial; {sleeper(token)}")
@@ -152,7 +165,7 @@ def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machin
         assert again.ok and again.output == "again\n" and not again.reconnected
         assert m.connection() is connection
         if round_ == 1:
-            assert executor_of(m).pid != executor.pid and executor_of(m).alive
+            assert ready_executor(m).pid != executor.pid
     # died twice: this connection now uses one channel per command
     assert not executor_of(m).alive
     assert "died 2 times" in executor_module._slot(connection).unavailable
@@ -221,7 +234,7 @@ def test_machine_without_python3_uses_the_channel_path(isolated_home, tmp_path):
         (m,) = cluster.launch(1)
         r = m.run("echo $PATH; exit 3")
         assert r.exit_code == 3 and r.output == f"{bin_dir}\n"
-        assert executor_of(m) is None
+        assert ready_executor(m) is None and executor_of(m) is None
         assert "no python3" in executor_module._slot(m.connection()).unavailable
         cluster.settings.executor = "executor"
         r = m.run("echo never")
@@ -322,7 +335,7 @@ def test_ctrl_c_while_the_executor_starts_runs_nothing(isolated_home, tmp_path):
     (bin_dir / "python3").write_text("#!/bin/sh\ncat >/dev/null\n")
     (bin_dir / "python3").chmod(0o755)
     fabric = LocalFabric(environment={"SHLVL": "1", "PATH": str(bin_dir)})
-    cluster = Cluster(fabric, executor="auto")
+    cluster = Cluster(fabric, executor="executor")  # 'auto' would not wait for the start
     marker = tmp_path / "ran"
     try:
         (m,) = cluster.launch(1)
@@ -337,3 +350,15 @@ def test_ctrl_c_while_the_executor_starts_runs_nothing(isolated_home, tmp_path):
     finally:
         cluster.close()
         _stop_everything(fabric)
+
+
+def test_auto_starts_the_executor_in_the_background(cluster, machines):
+    cluster.settings.executor = "auto"
+    fleet = machines(2)
+    assert fleet.run("echo first").all_ok  # over channels: no command waits for python3
+    executors = [ready_executor(m) for m in fleet]
+    assert all(e is not None for e in executors)
+    sent = [e._next_id for e in executors]
+    assert fleet.run("echo second").all_ok
+    assert [executor_of(m) for m in fleet] == executors
+    assert [e._next_id for e in executors] == [n + 1 for n in sent]
