@@ -11,6 +11,7 @@ Shell('uptime', timeout=10)
 
 import os
 import posixpath
+import secrets
 import socket
 import threading
 import time
@@ -21,8 +22,9 @@ from .results import ErrorKind, Result
 
 #: How often a worker blocked on a quiet channel looks at its cancel flag (seconds).
 POLL = 0.2
-#: The first line a tracked command prints: the pid of the shell sshd started for it.
-PID_PREFIX = b"\x1eECSHELL-PID:"
+#: Every tracked command runs with this variable set to a fresh token, so that its
+#: processes can be found on the machine (by command line or environment) to be killed.
+RUN_VARIABLE = "ECSHELL_RUN"
 #: Seconds a kill of a timed-out or interrupted command may take.
 KILL_TIMEOUT = 2.0
 
@@ -87,46 +89,17 @@ class Command:
         return repr(self)
 
 
-class _PidFilter:
-    """Takes the pid line off the front of a tracked command's output."""
-
-    def __init__(self):
-        self.pid = None
-        self.done = False
-        self._head = b""
-
-    def feed(self, data):
-        if self.done:
-            return data
-        self._head += data
-        newline = self._head.find(b"\n")
-        if newline < 0:
-            start = self._head[:len(PID_PREFIX)]
-            if PID_PREFIX.startswith(start) and len(self._head) < 64:
-                return b""  # wait for the rest of the line
-            return self.flush()
-        line, rest = self._head[:newline].rstrip(b"\r"), self._head[newline + 1:]
-        number = line[len(PID_PREFIX):]
-        if line.startswith(PID_PREFIX) and number.isdigit():
-            self.pid = int(number)
-            self.done, self._head = True, b""
-            return rest
-        return self.flush()
-
-    def flush(self):
-        self.done = True
-        data, self._head = self._head, b""
-        return data
-
-
 class Shell(Command):
     """Run a shell string in the user's login shell, as ``ssh host CMD`` would.
 
     Output is stdout and stderr combined on the channel, in arrival order.
     stdin is closed at once unless ``input`` (bytes or str) is given. No PTY
-    unless ``pty=True``. On timeout or cancel the command's process group is
-    killed on the machine: sshd makes the shell a session leader, and the
-    shell's first act is to print its pid on a line we take off the output.
+    unless ``pty=True``. On timeout or cancel the command is killed on the
+    machine: it runs with ``ECSHELL_RUN=<token>`` exported, which every process
+    it starts inherits, and a second channel kills the processes (and their
+    process groups) that carry the token. That costs nothing on the wire while
+    the command runs, and works for root too (OpenSSH refuses the SSH
+    ``signal`` request for root sessions). Finding them needs Linux's /proc.
     """
 
     def __init__(self, command, timeout=None, input=None, pty=False):
@@ -149,9 +122,9 @@ class Shell(Command):
     #: Whether this command may go through the machine's persistent executor (issue 7).
     via_executor = True
 
-    def wire(self, track):
-        """The string sshd hands the login shell: with ``track``, the pid line first."""
-        return f"printf '\\036ECSHELL-PID:%s\\n' $$\n{self.command}" if track else self.command
+    def wire(self, token=None):
+        """The string sshd hands the login shell: with a ``token``, ECSHELL_RUN exported first."""
+        return f"export {RUN_VARIABLE}={token}\n{self.command}" if token else self.command
 
     def execute(self, attempt):
         import paramiko
@@ -161,17 +134,17 @@ class Shell(Command):
             result = executor.execute(self, attempt)
             if result is not None:
                 return result  # else: no executor on this machine; one channel for this command
-        track = attempt.settings.kill_on_cancel
+        token = run_token() if attempt.settings.kill_on_cancel else None
         connection, channel = attempt.open_session()
         timeout = self.timeout if self.timeout is not None else attempt.settings.command_timeout
         try:
             channel.set_combine_stderr(True)
             if self.pty:
                 channel.get_pty(term="xterm", width=200, height=50)
-            channel.exec_command(self.wire(track))
+            channel.exec_command(self.wire(token))
             deadline = time.monotonic() + timeout if timeout else None
             self._send_input(channel)
-            return self._read(attempt, connection, channel, deadline, track)
+            return self._read(attempt, connection, channel, deadline, token)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if not connection.alive:
                 return attempt.result(self, error=ErrorKind.LOST,
@@ -198,8 +171,7 @@ class Shell(Command):
 
         threading.Thread(target=feed, name="ecshell-stdin", daemon=True).start()
 
-    def _read(self, attempt, connection, channel, deadline, track):
-        pids = _PidFilter() if track else None
+    def _read(self, attempt, connection, channel, deadline, token):
         stop = None
         while True:
             if attempt.cancel.is_set():
@@ -219,17 +191,12 @@ class Shell(Command):
                 continue
             if not data:
                 break
-            if pids is not None:
-                data = pids.feed(data)
-            if data:
-                attempt.output(data)
+            attempt.output(data)
         if stop is not None:
-            return self._stop(attempt, connection, channel, pids, stop)
-        if pids is not None:
-            attempt.output(pids.flush())
-        return self._finish(attempt, connection, channel, deadline, pids.pid if pids else None)
+            return self._stop(attempt, connection, channel, token, stop)
+        return self._finish(attempt, connection, channel, deadline, token)
 
-    def _finish(self, attempt, connection, channel, deadline, pid):
+    def _finish(self, attempt, connection, channel, deadline, token):
         # EOF came; the exit status arrives just before or after the channel closes.
         while not channel.status_event.wait(POLL):
             if attempt.cancel.is_set() or (deadline is not None and time.monotonic() > deadline):
@@ -237,70 +204,74 @@ class Shell(Command):
         status = channel.exit_status if channel.exit_status_ready() else -1
         if status == -1 or not channel.status_event.is_set():
             if not connection.alive:
-                where = f" (process group {pid} on the machine)" if pid else ""
+                where = f" (its processes carry {RUN_VARIABLE}={token})" if token else ""
                 return attempt.result(self, error=ErrorKind.LOST, message=(
                     f"connection lost while the command ran (after {time.monotonic() - attempt.started:.1f}s); "
-                    f"it was not re-run and may or may not have finished{where}"), detail={"pid": pid})
+                    f"it was not re-run and may or may not have finished{where}"), detail={"run": token})
             return attempt.result(self, error=ErrorKind.EXIT, message="killed by a signal")
         if status == 0:
             return attempt.result(self, exit_code=0)
         return attempt.result(self, exit_code=status, error=ErrorKind.EXIT)
 
-    def _stop(self, attempt, connection, channel, pids, kind):
-        """Timeout or cancel: kill the command's process group on the machine."""
-        if pids is not None and pids.pid is None and connection.alive:
-            # The pid line is the first thing the shell prints; give it a moment.
-            until = time.monotonic() + 1.0
-            while pids.pid is None and not pids.done and time.monotonic() < until:
-                channel.settimeout(max(0.01, until - time.monotonic()))
-                try:
-                    data = channel.recv(65536)
-                except socket.timeout:
-                    break
-                if not data:
-                    break
-                data = pids.feed(data)
-                if data:
-                    attempt.output(data)
-        killed, detail = "", {}
-        if pids is not None and pids.pid is not None and connection.alive:
-            killed = kill_process_group(connection, pids.pid)
-            detail = {"pid": pids.pid}
-        if pids is not None:
-            attempt.output(pids.flush())
+    def _stop(self, attempt, connection, channel, token, kind):
+        """Timeout or cancel: kill the command's processes on the machine."""
+        killed = ""
+        if token is not None and connection.alive:
+            killed = kill_run(connection, token)
         channel.close()
         if kind is ErrorKind.TIMEOUT:
             message = f"no exit after {self.timeout or attempt.settings.command_timeout:g}s"
         else:
             message = "interrupted"
         return attempt.result(self, error=kind, message=message + (f"; {killed}" if killed else ""),
-                              detail=detail)
+                              detail={"run": token})
 
 
-def kill_process_group(connection, pid):
-    """TERM the process group ``pid`` leads on the machine, KILL it a second later.
+def run_token():
+    """A fresh value for ECSHELL_RUN: unique per command run."""
+    return secrets.token_hex(8)
 
-    Returns a note for the result. A new channel on the same connection runs
-    ``kill``: OpenSSH refuses the SSH ``signal`` request for root sessions, and
-    closing a channel without a PTY leaves its command running.
+
+def kill_run(connection, token):
+    """TERM every process carrying ECSHELL_RUN=token (and its process group), KILL a second later.
+
+    Returns a note for the result. Runs on a new channel of the same
+    connection. The pattern's bracket keeps the killer itself from matching:
+    its own command line holds ``=[x]yz...``, which the regex does not match.
+    The shell may not have started yet when a Ctrl-C comes, so an empty
+    search is tried again for half a second.
     """
     import paramiko
 
-    script = (f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; "
-              f"(sleep 1; kill -KILL -- -{pid} 2>/dev/null) >/dev/null 2>&1 </dev/null &")
+    pattern = f"{RUN_VARIABLE}=[{token[0]}]{token[1:]}"
+    script = (
+        "n=0; while :; do "
+        f"p=$(grep -ls -e '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null "
+        "| cut -d/ -f3 | sort -u); "
+        '[ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done; '
+        'for q in $p; do kill -TERM -- -$q $q 2>/dev/null; done; '
+        '(sleep 1; for q in $p; do kill -KILL -- -$q $q 2>/dev/null; done) >/dev/null 2>&1 </dev/null & '
+        'echo $p'
+    )
     try:
         channel = connection.open_session(timeout=KILL_TIMEOUT)
         try:
             channel.settimeout(KILL_TIMEOUT)
             channel.exec_command(script)
             channel.shutdown_write()
-            while channel.recv(4096):
-                pass
+            out = b""
+            while True:
+                data = channel.recv(4096)
+                if not data:
+                    break
+                out += data
         finally:
             channel.close()
-        return "killed on the machine"
     except (paramiko.SSHException, EOFError, OSError, socket.timeout) as exc:
         return f"could not kill it on the machine: {exc}"
+    if not out.split():
+        return "nothing left to kill on the machine"
+    return "killed on the machine"
 
 
 def _remote_path(path):

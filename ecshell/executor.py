@@ -387,7 +387,11 @@ def execute(shell, attempt):
     """Run Shell ``shell`` through the machine's executor; None means: use the channel path."""
     import paramiko
 
-    track = attempt.settings.kill_on_cancel
+    from .commands import run_token
+
+    # The executor kills by process group; the token keeps the environment the same as on
+    # the channel path (where it is what finds the processes to kill).
+    token = run_token() if attempt.settings.kill_on_cancel else None
     timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
     while True:
         try:
@@ -404,13 +408,13 @@ def execute(shell, attempt):
         # The command's clock starts once it can be sent, as on the channel path.
         deadline = time.monotonic() + timeout if timeout else None
         try:
-            job = executor.submit(shell.wire(track), shell.input is not None)
+            job = executor.submit(shell.wire(token), shell.input is not None)
             if shell.input is not None:
                 _feed(executor, job, shell.input)
         except (paramiko.SSHException, EOFError, OSError):
             job = None
         if job is not None:
-            result = _wait(shell, attempt, connection, executor, job, deadline, timeout, track)
+            result = _wait(shell, attempt, connection, executor, job, deadline, timeout, token)
             if result is not None:
                 return result
         # The command never started: the executor or its connection was gone already.
@@ -443,13 +447,12 @@ def _executor(attempt):
     return connection, executor, why
 
 
-def _wait(shell, attempt, connection, executor, job, deadline, timeout, track):
+def _wait(shell, attempt, connection, executor, job, deadline, timeout, token):
     """The job's Result; None if the executor died before the command started."""
     import paramiko
 
-    from .commands import POLL, _PidFilter
+    from .commands import POLL
 
-    pids = _PidFilter() if track else None
     while True:
         stop = None
         if attempt.cancel.is_set():
@@ -457,7 +460,7 @@ def _wait(shell, attempt, connection, executor, job, deadline, timeout, track):
         elif deadline is not None and time.monotonic() >= deadline:
             stop = ErrorKind.TIMEOUT
         if stop is not None:
-            return _stop(shell, attempt, executor, job, pids, stop, timeout)
+            return _stop(shell, attempt, executor, job, token, stop, timeout)
         wait = POLL if deadline is None else max(0.001, min(POLL, deadline - time.monotonic()))
         try:
             event = job.events.get(timeout=wait)
@@ -466,21 +469,15 @@ def _wait(shell, attempt, connection, executor, job, deadline, timeout, track):
         if event is _LOST:
             if not job.started:
                 return None
-            if pids is not None:
-                attempt.output(pids.flush())
-            return _lost(shell, attempt, connection, executor, job)
+            return _lost(shell, attempt, connection, executor, job, token)
         kind, value = event
         if kind == OUTPUT:
-            data = pids.feed(value) if pids is not None else value
-            if data:
-                attempt.output(data)
+            attempt.output(value)
             try:
                 executor.consumed(job, len(value))
             except (paramiko.SSHException, EOFError, OSError):
                 pass  # the reader thread reports the executor's death as _LOST
             continue
-        if pids is not None:
-            attempt.output(pids.flush())
         if kind == FAILED:
             return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=value)
         if "signal" in value:
@@ -505,7 +502,7 @@ def _feed(executor, job, data):
     threading.Thread(target=feed, name="ecshell-executor-stdin", daemon=True).start()
 
 
-def _stop(shell, attempt, executor, job, pids, kind, timeout):
+def _stop(shell, attempt, executor, job, token, kind, timeout):
     """Timeout or cancel: the executor TERMs the command's process group (KILL a second later)."""
     import paramiko
 
@@ -530,30 +527,26 @@ def _stop(shell, attempt, executor, job, pids, kind, timeout):
                 killed = "the executor went away; its watcher killed it on the machine"
                 break
             if event[0] == OUTPUT:
-                data = pids.feed(event[1]) if pids is not None else event[1]
-                if data:
-                    attempt.output(data)
+                attempt.output(event[1])
                 continue
             break  # KILLED, or it exited just now
     executor.forget(job)
-    detail = {"pid": job.pid} if job.pid is not None else {}
-    if pids is not None:
-        attempt.output(pids.flush())
+    detail = {"run": token, "pid": job.pid}
     message = f"no exit after {timeout:g}s" if kind is ErrorKind.TIMEOUT else "interrupted"
     return attempt.result(shell, error=kind, message=f"{message}; {killed}", detail=detail)
 
 
-def _lost(shell, attempt, connection, executor, job):
+def _lost(shell, attempt, connection, executor, job, token):
     ran = time.monotonic() - attempt.started
     if not connection.alive:
         return attempt.result(shell, error=ErrorKind.LOST, message=(
             f"connection lost while the command ran (after {ran:.1f}s); it was not re-run "
             f"and may or may not have finished (its process group {job.pid} is killed on the machine "
-            "when the executor notices)"), detail={"pid": job.pid})
+            "when the executor notices)"), detail={"run": token, "pid": job.pid})
     slot = _slot(connection)
     then = ("the executor restarts for the next command" if slot.starts < MAX_STARTS
             else "the next commands use one channel per command")
     return attempt.result(shell, error=ErrorKind.LOST, message=(
         f"the executor on the machine died while the command ran (after {ran:.1f}s; "
         f"{executor.why_dead}); its process group {job.pid} was killed and it was not re-run; {then}"),
-        detail={"pid": job.pid})
+        detail={"run": token, "pid": job.pid})

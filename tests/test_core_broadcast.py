@@ -12,6 +12,14 @@ from procs import running
 from ecshell import Cluster, ErrorKind, LocalFabric, SelectionError
 
 
+
+@pytest.fixture(autouse=True, params=["auto", "channel"])
+def command_path(request, monkeypatch):
+    """Every test here runs twice: through the per-machine executor and over one channel per command."""
+    monkeypatch.setenv("ECSHELL_EXECUTOR", request.param)
+    return request.param
+
+
 def test_launch_runs_real_sshd_and_broadcast_folds(machines):
     web = machines(3, name="web")
     assert [m.state for m in web] == ["ready"] * 3

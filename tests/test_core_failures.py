@@ -16,6 +16,14 @@ from ecshell import Cluster, ErrorKind, StaticFabric
 from ecshell.fabrics.local import _children_map, _descendants, generate_ed25519
 
 
+
+@pytest.fixture(autouse=True, params=["auto", "channel"])
+def command_path(request, monkeypatch):
+    """Every test here runs twice: through the per-machine executor and over one channel per command."""
+    monkeypatch.setenv("ECSHELL_EXECUTOR", request.param)
+    return request.param
+
+
 def session_processes(machine):
     """The sshd processes serving a local machine's connections (monitor and session child)."""
     listener = machine.prototype.extra["pid"]

@@ -15,6 +15,19 @@ from ecshell import Cluster, LocalFabric
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (iptables, useradd)")
 
 
+def processes_carrying(text):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
 def iptables(*args):
     subprocess.run(["iptables", *args], check=True, capture_output=True)
 
@@ -51,8 +64,11 @@ def test_vanished_peer_is_noticed_in_seconds_and_reported_lost(cluster, machines
     print("vanished peer noticed after", r.duration)
     assert r.output == "before\n"
     assert r.duration < 30, "TCP_USER_TIMEOUT should end the wait long before the command would"
-    # The command outlived its connection; the result says which process group it was.
-    os.killpg(r.detail["pid"], 9)
+    # The command outlived its connection; the result names the token its processes carry.
+    token = r.detail["run"]
+    assert f"ECSHELL_RUN={token}" in r.message
+    for pid in processes_carrying(f"ECSHELL_RUN={token}"):
+        os.kill(pid, 9)
 
 
 def test_streaming_callbacks_see_every_byte_as_it_arrives(machines):

@@ -109,7 +109,7 @@ def test_timeout_kills_the_whole_process_group(path, machines):
         assert r.error == "timeout", r
         assert r.output == "begun\n"
         assert "killed on the machine" in r.message
-        assert r.detail["pid"] > 0
+        assert len(r.detail["run"]) == 16
     assert gone(token) == []
     assert fleet.run("echo still usable").all_ok
 
@@ -300,7 +300,7 @@ def test_fifty_megabytes_exact_bounded_and_a_stalled_reader_stalls_nothing_else(
 
 
 IDENTICAL = [
-    ("env | sort", None, None),
+    ("env | grep -v ^ECSHELL_RUN= | sort; echo ${#ECSHELL_RUN}", None, None),
     ("pwd; echo $0 $-; umask; ulimit -a; trap; [ -t 0 ] || echo no tty", None, None),
     ("grep -E '^(Sig(Pnd|Blk|Ign|Cgt)|NoNewPrivs|Cap)' /proc/self/status; ls /proc/$$/fd", None, None),
     ("exit 255", None, None),
