@@ -49,6 +49,8 @@ WINDOW = 1024 * 1024
 INPUT_CHUNK = 65536
 #: Times an executor may be started on one connection (the first start and one restart).
 MAX_STARTS = 2
+#: In 'auto', the executor starts (in the background) with a connection's command number:
+START_AFTER = 2
 #: Seconds allowed, at least, for python3 to start on a machine and say hello.
 START_TIMEOUT = 10.0
 
@@ -292,6 +294,7 @@ class _Slot:
         self.starts = 0
         self.unavailable = None  # why the channel path is used for this connection
         self.starting = None  # an Event while a start runs in the background
+        self.asked = 0  # commands that asked for the executor without waiting for it
 
 
 _slots_lock = threading.Lock()
@@ -311,15 +314,20 @@ def executor_for(connection, timeout, cancel=None, wait=True):
     """The live executor of ``connection``, or None and the reason there is none.
 
     Without one, a start begins. With ``wait``, this waits for it; without, the
-    start goes on in the background and the answer is None, "starting" at once,
-    so that no command waits for python3 to start (a cold broadcast costs what
-    it costs on the channel path; later commands find the executor ready).
+    answer is None at once and the start goes on in the background, beginning
+    only with the connection's second command: a machine asked once (a cold
+    broadcast, a readiness check) never pays for python3 starting, and later
+    commands find the executor ready.
     """
     slot = _slot(connection)
     while True:
         with slot.lock:
             if slot.executor is not None and slot.executor.alive:
                 return slot.executor, None
+            if not wait and slot.starting is None and slot.executor is None:
+                slot.asked += 1
+                if slot.asked < START_AFTER:
+                    return None, "not started: the first command on a connection uses its own channel"
             if slot.unavailable is None and slot.starts >= MAX_STARTS and slot.starting is None:
                 slot.unavailable = (f"the executor died {slot.starts} times on this connection "
                                     f"(last: {slot.executor.why_dead}); using one channel per command")
@@ -414,10 +422,8 @@ def execute(shell, attempt):
         except (paramiko.SSHException, EOFError, OSError):
             job = None
         if job is not None:
-            result = _wait(shell, attempt, connection, executor, job, deadline, timeout, token)
-            if result is not None:
-                return result
-        # The command never started: the executor or its connection was gone already.
+            return _wait(shell, attempt, connection, executor, job, deadline, timeout, token)
+        # The command was never sent: the executor or its connection was gone already.
         if connection.alive:
             continue  # the executor restarts once, else the channel path takes over
         if attempt.reconnected:
@@ -448,7 +454,7 @@ def _executor(attempt):
 
 
 def _wait(shell, attempt, connection, executor, job, deadline, timeout, token):
-    """The job's Result; None if the executor died before the command started."""
+    """The job's Result (``lost`` if the executor dies once the command was sent)."""
     import paramiko
 
     from .commands import POLL
@@ -467,8 +473,8 @@ def _wait(shell, attempt, connection, executor, job, deadline, timeout, token):
         except queue.Empty:
             continue
         if event is _LOST:
-            if not job.started:
-                return None
+            # The RUN frame went out: whether or not STARTED came back, the command may
+            # have run, so it is lost, never sent again (only connecting is retried).
             return _lost(shell, attempt, connection, executor, job, token)
         kind, value = event
         if kind == OUTPUT:
@@ -538,15 +544,17 @@ def _stop(shell, attempt, executor, job, token, kind, timeout):
 
 def _lost(shell, attempt, connection, executor, job, token):
     ran = time.monotonic() - attempt.started
+    group = (f"its process group {job.pid}" if job.started
+             else "whatever of it started (the machine had not yet confirmed the start)")
     if not connection.alive:
         return attempt.result(shell, error=ErrorKind.LOST, message=(
             f"connection lost while the command ran (after {ran:.1f}s); it was not re-run "
-            f"and may or may not have finished (its process group {job.pid} is killed on the machine "
+            f"and may or may not have finished ({group} is killed on the machine "
             "when the executor notices)"), detail={"run": token, "pid": job.pid})
     slot = _slot(connection)
     then = ("the executor restarts for the next command" if slot.starts < MAX_STARTS
             else "the next commands use one channel per command")
     return attempt.result(shell, error=ErrorKind.LOST, message=(
         f"the executor on the machine died while the command ran (after {ran:.1f}s; "
-        f"{executor.why_dead}); its process group {job.pid} was killed and it was not re-run; {then}"),
+        f"{executor.why_dead}); {group} was killed and it was not re-run; {then}"),
         detail={"run": token, "pid": job.pid})

@@ -146,11 +146,11 @@ def test_ctrl_c_interrupts_keeps_what_arrived_and_kills(path, machines):
 def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machines, tmp_path):
     cluster.settings.executor = "auto"
     (m,) = machines(1)
-    assert m.run("true").ok
+    assert m.run("true").ok and m.run("true").ok  # auto starts the executor with a second command
     counter = tmp_path / "runs"
     connection = m.connection()
     for round_ in (1, 2):
-        executor = ready_executor(m)  # auto starts it in the background, after a first command
+        executor = ready_executor(m)  # auto starts it in the background
         assert executor is not None and executor.alive
         token = f"ecshell-x7-lost{round_}-{m.id}"
         when_running(token, 1, lambda pid=executor.pid: os.kill(pid, signal.SIGKILL))
@@ -232,8 +232,9 @@ def test_machine_without_python3_uses_the_channel_path(isolated_home, tmp_path):
     cluster = Cluster(fabric, executor="auto")
     try:
         (m,) = cluster.launch(1)
-        r = m.run("echo $PATH; exit 3")
-        assert r.exit_code == 3 and r.output == f"{bin_dir}\n"
+        for _ in range(2):  # the second command tries to start the executor
+            r = m.run("echo $PATH; exit 3")
+            assert r.exit_code == 3 and r.output == f"{bin_dir}\n"
         assert ready_executor(m) is None and executor_of(m) is None
         assert "no python3" in executor_module._slot(m.connection()).unavailable
         cluster.settings.executor = "executor"
@@ -355,7 +356,9 @@ def test_ctrl_c_while_the_executor_starts_runs_nothing(isolated_home, tmp_path):
 def test_auto_starts_the_executor_in_the_background(cluster, machines):
     cluster.settings.executor = "auto"
     fleet = machines(2)
-    assert fleet.run("echo first").all_ok  # over channels: no command waits for python3
+    assert fleet.run("echo first").all_ok  # over channels, and no executor starts for one command
+    assert all(executor_of(m) is None for m in fleet)
+    assert fleet.run("echo again").all_ok  # over channels still: no command waits for python3
     executors = [ready_executor(m) for m in fleet]
     assert all(e is not None for e in executors)
     sent = [e._next_id for e in executors]
