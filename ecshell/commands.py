@@ -46,7 +46,11 @@ class Attempt:
 
     def connect(self):
         deadline = time.monotonic() + self.settings.connect_timeout
-        self.connection = self.engine.pool.get(self.machine.endpoint, deadline)
+        endpoint = self.machine.endpoint
+        previous = self.engine.pool.peek(endpoint)
+        self.connection = self.engine.pool.get(endpoint, deadline)
+        if previous is not None and previous is not self.connection:
+            self.reconnected = True  # the pooled connection had died and was replaced
         return self.connection
 
     def open_session(self):
@@ -56,9 +60,10 @@ class Attempt:
         connection = self.connect()
         try:
             channel = connection.open_session(timeout=self.settings.connect_timeout)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            if connection.alive:
-                raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
+        except paramiko.ChannelException as exc:  # the server answered: no (MaxSessions, ...)
+            raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
+        except (paramiko.SSHException, EOFError, OSError):
+            # Anything else means the transport broke, even if its thread has not said so yet.
             self.engine.pool.discard(self.machine.endpoint, connection)
             self.reconnected = True
             connection = self.connect()

@@ -441,9 +441,10 @@ def _executor(attempt):
     wait = attempt.settings.executor == "executor"
     try:
         executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel, wait)
+    except paramiko.ChannelException as exc:  # the server answered: no (MaxSessions, ...)
+        raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
     except (paramiko.SSHException, EOFError, OSError) as exc:
-        if connection.alive:
-            raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
+        # Anything else means the transport broke, even if its thread has not said so yet.
         if attempt.reconnected:
             raise ConnectError(ErrorKind.UNREACHABLE, f"the new connection failed too: {exc}") from None
         attempt.engine.pool.discard(attempt.machine.endpoint, connection)

@@ -264,8 +264,14 @@ def test_hung_host_costs_at_most_its_connect_timeout(cluster, machines):
 def test_pooled_connection_killed_between_commands_is_replaced_once(cluster, machines):
     (m,) = machines(1)
     assert m.run("true").ok and not m.run("true").reconnected
+    connection = cluster.engine.pool.peek(m.endpoint)
     for pid in session_processes(m):
         os.kill(pid, signal.SIGKILL)
+    # "Between commands": the death is seen before the next command goes out. (A command
+    # sent in the instant before it is seen may have reached the machine: it is lost.)
+    until = time.monotonic() + 5
+    while connection.alive and time.monotonic() < until:
+        time.sleep(0.01)
     r = m.run("echo again")
     assert r.ok and r.output == "again\n"
     assert r.reconnected
