@@ -25,6 +25,7 @@ POLL = 0.2
 #: Every tracked command runs with this variable set to a fresh token, so that its
 #: processes can be found on the machine (by command line or environment) to be killed.
 RUN_VARIABLE = "ECSHELL_RUN"
+NOT_STARTED = "interrupted before the command started; it was not run"
 #: Seconds a kill of a timed-out or interrupted command may take.
 KILL_TIMEOUT = 2.0
 
@@ -141,6 +142,9 @@ class Shell(Command):
                 return result  # else: no executor on this machine; one channel for this command
         token = run_token() if attempt.settings.kill_on_cancel else None
         connection, channel = attempt.open_session()
+        if attempt.cancel.is_set():  # Ctrl-C came while connecting: do not start it now
+            channel.close()
+            return attempt.result(self, error=ErrorKind.INTERRUPTED, message=NOT_STARTED)
         timeout = self.timeout if self.timeout is not None else attempt.settings.command_timeout
         try:
             channel.set_combine_stderr(True)

@@ -115,11 +115,8 @@ class Engine:
                     result.message = f"the broadcast's total timeout ({total_timeout:g}s) passed; {result.message}"
                 results[machine.name] = result
                 continue
-            if future.running():
-                # Still connecting: close what it holds so that its thread is not left blocked.
-                connection = self.pool.peek(machine.endpoint)
-                if connection is not None and not connection.alive:
-                    connection.close()
+            # A worker still running is connecting (a command would have seen the cancel
+            # flag): it ends by itself within its connect timeout, and its result is dropped.
             message = "not started" if future.cancelled() else "did not stop in time; abandoned"
             if kind is ErrorKind.TIMEOUT:
                 message = f"the broadcast's total timeout ({total_timeout:g}s) passed; {message}"

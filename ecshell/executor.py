@@ -413,6 +413,10 @@ def execute(shell, attempt):
                     f"no executor on {attempt.machine.name}: {why}; "
                     "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
             return None
+        if attempt.cancel.is_set():  # Ctrl-C came while connecting: do not start it now
+            from .commands import NOT_STARTED
+
+            return attempt.result(shell, error=ErrorKind.INTERRUPTED, message=NOT_STARTED)
         # The command's clock starts once it can be sent, as on the channel path.
         deadline = time.monotonic() + timeout if timeout else None
         try:

@@ -356,3 +356,29 @@ def test_ctrl_c_during_a_fifty_host_broadcast(cluster, machines):
     assert busy_workers() == []
     again = fleet.run("echo after")
     assert again.all_ok and not again.interrupted
+
+
+def test_ctrl_c_while_connecting_never_starts_the_command(cluster, machines, tmp_path):
+    slow, fast = machines(2)
+    slow.close()
+    listener = slow.prototype.extra["pid"]
+    ran = tmp_path / "ran"
+    os.kill(listener, signal.SIGSTOP)  # its handshake waits until SIGCONT
+
+    def interrupt_then_resume():
+        time.sleep(0.7)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while node-0 is still connecting
+        time.sleep(0.5)
+        os.kill(listener, signal.SIGCONT)  # the connection completes within the cancel grace
+
+    threading.Thread(target=interrupt_then_resume).start()
+    try:
+        rs = cluster.run(f"echo $ECSHELL_MACHINE >> {ran}; sleep 30")
+    finally:
+        os.kill(listener, signal.SIGCONT)
+    assert rs.interrupted
+    assert rs["node-0"].error == "interrupted"
+    assert "not run" in rs["node-0"].message
+    assert rs["node-1"].error == "interrupted"
+    time.sleep(0.3)
+    assert ran.read_text() == "node-1\n"
