@@ -181,28 +181,11 @@ class Shell(Command):
         threading.Thread(target=feed, name="ecshell-stdin", daemon=True).start()
 
     def _read(self, attempt, connection, channel, deadline, token):
-        stop = None
-        while True:
-            if attempt.cancel.is_set():
-                stop = ErrorKind.INTERRUPTED
-                break
-            wait = POLL
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    stop = ErrorKind.TIMEOUT
-                    break
-                wait = min(wait, left)
-            channel.settimeout(wait)
-            try:
-                data = channel.recv(65536)
-            except socket.timeout:
-                continue
-            if not data:
-                break
-            attempt.output(data)
-        if stop is not None:
-            return self._stop(attempt, connection, channel, token, stop)
+        try:
+            while data := next_chunk(channel, deadline, attempt.cancel):
+                attempt.output(data)
+        except Stopped as stop:
+            return self._stop(attempt, connection, channel, token, stop.kind)
         return self._finish(attempt, connection, channel, deadline, token)
 
     def _finish(self, attempt, connection, channel, deadline, token):
@@ -234,6 +217,37 @@ class Shell(Command):
             message = "interrupted"
         return attempt.result(self, error=kind, message=message + (f"; {killed}" if killed else ""),
                               detail={"run": token})
+
+
+class Stopped(Exception):
+    """Raised by :func:`next_chunk`: ``kind`` is TIMEOUT (deadline) or INTERRUPTED (cancel)."""
+
+    def __init__(self, kind):
+        super().__init__(kind.value)
+        self.kind = kind
+
+
+def next_chunk(channel, deadline=None, cancel=None):
+    """The next bytes from ``channel`` (``b""`` at EOF), never waiting past ``deadline``.
+
+    ``deadline`` is a ``time.monotonic()`` value or None; ``cancel`` an Event
+    looked at every POLL seconds while the channel is quiet. Raises
+    :class:`Stopped` when the one is set or the other passes first.
+    """
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise Stopped(ErrorKind.INTERRUPTED)
+        wait = POLL
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Stopped(ErrorKind.TIMEOUT)
+            wait = min(wait, left)
+        channel.settimeout(wait)
+        try:
+            return channel.recv(65536)
+        except socket.timeout:
+            continue
 
 
 def run_token():

@@ -258,20 +258,16 @@ def _stderr_tail(channel):
 
 
 def _read_hello(channel, deadline, cancel=None):
-    from .commands import POLL
+    from .commands import Stopped, next_chunk
 
     buffer = b""
     while len(buffer) < HEADER.size or len(buffer) < HEADER.size + HEADER.unpack_from(buffer)[2]:
-        if cancel is not None and cancel.is_set():
-            raise StartCancelled()
-        left = min(POLL, deadline - time.monotonic())
-        if left <= 0:
-            raise ExecutorUnavailable("the executor did not say hello in time (python3 too slow to start?)")
-        channel.settimeout(left)
         try:
-            data = channel.recv(65536)
-        except socket.timeout:
-            continue
+            data = next_chunk(channel, deadline, cancel)
+        except Stopped as stop:
+            if stop.kind is ErrorKind.INTERRUPTED:
+                raise StartCancelled() from None
+            raise ExecutorUnavailable("the executor did not say hello in time (python3 too slow to start?)") from None
         if not data:
             status = channel.recv_exit_status() if channel.status_event.wait(1.0) else -1
             why = _stderr_tail(channel)

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 
-from .commands import Command
+from .commands import Command, Stopped, next_chunk
 from .errors import ArgumentError, ConnectError, EcShellError
 from .machineset import MachineSet
 from .output import OutputBuffer
@@ -386,12 +386,11 @@ class SwitchLoginShell(Command):
     def _until(self, attempt, channel, pending, wanted, deadline):
         """Read output until a report satisfying ``wanted`` arrives; that report, or None at EOF."""
         seen = 0
-        while time.monotonic() < deadline and not attempt.cancel.is_set():
-            channel.settimeout(0.2)
+        while True:
             try:
-                data = channel.recv(65536)
-            except socket.timeout:
-                continue
+                data = next_chunk(channel, deadline, attempt.cancel)
+            except Stopped:
+                return None
             if not data:
                 return None
             attempt.output(data)
@@ -401,20 +400,15 @@ class SwitchLoginShell(Command):
                 if wanted(report):
                     return report
             seen = len(reports)
-        return None
 
     def _finish(self, attempt, channel, pending):
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            channel.settimeout(0.2)
-            try:
-                data = channel.recv(65536)
-            except socket.timeout:
-                continue
-            if not data:
-                break
-            attempt.output(data)
-            pending.extend(data)
+        try:
+            while data := next_chunk(channel, deadline):
+                attempt.output(data)
+                pending.extend(data)
+        except Stopped:
+            pass
         if channel.status_event.wait(5):
             return channel.exit_status
         return None
