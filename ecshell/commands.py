@@ -42,17 +42,15 @@ class Attempt:
         self.started = time.monotonic()
         self.buffer = OutputBuffer(self.settings.output_memory_limit, self.settings.spill_dir)
         self.reconnected = False
-        self.connection = None
-        self.channel = None
 
     def connect(self):
         deadline = time.monotonic() + self.settings.connect_timeout
         endpoint = self.machine.endpoint
         previous = self.engine.pool.peek(endpoint)
-        self.connection = self.engine.pool.get(endpoint, deadline)
-        if previous is not None and previous is not self.connection:
+        connection = self.engine.pool.get(endpoint, deadline)
+        if previous is not None and previous is not connection:
             self.reconnected = True  # the pooled connection had died and was replaced
-        return self.connection
+        return connection
 
     def open_session(self):
         """A new channel on the pooled connection; a dead connection is replaced once."""
@@ -69,7 +67,6 @@ class Attempt:
             self.reconnected = True
             connection = self.connect()
             channel = connection.open_session(timeout=self.settings.connect_timeout)
-        self.channel = channel
         return connection, channel
 
     def output(self, data):
