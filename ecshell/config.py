@@ -110,6 +110,15 @@ class EcShell(Configurable):
         machine without python3 reports 'unreachable'). 'channel': one SSH channel
         per command, as ssh does. Default: $ECSHELL_EXECUTOR if set, else 'auto'.""").tag(config=True)
 
+    executor_shortcut = Bool(True, help="""Let the executor exec a command made only of
+        literal words (``hostname``, ``uname -a``, ``df -h /``) itself, the way the
+        login shell would, instead of starting the shell for it: a bash start-up is
+        most of the CPU a warm broadcast costs. Taken only for bash, and only after
+        a probe through the real shell showed its start-up files leave no output,
+        functions, aliases, traps, or change to the environment, directory, umask,
+        limits or signals. Turn it off if your start-up files must run for every
+        command (for their side effects).""").tag(config=True)
+
     @default("executor")
     def _default_executor(self):
         return os.environ.get("ECSHELL_EXECUTOR") or "auto"

@@ -42,6 +42,7 @@ WINDOW_FIELD = struct.Struct(">I")
 RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
 HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
 FLAG_INPUT = 1
+FLAG_NO_SHORTCUT = 2
 
 #: Bytes of one command's output that may be in flight or queued before the worker takes them.
 WINDOW = 1024 * 1024
@@ -150,10 +151,16 @@ class Executor:
         with self._send_lock:
             self.channel.sendall(frame)
 
-    def submit(self, command, has_input):
-        """Start ``command`` (the shell string) on the machine; a Job."""
+    def submit(self, command, token=None, has_input=False, shortcut=True):
+        """Start ``command`` (the shell string) on the machine, with ECSHELL_RUN=``token``; a Job.
+
+        The executor runs ``<login shell> -c`` on what :meth:`Shell.wire` would
+        give sshd, or, with ``shortcut``, execs the command itself when the
+        shell would do nothing else (see ``executor_remote.Shortcut``).
+        """
         if isinstance(command, str):
             command = command.encode("utf-8", "surrogateescape")
+        token = token.encode("ascii") if token else b""
         with self._jobs_lock:
             if self.dead:
                 raise EOFError(self.why_dead or "executor gone")
@@ -161,8 +168,8 @@ class Executor:
             self._next_id += 1
             job = Job(ident)
             self._jobs[ident] = job
-        flags = FLAG_INPUT if has_input else 0
-        self._send(RUN, ident, WINDOW_FIELD.pack(WINDOW) + bytes([flags]) + command)
+        flags = (FLAG_INPUT if has_input else 0) | (0 if shortcut else FLAG_NO_SHORTCUT)
+        self._send(RUN, ident, WINDOW_FIELD.pack(WINDOW) + bytes([flags, len(token)]) + token + command)
         return job
 
     def send_input(self, job, data):
@@ -416,7 +423,8 @@ def execute(shell, attempt):
         # The command's clock starts once it can be sent, as on the channel path.
         deadline = time.monotonic() + timeout if timeout else None
         try:
-            job = executor.submit(shell.wire(token), shell.input is not None)
+            job = executor.submit(shell.command, token, shell.input is not None,
+                                  attempt.settings.executor_shortcut)
             if shell.input is not None:
                 _feed(executor, job, shell.input)
         except (paramiko.SSHException, EOFError, OSError):

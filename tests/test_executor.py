@@ -365,3 +365,103 @@ def test_auto_starts_the_executor_in_the_background(cluster, machines):
     assert fleet.run("echo second").all_ok
     assert [executor_of(m) for m in fleet] == executors
     assert [e._next_id for e in executors] == [n + 1 for n in sent]
+
+
+# -- the shortcut: commands bash would only look up and exec ----------------------
+
+#: Each runs through the shortcut, or (the last five) falls back to the shell; run
+#: without a kill token so that the environment itself can be compared byte for byte.
+SHORTCUT_CASES = [
+    ("env", None),
+    ("grep -e Sig -e Cap -e Umask -e NoNewPrivs /proc/self/status", None),
+    ("cat /proc/self/limits", None),
+    ("ls /proc/self/fd", None),
+    ("  /usr/bin/id   -u\t", None),
+    ("tr a-z A-Z", b"some input\n"),
+    ("sha256sum", b"\x00\xff" * 70000),
+    ("ls /nonexistent-ecshell", None),
+    ("nosuchcommand-ecshell", None),  # not on PATH: the shell's own message
+    ("/etc", None),  # a directory
+    ("/etc/hostname", None),  # not executable
+    ("echo builtin", None),  # a builtin
+    ("FOO=1 env", None),  # an assignment
+]
+
+
+def test_shortcut_gives_what_the_shell_gives(cluster, machines):
+    fleet = machines(2)
+    cluster.settings.kill_on_cancel = False
+    cluster.settings.executor = "executor"
+    assert fleet.run("true").all_ok
+    assert all(executor_of(m).hello["shortcut"] == "on" for m in fleet)
+    for command, given in SHORTCUT_CASES:
+        seen = {}
+        for mode, shortcut in (("channel", False), ("executor", False), ("executor", True)):
+            cluster.settings.executor, cluster.settings.executor_shortcut = mode, shortcut
+            rs = fleet.run(command, input=given)
+            seen[mode, shortcut] = [(r.name, r.exit_code, r.error, r.output_bytes, r.message) for r in rs.results()]
+        assert seen["channel", False] == seen["executor", False] == seen["executor", True], command
+
+
+def test_shortcut_timeout_and_ctrl_c_kill_the_program(cluster, machines):
+    fleet = machines(2)
+    cluster.settings.executor = "executor"
+    marker = f"{300 + int(fleet[0].id.split('-')[-1], 16) % 1000}.{os.getpid()}"  # sleep NNN.PID
+    assert fleet.run("true").all_ok
+    seen = threading.Event()
+    when_running(f"sleep {marker}", 2, seen.set)
+    rs = fleet.run(f"sleep {marker}", timeout=1.5)
+    assert seen.is_set()
+    assert all(r.error == "timeout" and "killed on the machine" in r.message for r in rs.results()), rs
+    assert gone(f"sleep {marker}") == []
+
+    when_running(f"sleep {marker}", 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    rs = fleet.run(f"sleep {marker}")
+    assert rs.interrupted and all(r.error == "interrupted" for r in rs.results())
+    assert gone(f"sleep {marker}") == []
+
+
+def test_startup_files_that_matter_turn_the_shortcut_off(isolated_home, tmp_path):
+    rc = tmp_path / "bash_env"
+    rc.write_text("")
+    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
+    cluster = Cluster(fabric, executor="executor")
+    try:
+        (m,) = cluster.launch(1)
+        assert m.run("hostname").output == os.uname().nodename + "\n"
+        assert executor_of(m).hello["shortcut"] == "on"  # an empty BASH_ENV changes nothing
+        # A function that shadows the program, added after the probe: the probe runs again.
+        rc.write_text("hostname() { echo from-a-function; }\n")
+        assert m.run("hostname").output == "from-a-function\n"
+        rc.write_text("echo chatty\n")
+        assert m.run("hostname").output == "chatty\n" + os.uname().nodename + "\n"
+        rc.write_text("umask 077\n")
+        assert m.run("grep Umask /proc/self/status").output == "Umask:\t0077\n"
+        rc.write_text("")
+        assert m.run("grep Umask /proc/self/status").output == "Umask:\t0022\n"
+    finally:
+        cluster.close()
+        _stop_everything(fabric)
+
+
+def test_shortcut_takes_only_words_bash_would_exec_unchanged():
+    from ecshell import executor_remote
+
+    class Probed:  # what Shortcut reads of the executor, as after a successful probe
+        env = {b"HOME": b"/nonexistent-home"}
+        shell = "/bin/bash"
+
+    shortcut = executor_remote.Shortcut(Probed())
+    shortcut.usable, shortcut.stamps = True, shortcut._stamps()
+    shortcut.env = {b"PATH": b"/usr/bin:/bin", b"_": b"/usr/bin/env", b"ECSHELL_RUN": b"probe"}
+    shortcut.path = [b"/nonexistent-dir/", b"", b"/usr/bin", b"/bin"]
+    shortcut.builtins = frozenset([b"echo", b"cd"])
+    path, argv, env = shortcut.command(b" uname  -a\t", b"tok")
+    assert (path, argv) == (b"/usr/bin/uname", [b"uname", b"-a"])
+    assert list(env.items()) == [(b"PATH", b"/usr/bin:/bin"), (b"_", b"/usr/bin/uname"), (b"ECSHELL_RUN", b"tok")]
+    assert b"ECSHELL_RUN" not in shortcut.command(b"uname", None)[2]
+    assert shortcut.command(b"/usr/bin/uname -s", None)[0] == b"/usr/bin/uname"
+    for command in (b"echo hi", b"cd /", b"if", b"time ls", b"A=1 ls", b"ls *", b"ls ~", b"ls $HOME", b"ls 'a'",
+                    b"ls a;b", b"ls a|b", b"ls >x", b"ls\nls", b"ls {a,b}", b"ls # x", b"ls \\a", b"ls \xc3\xa9",
+                    b"no-such-program-ecshell", b"/etc", b""):
+        assert shortcut.command(command, None) is None, command
