@@ -29,12 +29,16 @@ Events (executor -> client):
 
 ``H`` hello     JSON: executor pid, shell, python version. Sent once at start.
 ``O`` output    bytes, never more than the command's window allows.
-``S`` started   payload: the shell's pid (4 bytes). Held back up to
-                :data:`ACK_DELAY` so that it shares a write with the first output.
+``S`` started   payload: the shell's pid (4 bytes).
 ``X`` exit      JSON: ``{"pid": p, "code": n}`` or ``{"pid": p, "signal": n}``,
                 sent after the command exited and its output reached EOF.
 ``F`` failed    text: the command could not be started.
 ``K`` killed    the command's process group was sent TERM (after a cancel).
+
+Writes: started and output frames are held back up to :data:`HOLD_DELAY`
+(less than 64 KiB of them) so that a short command's start, output and exit
+leave in one write, which sshd sends as one SSH packet; any other frame sends
+everything held at once.
 
 Flow control: the executor reads a command's output only while the client
 has granted window for it; past that the pipe fills and the command blocks,
@@ -65,9 +69,10 @@ HEADER = struct.Struct(">BII")
 WINDOW = struct.Struct(">I")
 READ_SIZE = 65536
 KILL_AFTER = 1.0
-ACK_DELAY = 0.005
+HOLD_DELAY = 0.002
 RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
 HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
+HOLDABLE = (STARTED, OUTPUT)
 FLAG_INPUT = 1
 FLAG_NO_SHORTCUT = 2
 RUN_VARIABLE = b"ECSHELL_RUN"
@@ -335,7 +340,9 @@ class Executor:
         self.selector = selectors.DefaultSelector()
         self.jobs = {}
         self.outbox = []
-        self.acks_since = None  # when the held-back start acknowledgements were queued
+        self.outbox_size = 0
+        self.held_since = None  # when the first frame now held back was queued
+        self.urgent = False  # a frame that must not wait is queued
         self.inbuf = bytearray()
         self.running = True
         self.watcher_pid, self.watcher = start_watcher()
@@ -354,17 +361,18 @@ class Executor:
         self.outbox.append(HEADER.pack(kind, ident, len(payload)))
         if payload:
             self.outbox.append(payload)
-        if kind != STARTED:
-            self.acks_since = None
-        elif self.acks_since is None and len(self.outbox) == 2:
-            self.acks_since = time.monotonic()
+        self.outbox_size += HEADER.size + len(payload)
+        if kind not in HOLDABLE or self.outbox_size >= READ_SIZE:
+            self.urgent = True
+        elif self.held_since is None:
+            self.held_since = time.monotonic()
 
     def flush(self):
         if not self.outbox:
             return
-        if self.acks_since is not None and time.monotonic() - self.acks_since < ACK_DELAY:
-            return  # only start acknowledgements: wait a moment for output to go with them
-        self.acks_since = None
+        if not self.urgent and time.monotonic() - self.held_since < HOLD_DELAY:
+            return  # a moment for the command's exit (or more output) to go in the same write
+        self.urgent, self.held_since, self.outbox_size = False, None, 0
         data = memoryview(b"".join(self.outbox))
         self.outbox = []
         while data:
@@ -413,8 +421,8 @@ class Executor:
 
     def _next_timer(self):
         timers = [j.kill_at for j in self.jobs.values() if j.kill_at is not None]
-        if self.acks_since is not None:
-            timers.append(self.acks_since + ACK_DELAY)
+        if self.held_since is not None and not self.urgent:
+            timers.append(self.held_since + HOLD_DELAY)
         if not timers:
             return None
         return max(0.0, min(timers) - time.monotonic())
