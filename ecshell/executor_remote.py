@@ -35,10 +35,12 @@ Events (executor -> client):
 ``F`` failed    text: the command could not be started.
 ``K`` killed    the command's process group was sent TERM (after a cancel).
 
-Writes: started and output frames are held back up to :data:`HOLD_DELAY`
-(less than 64 KiB of them) so that a short command's start, output and exit
-leave in one write, which sshd sends as one SSH packet; any other frame sends
-everything held at once.
+Writes: a started frame is held back up to :data:`HOLD_DELAY` so that it
+shares a write with what follows; output is sent as soon as it is read (an
+executor killed a moment later must not take it along). When a read drains a
+command's pipe to EOF, the executor reaps it at once, so that a short
+command's start, output and exit usually leave in one write, which sshd sends
+as one SSH packet.
 
 Flow control: the executor reads a command's output only while the client
 has granted window for it; past that the pipe fills and the command blocks,
@@ -69,10 +71,10 @@ HEADER = struct.Struct(">BII")
 WINDOW = struct.Struct(">I")
 READ_SIZE = 65536
 KILL_AFTER = 1.0
-HOLD_DELAY = 0.002
+HOLD_DELAY = 0.005
 RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
 HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
-HOLDABLE = (STARTED, OUTPUT)
+HOLDABLE = (STARTED,)
 FLAG_INPUT = 1
 FLAG_NO_SHORTCUT = 2
 RUN_VARIABLE = b"ECSHELL_RUN"
@@ -371,7 +373,7 @@ class Executor:
         if not self.outbox:
             return
         if not self.urgent and time.monotonic() - self.held_since < HOLD_DELAY:
-            return  # a moment for the command's exit (or more output) to go in the same write
+            return  # only start acknowledgements: a moment for output to go with them
         self.urgent, self.held_since, self.outbox_size = False, None, 0
         data = memoryview(b"".join(self.outbox))
         self.outbox = []
@@ -497,6 +499,7 @@ class Executor:
             return
         os.close(out_w)
         os.close(in_r)
+        os.set_blocking(out_r, False)
         self.tell_watcher(b"+%d\n" % job.pid)
         self.send(STARTED, ident, WINDOW.pack(job.pid))
         job.out = out_r
@@ -605,21 +608,27 @@ class Executor:
     def read_output(self, job):
         if job.out is None:
             return  # closed earlier in this round of events
-        size = READ_SIZE if job.cancelled else min(READ_SIZE, job.window)
-        try:
-            data = os.read(job.out, size)
-        except InterruptedError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close_output(job)
-            self.finish(job)
-            return
-        if not job.cancelled:
-            job.window -= len(data)
-            self.send(OUTPUT, job.id, data)
-            self._want_read(job)
+        while True:  # the pipe is non-blocking: read until it is empty
+            size = READ_SIZE if job.cancelled else min(READ_SIZE, job.window)
+            if size <= 0:
+                break
+            try:
+                data = os.read(job.out, size)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._close_output(job)
+                self._reap(job)  # usually exited by now: its exit leaves with its output
+                self.finish(job)
+                return
+            if not job.cancelled:
+                job.window -= len(data)
+                self.send(OUTPUT, job.id, data)
+            if len(data) == READ_SIZE:
+                break  # a big stream: the other commands get their turn
+        self._want_read(job)
 
     def _close_output(self, job):
         if job.reading:
@@ -655,15 +664,20 @@ class Executor:
         except (BlockingIOError, InterruptedError):
             pass
 
+    def _reap(self, job):
+        if job.status is None:
+            try:
+                pid, status = os.waitpid(job.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = job.pid, 255 << 8
+            if pid:
+                job.status = status
+
     def reap(self):
         for job in list(self.jobs.values()):
             if job.status is None:
-                try:
-                    pid, status = os.waitpid(job.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pid, status = job.pid, 255 << 8
-                if pid:
-                    job.status = status
+                self._reap(job)
+                if job.status is not None:
                     self.finish(job)
         try:
             os.waitpid(self.watcher_pid, os.WNOHANG)
