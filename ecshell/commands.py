@@ -42,6 +42,7 @@ class Attempt:
         self.started = time.monotonic()
         self.buffer = OutputBuffer(self.settings.output_memory_limit, self.settings.spill_dir)
         self.reconnected = False
+        self.launched = None  # what Command.launch started, for execute to take over
 
     def connect(self):
         deadline = time.monotonic() + self.settings.connect_timeout
@@ -84,6 +85,12 @@ class Command:
     """Base class: ``execute(attempt)`` returns the machine's Result."""
 
     timeout = None
+
+    def launch(self, attempt):
+        """Start now, from the broadcasting thread, if that takes no waiting; else do nothing.
+
+        ``execute(attempt)`` follows in a worker either way and finishes the job.
+        """
 
     def execute(self, attempt):
         raise NotImplementedError
@@ -128,6 +135,11 @@ class Shell(Command):
     def wire(self, token=None):
         """The string sshd hands the login shell: with a ``token``, ECSHELL_RUN exported first."""
         return f"export {RUN_VARIABLE}={token}\n{self.command}" if token else self.command
+
+    def launch(self, attempt):
+        if self.via_executor and not self.pty and attempt.settings.executor != "channel":
+            from . import executor
+            executor.launch(self, attempt)
 
     def execute(self, attempt):
         import paramiko

@@ -50,11 +50,12 @@ class Engine:
                 self._executor_size = self.settings.fanout
             return self._executor
 
-    def run_one(self, machine, command, cancel, on_output=None):
+    def run_one(self, machine, command, cancel, on_output=None, attempt=None):
         """Run ``command`` on ``machine`` in this thread; never raises for the host's failure."""
-        from .commands import Attempt
+        if attempt is None:
+            from .commands import Attempt
 
-        attempt = Attempt(machine, self, cancel, on_output)
+            attempt = Attempt(machine, self, cancel, on_output)
         try:
             return command.execute(attempt)
         except ConnectError as exc:
@@ -67,9 +68,17 @@ class Engine:
             total_timeout = self.settings.total_timeout
         cancel = threading.Event()
         executor = self._workers()
+        # The first `fanout` machines start here, where that needs no waiting (a command to
+        # a live executor is one frame): one tight loop, not one worker wake-up per frame.
+        from .commands import Attempt
+
+        attempts = [Attempt(machine, self, cancel, on_output) for machine in machines[:self.settings.fanout]]
+        for attempt in attempts:
+            command.launch(attempt)
         futures = {}
-        for machine in machines:
-            future = executor.submit(self.run_one, machine, command, cancel, on_output)
+        for index, machine in enumerate(machines):
+            attempt = attempts[index] if index < len(attempts) else None
+            future = executor.submit(self.run_one, machine, command, cancel, on_output, attempt)
             futures[future] = machine
             if on_result is not None:
                 future.add_done_callback(lambda f: f.cancelled() or on_result(f.result()))

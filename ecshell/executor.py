@@ -394,16 +394,44 @@ def peek(connection):
     return slot.executor if slot is not None else None
 
 
+def launch(shell, attempt):
+    """Send ``shell`` at once if the machine's executor is up; the worker's :func:`execute` waits for it.
+
+    Anything that would wait (connecting, starting an executor, feeding input)
+    is left to the worker.
+    """
+    import paramiko
+
+    from .commands import run_token
+
+    if shell.input is not None or attempt.cancel.is_set():
+        return
+    connection = attempt.engine.pool.peek(attempt.machine.endpoint)
+    executor = peek(connection) if connection is not None else None
+    if executor is None or not executor.alive:
+        return
+    token = run_token() if attempt.settings.kill_on_cancel else None
+    try:
+        job = executor.submit(shell.command, token, False, attempt.settings.executor_shortcut)
+    except (paramiko.SSHException, EOFError, OSError):
+        return  # never sent: the worker starts it over whatever connection is alive
+    attempt.launched = (connection, executor, job, token, time.monotonic())
+
+
 def execute(shell, attempt):
     """Run Shell ``shell`` through the machine's executor; None means: use the channel path."""
     import paramiko
 
     from .commands import run_token
 
+    timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
+    if attempt.launched is not None:
+        connection, executor, job, token, sent = attempt.launched
+        deadline = sent + timeout if timeout else None
+        return _wait(shell, attempt, connection, executor, job, deadline, timeout, token)
     # The executor kills by process group; the token keeps the environment the same as on
     # the channel path (where it is what finds the processes to kill).
     token = run_token() if attempt.settings.kill_on_cancel else None
-    timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
     while True:
         try:
             connection, executor, why = _executor(attempt)

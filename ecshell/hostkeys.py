@@ -50,10 +50,8 @@ class PinnedKeys:
     def __init__(self, public_keys, remedy=""):
         self.keys = [parse_public_key(k) if isinstance(k, str) else k for k in public_keys]
         self.remedy = remedy
-
-    @property
-    def identity(self):
-        return ("pinned",) + tuple(sorted(k.asbytes() for k in self.keys))
+        # Part of every pool lookup (Endpoint.key): made once, the keys never change.
+        self.identity = ("pinned",) + tuple(sorted(k.asbytes() for k in self.keys))
 
     def verify(self, host, port, key):
         for known in self.keys:
