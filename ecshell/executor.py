@@ -38,6 +38,7 @@ from .errors import ConnectError
 from .results import ErrorKind
 
 HEADER = struct.Struct(">BII")
+STATUS = struct.Struct(">IBi")  # pid, 1 if killed by a signal, exit code or signal number
 WINDOW_FIELD = struct.Struct(">I")
 RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
 HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
@@ -94,7 +95,7 @@ class Job:
 
     def __init__(self, ident):
         self.id = ident
-        # (OUTPUT, bytes) | (EXIT, dict) | (FAILED, str) | (KILLED, None) | _LOST
+        # (OUTPUT, bytes) | (EXIT, (pid, signalled, code)) | (FAILED, str) | (KILLED, None) | _LOST
         self.events = queue.SimpleQueue()
         self.granted_back = 0
         self.pid = None  # set when the executor says the shell started
@@ -235,7 +236,7 @@ class Executor:
             job.events.put((KILLED, None))
         elif kind == EXIT:
             self.forget(job)
-            job.events.put((EXIT, json.loads(payload)))
+            job.events.put((EXIT, STATUS.unpack(payload)))
         elif kind == FAILED:
             self.forget(job)
             job.events.put((FAILED, payload.decode("utf-8", "replace")))
@@ -523,9 +524,9 @@ def _wait(shell, attempt, connection, executor, job, deadline, timeout, token):
             continue
         if kind == FAILED:
             return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=value)
-        if "signal" in value:
+        _, signalled, code = value
+        if signalled:
             return attempt.result(shell, error=ErrorKind.EXIT, message="killed by a signal")
-        code = value["code"]
         if code == 0:
             return attempt.result(shell, exit_code=0)
         return attempt.result(shell, exit_code=code, error=ErrorKind.EXIT)

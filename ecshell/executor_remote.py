@@ -30,8 +30,9 @@ Events (executor -> client):
 ``H`` hello     JSON: executor pid, shell, python version. Sent once at start.
 ``O`` output    bytes, never more than the command's window allows.
 ``S`` started   payload: the shell's pid (4 bytes).
-``X`` exit      JSON: ``{"pid": p, "code": n}`` or ``{"pid": p, "signal": n}``,
-                sent after the command exited and its output reached EOF.
+``X`` exit      pid (4 bytes), how (1 byte: 0 = exit code, 1 = signal), the code
+                or the signal number (4 bytes); sent after the command exited
+                and its output reached EOF.
 ``F`` failed    text: the command could not be started.
 ``K`` killed    the command's process group was sent TERM (after a cancel).
 
@@ -46,10 +47,11 @@ Flow control: the executor reads a command's output only while the client
 has granted window for it; past that the pipe fills and the command blocks,
 as it would on a slow terminal. Nothing is buffered without bound.
 
-No orphans: a watcher process (forked first, in its own session) is told
-every live process group; when the executor exits or is killed, the
-watcher's pipe reaches EOF and it kills those groups. When the client goes
-away (stdin EOF), the executor exits and the watcher does the same.
+No orphans: a watcher process (forked first, in its own session) shares a
+table of the live process groups with the executor (see :class:`Groups`);
+when the executor exits or is killed, the watcher's pipe reaches EOF and it
+kills the groups in the table. When the client goes away (stdin EOF), the
+executor exits and the watcher does the same.
 
 Commands get the environment sshd gave this process, read from
 ``/proc/self/environ`` where it exists (Python may coerce the locale in its
@@ -58,6 +60,7 @@ directory is the one sshd chose (the home directory).
 """
 
 import json
+import mmap
 import os
 import pwd
 import selectors
@@ -68,8 +71,10 @@ import sys
 import time
 
 HEADER = struct.Struct(">BII")
+STATUS = struct.Struct(">IBi")
 WINDOW = struct.Struct(">I")
 READ_SIZE = 65536
+CLIENT_READ_SIZE = 65536  # below malloc's mmap threshold: no mmap and munmap per read
 KILL_AFTER = 1.0
 HOLD_DELAY = 0.005
 RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
@@ -105,8 +110,47 @@ def login_shell():
     return shell or "/bin/sh"
 
 
-def start_watcher():
-    """Fork the process that kills our commands' groups when we are gone."""
+class Groups:
+    """The process groups of the running commands, in memory shared with the watcher.
+
+    A command's start and end each write one slot of this table, where a
+    message to the watcher would wake it twice per command; the watcher reads
+    the table once, after the executor is gone.
+    """
+
+    SLOTS = 65536
+
+    def __init__(self):
+        self.memory = mmap.mmap(-1, self.SLOTS * 4)  # anonymous and shared: survives fork
+        self.table = memoryview(self.memory).cast("I")
+        self.used = 0  # slots ever used: the rest is zero
+        self.freed = []
+        self.slot = {}
+
+    def full(self):
+        return not self.freed and self.used == self.SLOTS
+
+    def add(self, group):
+        """Record ``group``; check :meth:`full` before starting it."""
+        if self.freed:
+            slot = self.freed.pop()
+        else:
+            slot, self.used = self.used, self.used + 1
+        self.table[slot] = group
+        self.slot[group] = slot
+
+    def discard(self, group):
+        slot = self.slot.pop(group, None)
+        if slot is not None:
+            self.table[slot] = 0
+            self.freed.append(slot)
+
+    def live(self):
+        return [group for group in self.table if group]
+
+
+def start_watcher(groups):
+    """Fork the process that kills the groups in ``groups`` when we are gone."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
@@ -120,31 +164,21 @@ def start_watcher():
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        watch(read_end)
+        watch(read_end, groups)
     finally:
         os._exit(0)
 
 
-def watch(fd):
-    groups, pending = set(), b""
-    while True:
+def watch(fd, groups):
+    while True:  # nothing is ever written: EOF comes when the executor is gone
         try:
-            data = os.read(fd, 4096)
+            if not os.read(fd, 4096):
+                break
         except InterruptedError:
             continue
         except OSError:
-            data = b""
-        if not data:
             break
-        pending += data
-        lines = pending.split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            if line[:1] == b"+":
-                groups.add(int(line[1:]))
-            elif line[:1] == b"-":
-                groups.discard(int(line[1:]))
-    alive = [g for g in groups if _killpg(g, signal.SIGTERM)]
+    alive = [g for g in groups.live() if _killpg(g, signal.SIGTERM)]
     if alive:
         time.sleep(KILL_AFTER)
         for group in alive:
@@ -347,7 +381,8 @@ class Executor:
         self.urgent = False  # a frame that must not wait is queued
         self.inbuf = bytearray()
         self.running = True
-        self.watcher_pid, self.watcher = start_watcher()
+        self.groups = Groups()
+        self.watcher_pid, self.watcher = start_watcher(self.groups)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -391,12 +426,6 @@ class Executor:
                 return
             data = data[written:]
 
-    def tell_watcher(self, line):
-        try:
-            os.write(self.watcher, line)
-        except OSError:
-            pass
-
     # -- the loop -------------------------------------------------------------
 
     def run(self):
@@ -431,7 +460,7 @@ class Executor:
 
     def read_client(self):
         try:
-            data = os.read(0, 262144)
+            data = os.read(0, CLIENT_READ_SIZE)
         except InterruptedError:
             return
         except OSError:
@@ -480,6 +509,9 @@ class Executor:
         token = payload[WINDOW.size + 2:WINDOW.size + 2 + token_size] if token_size else None
         command = payload[WINDOW.size + 2 + token_size:]
         job = Job(ident, window)
+        if self.groups.full():
+            self.send(FAILED, ident, b"more commands at once than this executor tracks (%d)" % Groups.SLOTS)
+            return
         out_r, out_w = os.pipe()
         in_r, in_w = os.pipe()
         direct = None if flags & FLAG_NO_SHORTCUT else self.shortcut.command(command, token)
@@ -500,7 +532,7 @@ class Executor:
         os.close(out_w)
         os.close(in_r)
         os.set_blocking(out_r, False)
-        self.tell_watcher(b"+%d\n" % job.pid)
+        self.groups.add(job.pid)
         self.send(STARTED, ident, WINDOW.pack(job.pid))
         job.out = out_r
         self.jobs[ident] = job
@@ -528,6 +560,8 @@ class Executor:
 
     def capture(self, argv, executable, env):
         """Run ``argv`` to its end as a command would run, stdin at EOF; its output, or None."""
+        if self.groups.full():
+            return None
         out_r, out_w = os.pipe()
         in_r, in_w = os.pipe()
         os.close(in_w)
@@ -539,7 +573,7 @@ class Executor:
         finally:
             os.close(in_r)
             os.close(out_w)
-        self.tell_watcher(b"+%d\n" % pid)
+        self.groups.add(pid)
         chunks, deadline = [], time.monotonic() + PROBE_TIMEOUT
         probe = selectors.DefaultSelector()
         probe.register(out_r, selectors.EVENT_READ)
@@ -549,7 +583,7 @@ class Executor:
                 if left <= 0 or not probe.select(left):
                     _killpg(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
-                    self.tell_watcher(b"-%d\n" % pid)
+                    self.groups.discard(pid)
                     return None
                 data = os.read(out_r, READ_SIZE)
                 if not data:
@@ -559,7 +593,7 @@ class Executor:
             probe.close()
             os.close(out_r)
         _, status = os.waitpid(pid, 0)
-        self.tell_watcher(b"-%d\n" % pid)
+        self.groups.discard(pid)
         return b"".join(chunks) if status == 0 else None
 
     def _want_read(self, job):
@@ -690,18 +724,18 @@ class Executor:
             return
         if job.kill_at is not None:
             return  # cancelled: the rest of its group is still to be KILLed at kill_at
-        self.tell_watcher(b"-%d\n" % job.pid)
+        self.groups.discard(job.pid)
         del self.jobs[job.id]
         if job.stdin is not None:
             self._input_registered(job, False)
             os.close(job.stdin)
             job.stdin = None
         if os.WIFSIGNALED(job.status):
-            report = {"pid": job.pid, "signal": os.WTERMSIG(job.status)}
+            report = STATUS.pack(job.pid, 1, os.WTERMSIG(job.status))
         else:
-            report = {"pid": job.pid, "code": os.WEXITSTATUS(job.status)}
+            report = STATUS.pack(job.pid, 0, os.WEXITSTATUS(job.status))
         if not job.cancelled:
-            self.send(EXIT, job.id, json.dumps(report).encode())
+            self.send(EXIT, job.id, report)
 
 
 def main():
