@@ -56,6 +56,12 @@ def sleeper(token, seconds=300):
     return f"sh -c 'sleep {seconds}; exit 0' {token}"
 
 
+def sleeping(token):
+    """A pgrep pattern for the sleepers of :func:`sleeper` carrying ``token``, and nothing else
+    (the shell that starts one has the token in its command line too, before it prints)."""
+    return f"^sh -c sleep .* {token}"
+
+
 def when_running(token, count, action, limit=30.0):
     """A started thread that calls ``action()`` once ``count`` processes carry ``token``."""
 
@@ -102,7 +108,7 @@ def test_timeout_kills_the_whole_process_group(path, machines):
     fleet = machines(2)
     token = f"ecshell-x7-timeout-{path}-{fleet[0].id}"
     seen = threading.Event()
-    when_running(token, 4, seen.set)
+    when_running(sleeping(token), 4, seen.set)
     rs = fleet.run(f"{sleeper(token + '-child')} & echo begun; {sleeper(token)}", timeout=1.5)
     assert seen.is_set()
     for r in rs.results():
@@ -130,7 +136,7 @@ def test_ctrl_c_interrupts_keeps_what_arrived_and_kills(path, machines):
         if result.name == "node-0":
             quick_done.set()
 
-    watcher = when_running(token, 2, interrupt)
+    watcher = when_running(sleeping(token), 2, interrupt)
     rs = fleet.run(command, on_result=on_result)
     watcher.join()
     assert fired.is_set()
@@ -153,7 +159,7 @@ def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machin
         executor = ready_executor(m)  # auto starts it in the background
         assert executor is not None and executor.alive
         token = f"ecshell-x7-lost{round_}-{m.id}"
-        when_running(token, 1, lambda pid=executor.pid: os.kill(pid, signal.SIGKILL))
+        when_running(sleeping(token), 1, lambda pid=executor.pid: os.kill(pid, signal.SIGKILL))
         r = m.run(f"echo started >> {counter}; echo partial; {sleeper(token)}")
         assert r.error == "lost", r
         assert "not re-run" in r.message and "executor" in r.message
@@ -188,7 +194,7 @@ def test_connection_killed_mid_command_is_lost_and_not_rerun(path, machines, tmp
         for pid in sessions:
             os.kill(pid, signal.SIGKILL)
 
-    when_running(token, 1, kill_sessions)
+    when_running(sleeping(token), 1, kill_sessions)
     try:
         r = m.run(f"echo started >> {counter}; echo partial; {sleeper(token, 20)}")
         assert r.error == "lost" and "not re-run" in r.message, r
@@ -212,7 +218,7 @@ def test_executor_channel_closed_kills_its_commands(cluster, machines):
     assert m.run("true").ok
     executor = executor_of(m)
     token = f"ecshell-x7-close-{m.id}"
-    when_running(token, 2, executor.close)
+    when_running(sleeping(token), 2, executor.close)
     r = m.run(f"{sleeper(token + '-child')} & {sleeper(token)}")
     assert r.error == "lost"
     assert gone(token) == []
