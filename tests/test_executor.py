@@ -471,3 +471,55 @@ def test_shortcut_takes_only_words_bash_would_exec_unchanged():
                     b"ls a;b", b"ls a|b", b"ls >x", b"ls\nls", b"ls {a,b}", b"ls # x", b"ls \\a", b"ls \xc3\xa9",
                     b"no-such-program-ecshell", b"/etc", b""):
         assert shortcut.command(command, None) is None, command
+
+
+def _pythons():
+    """Every distinct python3 interpreter on this machine (pyenv's too), by version."""
+    import glob
+    import subprocess
+
+    found = {}
+    for path in [shutil.which("python3")] + sorted(glob.glob("/root/.pyenv/versions/3.*/bin/python3")):
+        if path and os.access(path, os.X_OK):
+            version = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2])"],
+                                     capture_output=True, text=True).stdout.strip()
+            found.setdefault(version, path)
+    return sorted(found.values())
+
+
+@pytest.mark.parametrize("python", _pythons())
+def test_spawn_calls_fork_exec_right_on_this_python(python, tmp_path):
+    """The executor calls subprocess's private fork_exec with each version's signature."""
+    import subprocess
+
+    source = os.path.join(os.path.dirname(executor_module.__file__), "executor_remote.py")
+    check = f"""
+import os, sys
+namespace = {{"__name__": "executor_remote"}}
+exec(compile(open({source!r}).read(), "executor_remote", "exec"), namespace)
+spawn = namespace["spawn"]
+out_r, out_w = os.pipe()
+in_r, in_w = os.pipe()
+os.write(in_w, b"in"); os.close(in_w)
+pid = spawn([b"sh", b"-c", b"cat; echo \\" $A $$\\"; echo err >&2; exit 3"], b"/bin/sh", {{b"A": b"a"}}, in_r, out_w)
+os.close(out_w)
+out = b""
+while True:
+    part = os.read(out_r, 1000)
+    if not part:
+        break
+    out += part
+_, status = os.waitpid(pid, 0)
+assert out == b"in a %d\\nerr\\n" % pid, out
+assert os.getsid(0) != pid and os.WEXITSTATUS(status) == 3
+try:
+    spawn([b"x"], b"/nonexistent-ecshell", {{}}, 0, 1)
+except OSError as exc:
+    assert exc.errno == 2, exc
+else:
+    raise AssertionError("no error")
+print("fast" if namespace["FORK_EXEC"][0] is not None else "popen")
+"""
+    result = subprocess.run([python, "-I", "-S", "-c", check], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("fast", "popen")
