@@ -18,6 +18,15 @@ Results are the same as on the channel path: the executor runs the very
 string :class:`~ecshell.commands.Shell` would hand sshd, in the user's login
 shell, with sshd's environment and working directory, in a new session.
 
+No reader thread: once the executor said hello, its channel's input buffer
+is replaced by a :class:`_FrameSink`, so that paramiko's transport thread,
+which decrypts the packets anyway, cuts them into frames and hands each to
+its command's queue. It never blocks and never sends there (a send from the
+transport thread could wait on a key re-exchange that only that thread can
+finish): the SSH window it owes the server is sent by the workers
+(:meth:`Executor.settle_window`), and a dead executor's channel is closed
+from a short-lived thread.
+
 Flow control: each command has a window of :data:`WINDOW` bytes; the worker
 grants more as it moves output into the Result's OutputBuffer (which spills
 to disk), so a host printing 50 MB holds at most about one window in memory
@@ -28,7 +37,6 @@ import base64
 import json
 import os
 import queue
-import socket
 import struct
 import threading
 import time
@@ -119,9 +127,17 @@ class Executor:
         self._next_id = 1
         self.dead = False
         self.why_dead = ""
-        self._reader = threading.Thread(target=self._read, name=f"ecshell-executor-{connection.endpoint}",
-                                        daemon=True)
-        self._reader.start()
+        self._window_due = 0  # SSH window the server is owed for the bytes the sink took
+        self._window_lock = threading.Lock()
+        sink, buffered = _FrameSink(self), channel.in_buffer
+        channel.in_buffer = sink
+        # Nothing but hello came before the first command; anything else (stderr's
+        # traceback and EOF of a dying executor) reaches the sink from now on.
+        leftover = buffered.empty()
+        if leftover:
+            sink.feed(leftover)
+        if buffered._closed:
+            sink.close()
 
     @classmethod
     def start(cls, connection, timeout, cancel=None):
@@ -198,30 +214,23 @@ class Executor:
         self.dead = True
         self.channel.close()
 
-    # -- the reader thread ----------------------------------------------------
+    def settle_window(self):
+        """Send the server the SSH window the sink took (from a worker, never the transport thread)."""
+        if not self._window_due:
+            return
+        import paramiko
+        from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
 
-    def _read(self):
-        buffer = bytearray()
-        try:
-            while True:
-                data = self.channel.recv(262144)
-                if not data:
-                    break
-                buffer += data
-                offset = 0
-                while len(buffer) - offset >= HEADER.size:
-                    kind, ident, length = HEADER.unpack_from(buffer, offset)
-                    end = offset + HEADER.size + length
-                    if end > len(buffer):
-                        break
-                    payload = bytes(buffer[offset + HEADER.size:end])
-                    offset = end
-                    self._dispatch(kind, ident, payload)
-                del buffer[:offset]
-        except (OSError, EOFError, socket.timeout) as exc:
-            self.why_dead = str(exc)
-        finally:
-            self._die()
+        with self._window_lock:
+            due, self._window_due = self._window_due, 0
+            if due and not self.dead:
+                message = paramiko.Message()
+                message.add_byte(cMSG_CHANNEL_WINDOW_ADJUST)
+                message.add_int(self.channel.remote_chanid)
+                message.add_int(due)
+                self.channel.transport._send_user_message(message)
+
+    # -- events, in paramiko's transport thread (see _FrameSink) ----------------
 
     def _dispatch(self, kind, ident, payload):
         job = self._jobs.get(ident)
@@ -241,19 +250,71 @@ class Executor:
             self.forget(job)
             job.events.put((FAILED, payload.decode("utf-8", "replace")))
 
-    def _die(self):
+    def _die(self, why=""):
         with self._jobs_lock:
+            if self.dead and not self._jobs:
+                return
             self.dead = True
             jobs, self._jobs = list(self._jobs.values()), {}
         if not self.why_dead:
-            self.why_dead = _stderr_tail(self.channel) or "its channel closed"
+            self.why_dead = why or _stderr_tail(self.channel) or "its channel closed"
         for job in jobs:
             job.events.put(_LOST)
-        self.channel.close()
+        # Closing sends a message: not from the transport thread, which may be the caller.
+        threading.Thread(target=self.channel.close, name="ecshell-executor-close", daemon=True).start()
 
     def __repr__(self):
         state = "alive" if self.alive else "dead"
         return f"<Executor pid {self.pid} on {self.connection.endpoint} {state}>"
+
+
+class _FrameSink:
+    """Stands in for the executor channel's input buffer: cuts what paramiko feeds into frames.
+
+    paramiko calls ``feed`` from its transport thread for every data packet of
+    the channel, and ``close`` on EOF and on close; the rest is what Channel
+    asks of its buffer when nobody reads it.
+    """
+
+    def __init__(self, executor):
+        self.executor = executor
+        self.buffer = bytearray()
+
+    def feed(self, data):
+        executor = self.executor
+        try:
+            due = executor.channel._check_add_window(len(data))
+            if due:
+                with executor._window_lock:
+                    executor._window_due += due
+            buffer = self.buffer
+            buffer += data
+            offset = 0
+            while len(buffer) - offset >= HEADER.size:
+                kind, ident, length = HEADER.unpack_from(buffer, offset)
+                end = offset + HEADER.size + length
+                if end > len(buffer):
+                    break
+                executor._dispatch(kind, ident, bytes(buffer[offset + HEADER.size:end]))
+                offset = end
+            del buffer[:offset]
+        except Exception as exc:  # never into paramiko's transport thread: the executor is lost instead
+            executor._die(f"unreadable frames from the executor ({exc!r})")
+
+    def close(self):
+        self.executor._die()
+
+    def read_ready(self):
+        return False
+
+    def set_event(self, event):
+        pass
+
+    def empty(self):
+        return b""
+
+    def __len__(self):
+        return 0
 
 
 def _stderr_tail(channel):
@@ -510,6 +571,11 @@ def _wait(shell, attempt, connection, executor, job, deadline, timeout, token):
             event = job.events.get(timeout=wait)
         except queue.Empty:
             continue
+        if executor._window_due:
+            try:
+                executor.settle_window()
+            except (paramiko.SSHException, EOFError, OSError):
+                pass  # the sink reports the executor's death as _LOST
         if event is _LOST:
             # The RUN frame went out: whether or not STARTED came back, the command may
             # have run, so it is lost, never sent again (only connecting is retried).
@@ -520,7 +586,7 @@ def _wait(shell, attempt, connection, executor, job, deadline, timeout, token):
             try:
                 executor.consumed(job, len(value))
             except (paramiko.SSHException, EOFError, OSError):
-                pass  # the reader thread reports the executor's death as _LOST
+                pass  # the sink reports the executor's death as _LOST
             continue
         if kind == FAILED:
             return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=value)

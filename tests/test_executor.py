@@ -523,3 +523,18 @@ print("fast" if namespace["FORK_EXEC"][0] is not None else "popen")
     result = subprocess.run([python, "-I", "-S", "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("fast", "popen")
+
+
+def test_silent_commands_still_give_the_server_its_window_back(cluster, machines):
+    # Frames are read in paramiko's transport thread, which must not send: the SSH
+    # window they used is sent back by the workers, output or not.
+    cluster.settings.executor = "executor"
+    (m,) = machines(1)
+    assert m.run("true").ok
+    executor = executor_of(m)
+    executor.channel.in_window_threshold = 500  # paramiko's own is a tenth of the window
+    for _ in range(60):  # about 30 bytes of frames each, no output
+        assert m.run("true").ok
+    assert executor._window_due == 0
+    assert executor.channel.in_window_sofar <= 500
+    assert executor_of(m) is executor and executor.alive
