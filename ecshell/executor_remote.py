@@ -27,7 +27,8 @@ Requests (client -> executor):
 
 Events (executor -> client):
 
-``H`` hello     JSON: executor pid, shell, python version. Sent once at start.
+``H`` hello     JSON: executor pid, shell, python version, whether the shortcut
+                is on (or why not), how commands are started. Sent once.
 ``O`` output    bytes, never more than the command's window allows.
 ``S`` started   payload: the shell's pid (4 bytes).
 ``X`` exit      pid (4 bytes), how (1 byte: 0 = exit code, 1 = signal), the code
@@ -385,6 +386,7 @@ def spawn(argv, executable, env, stdin, output):
     child, and ignored signals survive exec. Raises OSError if exec fails.
     """
     fork_exec = FORK_EXEC[0]
+    executable = os.fsencode(executable)
     if fork_exec is not None:
         env_list = [name + b"=" + value for name, value in env.items()]
         error_r, error_w = os.pipe()
@@ -503,7 +505,8 @@ class Executor:
         self.shortcut.probe()
         self.send(HELLO, 0, json.dumps({"pid": os.getpid(), "shell": self.shell,
                                         "python": sys.version.split()[0],
-                                        "shortcut": self.shortcut.why or "on"}).encode())
+                                        "shortcut": self.shortcut.why or "on",
+                                        "spawn": "fork_exec" if FORK_EXEC[0] else "popen"}).encode())
         self.flush()
         while self.running:
             for key, events in self.selector.select(self._next_timer()):

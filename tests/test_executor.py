@@ -400,6 +400,7 @@ def test_shortcut_gives_what_the_shell_gives(cluster, machines):
     cluster.settings.executor = "executor"
     assert fleet.run("true").all_ok
     assert all(executor_of(m).hello["shortcut"] == "on" for m in fleet)
+    assert all(executor_of(m).hello["spawn"] == "fork_exec" for m in fleet)  # the probe did not turn it off
     for command, given in SHORTCUT_CASES:
         seen = {}
         for mode, shortcut in (("channel", False), ("executor", False), ("executor", True)):
@@ -498,10 +499,11 @@ import os, sys
 namespace = {{"__name__": "executor_remote"}}
 exec(compile(open({source!r}).read(), "executor_remote", "exec"), namespace)
 spawn = namespace["spawn"]
+print("fast" if namespace["FORK_EXEC"][0] is not None else "popen")
 out_r, out_w = os.pipe()
 in_r, in_w = os.pipe()
 os.write(in_w, b"in"); os.close(in_w)
-pid = spawn([b"sh", b"-c", b"cat; echo \\" $A $$\\"; echo err >&2; exit 3"], b"/bin/sh", {{b"A": b"a"}}, in_r, out_w)
+pid = spawn([b"sh", b"-c", b"cat; echo \\" $A $$\\"; echo err >&2; exit 3"], "/bin/sh", {{b"A": b"a"}}, in_r, out_w)
 os.close(out_w)
 out = b""
 while True:
@@ -520,9 +522,11 @@ else:
     raise AssertionError("no error")
 print("fast" if namespace["FORK_EXEC"][0] is not None else "popen")
 """
+    expected = subprocess.run([python, "-c", "import sys; print('fast' if (3, 6) <= sys.version_info[:2] <= (3, 13) "
+                               "else 'popen')"], capture_output=True, text=True).stdout.strip()
     result = subprocess.run([python, "-I", "-S", "-c", check], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() in ("fast", "popen")
+    assert result.stdout.split() == [expected, expected]  # before and after: never fell back
 
 
 def test_silent_commands_still_give_the_server_its_window_back(cluster, machines):
