@@ -148,6 +148,10 @@ class Executor:
         import paramiko
 
         channel = connection.open_session(timeout=timeout)
+        if not _FrameSink.fits(channel):
+            channel.close()
+            raise ExecutorUnavailable(f"paramiko {paramiko.__version__}'s Channel lacks what the frame sink "
+                                      "stands in for; using one channel per command")
         try:
             channel.exec_command(wire())
             hello = _read_hello(channel, time.monotonic() + max(timeout, START_TIMEOUT), cancel)
@@ -279,6 +283,13 @@ class _FrameSink:
     def __init__(self, executor):
         self.executor = executor
         self.buffer = bytearray()
+
+    @staticmethod
+    def fits(channel):
+        """Whether ``channel`` has the paramiko internals this relies on (2.x to 5.x do)."""
+        return (all(hasattr(channel, name) for name in
+                    ("in_buffer", "_check_add_window", "in_window_sofar", "remote_chanid", "transport"))
+                and hasattr(channel.in_buffer, "empty") and hasattr(channel.transport, "_send_user_message"))
 
     def feed(self, data):
         executor = self.executor

@@ -593,11 +593,11 @@ class Executor:
             job.pid = None
             if direct is not None:
                 try:
-                    job.pid = self.spawn(direct[1], direct[0], direct[2], in_r, out_w)
+                    job.pid = spawn(direct[1], direct[0], direct[2], in_r, out_w)
                 except OSError:
                     pass  # the exec failed (a script without #!, ...): the shell knows what to do
             if job.pid is None:
-                job.pid = self.spawn(self.shell_argv(command, token), self.shell, self.env, in_r, out_w)
+                job.pid = spawn(self.shell_argv(command, token), self.shell, self.env, in_r, out_w)
         except OSError as exc:
             for fd in (out_r, out_w, in_r, in_w):
                 os.close(fd)
@@ -617,10 +617,6 @@ class Executor:
             os.close(in_w)
         self._want_read(job)
 
-    def spawn(self, argv, executable, env, stdin, output):
-        """Start ``argv`` in a new session; its pid. See :func:`spawn`."""
-        return spawn(argv, executable, env, stdin, output)
-
     def capture(self, argv, executable, env):
         """Run ``argv`` to its end as a command would run, stdin at EOF; its output, or None."""
         if self.groups.full():
@@ -629,7 +625,7 @@ class Executor:
         in_r, in_w = os.pipe()
         os.close(in_w)
         try:
-            pid = self.spawn(argv, executable, env, in_r, out_w)
+            pid = spawn(argv, executable, env, in_r, out_w)
         except OSError:
             os.close(out_r)
             return None
