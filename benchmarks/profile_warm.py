@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Where ecshell's time goes in a warm broadcast: a breakdown by phase.
+"""Where ecshell's time goes in a warm broadcast over one channel per command: a breakdown by phase.
+
+(The executor path, the default, has no such phases: see benchmarks/cpu_split.py.)
 
     python benchmarks/profile_warm.py            # 100 machines, 7 rounds
     python benchmarks/profile_warm.py -n 50 --rounds 5
@@ -130,6 +132,7 @@ def main(argv=None):
     try:
         fleet = broadcast.Fleet(home, args.n)
         cluster = broadcast._cluster(fleet, args.fanout)
+        cluster.settings.executor = "channel"  # the phases timed are the channel path's
         if args.no_kill_on_cancel:
             cluster.settings.kill_on_cancel = False
         machines = cluster.machines

@@ -288,7 +288,8 @@ class _FrameSink:
     def fits(channel):
         """Whether ``channel`` has the paramiko internals this relies on (2.x to 5.x do)."""
         return (all(hasattr(channel, name) for name in
-                    ("in_buffer", "_check_add_window", "in_window_sofar", "remote_chanid", "transport"))
+                    ("in_buffer", "in_stderr_buffer", "_check_add_window", "in_window_sofar", "remote_chanid",
+                     "transport"))
                 and hasattr(channel.in_buffer, "empty") and hasattr(channel.transport, "_send_user_message"))
 
     def feed(self, data):
@@ -329,12 +330,11 @@ class _FrameSink:
 
 
 def _stderr_tail(channel):
-    try:
-        if channel.recv_stderr_ready():
-            return channel.recv_stderr(4096).decode("utf-8", "replace").strip()[-300:]
-    except (OSError, EOFError):
-        pass
-    return ""
+    """The end of what the executor printed on stderr (a traceback), taken without sending:
+    the sink calls this from paramiko's transport thread, where recv_stderr might send a
+    window adjustment."""
+    data = channel.in_stderr_buffer.empty()
+    return data[-4096:].decode("utf-8", "replace").strip()[-300:]
 
 
 def _read_hello(channel, deadline, cancel=None):
