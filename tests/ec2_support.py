@@ -24,7 +24,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from ecshell.aws.userdata import authorized_keys_from_user_data, host_key_from_user_data
-from ecshell.fabrics.local import SSHD_CONFIG, _free_port
+from ecshell.fabrics.local import _free_port, sshd_config
 
 MOTO_ENV = {"MOTO_ENABLE_KEYPAIR_VALIDATION": "true", "MOTO_ENABLE_AMI_VALIDATION": "true"}
 
@@ -165,8 +165,8 @@ class Booter:
         port = _free_port()
         with open(os.path.join(path, "sshd_config"), "w") as f:
             # the instance's own state directory, so that markers never reach the real ~
-            env = f'"SHLVL=1" "ECSHELL_STATE_DIR={path}/state" "ECSHELL_MACHINE={instance_id}"'
-            f.write(SSHD_CONFIG.format(name=instance_id, id=instance_id, port=port, dir=path, env=env))
+            env = {"SHLVL": "1", "ECSHELL_STATE_DIR": f"{path}/state", "ECSHELL_MACHINE": instance_id}
+            f.write(sshd_config(instance_id, instance_id, port, path, env))
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", os.path.join(path, "sshd_config"),

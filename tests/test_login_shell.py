@@ -28,7 +28,7 @@ import pytest
 
 from ecshell import Cluster
 from ecshell.fabrics.base import Fabric, Prototype
-from ecshell.fabrics.local import _children_map, _descendants, _free_port, generate_ed25519
+from ecshell.fabrics.local import _children_map, _descendants, _free_port, generate_ed25519, sshd_config
 from ecshell.loginshell import remote_command, screen_text
 
 pytestmark = pytest.mark.skipif(
@@ -36,26 +36,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs root, the OpenSSH client, scp, sftp, rsync, tmux and useradd")
 
 MACHINE = "login-0"
-SSHD_CONFIG = """\
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {dir}/ssh_host_ed25519_key
-PidFile {dir}/sshd.pid
-AuthorizedKeysFile {dir}/keys/%u
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-UseDNS no
-PrintMotd no
-PrintLastLog no
-MaxStartups 64
-# sftp-server (not internal-sftp), so that sftp too goes through the login shell
-Subsystem sftp /usr/lib/openssh/sftp-server
-SetEnv "SHLVL=1" "ECSHELL_MACHINE={machine}" "ECSHELL_STATE_DIR={dir}/state"
-"""
 
 
 class ExistingMachine(Fabric):
@@ -125,8 +105,12 @@ class Host:
         for path in (state, os.path.join(state, "markers")):
             os.chown(path, account.pw_uid, account.pw_gid)
         self.port = _free_port()
-        _write(os.path.join(self.dir, "sshd_config"),
-               SSHD_CONFIG.format(port=self.port, dir=self.dir, machine=MACHINE))
+        # Per-user authorized keys; sftp-server (not internal-sftp), so that sftp too goes
+        # through the login shell.
+        _write(os.path.join(self.dir, "sshd_config"), sshd_config(
+            MACHINE, MACHINE, self.port, self.dir,
+            {"SHLVL": "1", "ECSHELL_MACHINE": MACHINE, "ECSHELL_STATE_DIR": f"{self.dir}/state"},
+            authorized_keys=f"{self.dir}/keys/%u", sftp="/usr/lib/openssh/sftp-server"))
         self.known_hosts = os.path.join(self.dir, "known_hosts")
         _write(self.known_hosts, f"[127.0.0.1]:{self.port} {self.host_key}\n")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)

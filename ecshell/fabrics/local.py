@@ -41,7 +41,7 @@ Port {port}
 ListenAddress 127.0.0.1
 HostKey {dir}/ssh_host_ed25519_key
 PidFile {dir}/sshd.pid
-AuthorizedKeysFile {dir}/authorized_keys
+AuthorizedKeysFile {authorized_keys}
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -56,9 +56,21 @@ PrintLastLog no
 MaxSessions 256
 MaxStartups 256
 LoginGraceTime 30
-Subsystem sftp internal-sftp
+Subsystem sftp {sftp}
 SetEnv {env}
 """
+
+
+def sshd_config(name, id, port, directory, environment, authorized_keys=None, sftp="internal-sftp"):
+    """The sshd_config of a local machine (LocalFabric's, and the tests' own sshd hosts).
+
+    ``environment``: the variables sshd sets for every command. ``authorized_keys``
+    defaults to the machine's own file; ``sftp`` is the sftp subsystem to run.
+    """
+    return SSHD_CONFIG.format(
+        name=name, id=id, port=port, dir=directory,
+        authorized_keys=authorized_keys or f"{directory}/authorized_keys", sftp=sftp,
+        env=" ".join(f'"{k}={v}"' for k, v in environment.items()))
 
 
 def generate_ed25519():
@@ -289,10 +301,7 @@ class LocalFabric(Fabric):
         env = dict(self.environment)
         env["ECSHELL_STATE_DIR"] = os.path.join(path, "state")
         env["ECSHELL_MACHINE"] = meta["name"]
-        config = SSHD_CONFIG.format(
-            name=meta["name"], id=meta["id"], port=meta["port"], dir=path,
-            env=" ".join(f'"{k}={v}"' for k, v in env.items()),
-        )
+        config = sshd_config(meta["name"], meta["id"], meta["port"], path, env)
         with open(os.path.join(path, "sshd_config"), "w") as f:
             f.write(config)
 
