@@ -32,6 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from ecshell.fabrics.local import _descendants  # noqa: E402
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -57,20 +59,6 @@ def processes():
     return table
 
 
-def descendants(table, roots):
-    children = {}
-    for pid, (_, ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    seen, stack = set(), list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid in seen or pid not in table:
-            continue
-        seen.add(pid)
-        stack.extend(children.get(pid, ()))
-    return seen
-
-
 def machine_cpu():
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
@@ -80,8 +68,12 @@ def machine_cpu():
 
 def snapshot(roots):
     table = processes()
+    children = {}
+    for pid, (_, ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
     split = {"client": 0, "sshd": 0, "executor": 0}
-    for pid in descendants(table, roots):
+    tree = {pid for root in roots if root in table for pid in [root] + _descendants(root, children)}
+    for pid in tree:
         comm, _, own, reaped = table[pid]
         part = "executor" if comm.startswith("python") else "sshd"
         split[part] += own + reaped

@@ -136,7 +136,7 @@ class Executor:
         leftover = buffered.empty()
         if leftover:
             sink.feed(leftover)
-        if buffered._closed:
+        if channel.eof_received or channel.closed:
             sink.close()
 
     @classmethod
@@ -289,7 +289,7 @@ class _FrameSink:
         """Whether ``channel`` has the paramiko internals this relies on (2.x to 5.x do)."""
         return (all(hasattr(channel, name) for name in
                     ("in_buffer", "in_stderr_buffer", "_check_add_window", "in_window_sofar", "remote_chanid",
-                     "transport"))
+                     "transport", "eof_received"))
                 and hasattr(channel.in_buffer, "empty") and hasattr(channel.transport, "_send_user_message"))
 
     def feed(self, data):

@@ -80,7 +80,6 @@ KILL_AFTER = 1.0
 HOLD_DELAY = 0.005
 RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
 HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
-HOLDABLE = (STARTED,)
 FLAG_INPUT = 1
 FLAG_NO_SHORTCUT = 2
 RUN_VARIABLE = b"ECSHELL_RUN"
@@ -234,8 +233,7 @@ class Shortcut:
 
     def __init__(self, executor):
         self.executor = executor
-        self.usable = False
-        self.why = "not probed yet"
+        self.why = "not probed yet"  # None once a probe found the shortcut usable
         self.env = {}  # name -> value, in the order bash exports them, ECSHELL_RUN included
         self.path = []
         self.builtins = frozenset()
@@ -255,11 +253,14 @@ class Shortcut:
                 stamps.append(None)
         return stamps
 
+    @property
+    def usable(self):
+        return self.why is None
+
     def probe(self):
-        self.usable = False
+        self.why = "probing"
         self.stamps = self._stamps()
         self.why = self._probe()
-        self.usable = self.why is None
 
     def _probe(self):
         executor = self.executor
@@ -472,7 +473,7 @@ class Executor:
         if payload:
             self.outbox.append(payload)
         self.outbox_size += HEADER.size + len(payload)
-        if kind not in HOLDABLE or self.outbox_size >= READ_SIZE:
+        if kind != STARTED or self.outbox_size >= READ_SIZE:
             self.urgent = True
         elif self.held_since is None:
             self.held_since = time.monotonic()

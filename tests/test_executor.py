@@ -459,7 +459,7 @@ def test_shortcut_takes_only_words_bash_would_exec_unchanged():
         shell = "/bin/bash"
 
     shortcut = executor_remote.Shortcut(Probed())
-    shortcut.usable, shortcut.stamps = True, shortcut._stamps()
+    shortcut.why, shortcut.stamps = None, shortcut._stamps()  # as after a probe that found it usable
     shortcut.env = {b"PATH": b"/usr/bin:/bin", b"_": b"/usr/bin/env", b"ECSHELL_RUN": b"probe"}
     shortcut.path = [b"/nonexistent-dir/", b"", b"/usr/bin", b"/bin"]
     shortcut.builtins = frozenset([b"echo", b"cd"])
