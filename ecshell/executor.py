@@ -42,6 +42,10 @@ import threading
 import time
 import zlib
 
+import paramiko
+from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
+
+from .commands import KILL_TIMEOUT, NOT_STARTED, POLL, Stopped, next_chunk, run_token
 from .errors import ConnectError
 from .results import ErrorKind
 
@@ -145,8 +149,6 @@ class Executor:
 
         Raises ExecutorUnavailable, or StartCancelled when ``cancel`` is set meanwhile.
         """
-        import paramiko
-
         channel = connection.open_session(timeout=timeout)
         if not _FrameSink.fits(channel):
             channel.close()
@@ -222,9 +224,6 @@ class Executor:
         """Send the server the SSH window the sink took (from a worker, never the transport thread)."""
         if not self._window_due:
             return
-        import paramiko
-        from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
-
         with self._window_lock:
             due, self._window_due = self._window_due, 0
             if due and not self.dead:
@@ -338,8 +337,6 @@ def _stderr_tail(channel):
 
 
 def _read_hello(channel, deadline, cancel=None):
-    from .commands import Stopped, next_chunk
-
     buffer = b""
     while len(buffer) < HEADER.size or len(buffer) < HEADER.size + HEADER.unpack_from(buffer)[2]:
         try:
@@ -432,8 +429,6 @@ def executor_for(connection, timeout, cancel=None, wait=True):
 
 def _start(slot, connection, timeout, cancel, reraise=False):
     """Start the slot's executor; with ``reraise``, a dead connection's error goes to the caller."""
-    import paramiko
-
     executor, unavailable, cancelled, failure = None, None, False, None
     try:
         executor = Executor.start(connection, timeout, cancel)
@@ -473,10 +468,6 @@ def launch(shell, attempt):
     Anything that would wait (connecting, starting an executor, feeding input)
     is left to the worker.
     """
-    import paramiko
-
-    from .commands import run_token
-
     if shell.input is not None or attempt.cancel.is_set():
         return
     connection = attempt.engine.pool.peek(attempt.machine.endpoint)
@@ -493,10 +484,6 @@ def launch(shell, attempt):
 
 def execute(shell, attempt):
     """Run Shell ``shell`` through the machine's executor; None means: use the channel path."""
-    import paramiko
-
-    from .commands import run_token
-
     timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
     if attempt.launched is not None:
         connection, executor, job, token, sent = attempt.launched
@@ -518,8 +505,6 @@ def execute(shell, attempt):
                     "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
             return None
         if attempt.cancel.is_set():  # Ctrl-C came while connecting: do not start it now
-            from .commands import NOT_STARTED
-
             return attempt.result(shell, error=ErrorKind.INTERRUPTED, message=NOT_STARTED)
         # The command's clock starts once it can be sent, as on the channel path.
         deadline = time.monotonic() + timeout if timeout else None
@@ -544,8 +529,6 @@ def execute(shell, attempt):
 
 def _executor(attempt):
     """(connection, executor or None, why not) for the attempt's machine; replaces a dead connection once."""
-    import paramiko
-
     connection = attempt.connect()
     wait = attempt.settings.executor == "executor"
     try:
@@ -565,10 +548,6 @@ def _executor(attempt):
 
 def _wait(shell, attempt, connection, executor, job, deadline, timeout, token):
     """The job's Result (``lost`` if the executor dies once the command was sent)."""
-    import paramiko
-
-    from .commands import POLL
-
     while True:
         stop = None
         if attempt.cancel.is_set():
@@ -625,10 +604,6 @@ def _feed(executor, job, data):
 
 def _stop(shell, attempt, executor, job, token, kind, timeout):
     """Timeout or cancel: the executor TERMs the command's process group (KILL a second later)."""
-    import paramiko
-
-    from .commands import KILL_TIMEOUT
-
     killed = "killed on the machine"
     try:
         executor.cancel(job)
