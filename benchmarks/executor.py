@@ -85,7 +85,7 @@ def _cpu_seconds(pid):
 
 def startup_cost(fleet, count):
     """Per machine: wall seconds to start an executor on an open connection, and its CPU seconds."""
-    from ecshell import executor as executor_module
+    from ecshell.ssh import executor as executor_module
 
     cluster = _cluster(fleet, "channel", 64)
     try:

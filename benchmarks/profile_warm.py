@@ -52,7 +52,8 @@ def instrument():
     """Wrap the steps of a host's command; returns the per-thread record store."""
     import paramiko
 
-    from ecshell import commands, connection, engine
+    from ecshell import commands, engine
+    from ecshell.ssh import connection
 
     local = threading.local()
     records = []

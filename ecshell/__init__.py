@@ -19,7 +19,7 @@ _EXPORTS = {
     "ErrorKind": "results",
     "LocalFabric": "fabrics.local",
     "StaticFabric": "fabrics.static",
-    "Ec2Fabric": "fabrics.ec2",
+    "Ec2Fabric": "fabrics.ec2.fabric",
     "Fabric": "fabrics.base",
     "Prototype": "fabrics.base",
     "EcShell": "config",
@@ -72,13 +72,13 @@ def __dir__():
 
 def load_ipython_extension(shell):
     """``%load_ext ecshell``: see :mod:`ecshell.ipython`."""
-    from .ipython import load_ipython_extension as load
+    from .shell.extension import load_ipython_extension as load
 
     load(shell)
 
 
 def unload_ipython_extension(shell):
     """``%unload_ext ecshell``: see :mod:`ecshell.ipython`."""
-    from .ipython import unload_ipython_extension as unload
+    from .shell.extension import unload_ipython_extension as unload
 
     unload(shell)

@@ -36,7 +36,7 @@ def _default_fabric(settings):
         from .fabrics.static import StaticFabric
         return StaticFabric(parent=settings)
     if kind == "ec2":
-        from .fabrics.ec2 import Ec2Fabric
+        from .fabrics.ec2.fabric import Ec2Fabric
         return Ec2Fabric(parent=settings)
     raise ArgumentError(f"unknown default_fabric {kind!r}: use 'local', 'static' or 'ec2'")
 

@@ -138,14 +138,14 @@ class Shell(Command):
 
     def launch(self, attempt):
         if self.via_executor and not self.pty and attempt.settings.executor != "channel":
-            from . import executor
+            from .ssh import executor
             executor.launch(self, attempt)
 
     def execute(self, attempt):
         import paramiko
 
         if self.via_executor and not self.pty and attempt.settings.executor != "channel":
-            from . import executor
+            from .ssh import executor
             result = executor.execute(self, attempt)
             if result is not None:
                 return result  # else: no executor on this machine; one channel for this command

@@ -33,7 +33,7 @@ class Engine:
     @property
     def pool(self):
         if self._pool is None:
-            from .connection import ConnectionPool
+            from .ssh.connection import ConnectionPool
 
             with self._lock:
                 if self._pool is None:

@@ -146,8 +146,8 @@ def _pip(args):
 # -- the remote side ------------------------------------------------------------
 
 def remote_command(op, params, python="python3"):
-    """The shell line that runs one op of ecshell.loginshell_remote on a machine."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loginshell_remote.py")
+    """The shell line that runs one op of ecshell.remote.loginshell on a machine."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "remote", "loginshell.py")
     with open(path, "rb") as f:
         code = base64.b64encode(f.read()).decode()
     wire = base64.b64encode(json.dumps(params).encode()).decode()
@@ -428,7 +428,7 @@ def verify_login(machine, user, identity_files=None, timeout=60.0, cancel=None, 
     With ``via`` (the entry point's path) both go through the user's current
     shell to that program: the check made before anything is switched.
     """
-    from .connection import connect
+    from .ssh.connection import connect
 
     notes = []
     settings = machine.engine.settings

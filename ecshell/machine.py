@@ -65,7 +65,7 @@ class Machine:
     def endpoint(self):
         """Where and how to connect, resolved once (ssh_config read here)."""
         if self._endpoint is None:
-            from .endpoint import endpoint_for
+            from .ssh.endpoint import endpoint_for
 
             with self._endpoint_lock:
                 if self._endpoint is None:

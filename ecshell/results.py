@@ -102,7 +102,7 @@ class Result:
                 f"{size} bytes {self.duration:.3f}s>")
 
     def _repr_pretty_(self, p, cycle):
-        from .display import render_result
+        from .shell.display import render_result
         p.text(render_result(self))
 
 
@@ -187,9 +187,9 @@ class ResultSet(Mapping):
         return f"<ResultSet {fold(self._results)} ok={ok} failed={bad}{cut}>"
 
     def _repr_pretty_(self, p, cycle):
-        from .display import render_resultset
+        from .shell.display import render_resultset
         p.text(render_resultset(self))
 
     def _repr_html_(self):
-        from .display import render_resultset_html
+        from .shell.display import render_resultset_html
         return render_resultset_html(self)

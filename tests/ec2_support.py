@@ -23,7 +23,7 @@ import time
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from ecshell.aws.userdata import authorized_keys_from_user_data, host_key_from_user_data
+from ecshell.fabrics.ec2.userdata import authorized_keys_from_user_data, host_key_from_user_data
 from ecshell.fabrics.local import _free_port, sshd_config
 
 MOTO_ENV = {"MOTO_ENABLE_KEYPAIR_VALIDATION": "true", "MOTO_ENABLE_AMI_VALIDATION": "true"}

@@ -5,8 +5,8 @@ import os
 import pytest
 from IPython.lib.pretty import pretty
 
-from ecshell.display import render_resultset, render_resultset_html
-from ecshell.endpoint import parse_target
+from ecshell.shell.display import render_resultset, render_resultset_html
+from ecshell.ssh.endpoint import parse_target
 from ecshell.errors import SelectionError
 from ecshell.hostset import expand, fold, match
 from ecshell.output import OutputBuffer, StreamDecoder, printable

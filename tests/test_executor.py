@@ -16,7 +16,7 @@ from conftest import _stop_everything
 from procs import remote_processes, running
 
 from ecshell import Cluster, LocalFabric
-from ecshell import executor as executor_module
+from ecshell.ssh import executor as executor_module
 
 
 @pytest.fixture(params=["executor", "channel"])
@@ -452,7 +452,7 @@ def test_startup_files_that_matter_turn_the_shortcut_off(isolated_home, tmp_path
 
 
 def test_shortcut_takes_only_words_bash_would_exec_unchanged():
-    from ecshell import executor_remote
+    from ecshell.remote import executor as executor_remote
 
     class Probed:  # what Shortcut reads of the executor, as after a successful probe
         env = {b"HOME": b"/nonexistent-home"}
@@ -493,7 +493,9 @@ def test_spawn_calls_fork_exec_right_on_this_python(python, tmp_path):
     """The executor calls subprocess's private fork_exec with each version's signature."""
     import subprocess
 
-    source = os.path.join(os.path.dirname(executor_module.__file__), "executor_remote.py")
+    from ecshell.remote import executor as executor_remote
+
+    source = executor_remote.__file__
     check = f"""
 import os, sys
 namespace = {{"__name__": "executor_remote"}}

@@ -16,7 +16,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from ecshell import LocalFabric, ResultSet, StaticFabric
-from ecshell.ipython import extension_for
+from ecshell.shell.extension import extension_for
 
 
 @pytest.fixture
@@ -269,7 +269,7 @@ def test_streams_output_past_the_progress_delay(ip, capsys):
 
 
 def test_live_view_status_names_the_stragglers(ip):
-    from ecshell.live import LiveView
+    from ecshell.shell.live import LiveView
 
     machines = launch(ip, 3)
     view = LiveView(machines, delay=60)
@@ -485,7 +485,7 @@ def test_a_bad_setting_loads_nothing_and_says_why(isolated_home):
 def test_streaming_is_bounded(ip):
     import io
 
-    from ecshell import live
+    from ecshell.shell import live
 
     machines = launch(ip, 1)
     screen = io.StringIO()
@@ -513,7 +513,7 @@ def test_display_lists_connection_failures_by_kind(ip):
 
 
 def test_console_command_line(isolated_home):
-    from ecshell.console import ipython_argv, operator_profile
+    from ecshell.shell.console import ipython_argv, operator_profile
 
     argv, config = ipython_argv(["--fabric", "local", "--EcShell.fanout=16"])
     assert config.EcShell.default_fabric == "local"

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-import ecshell.login
+import ecshell.remote.login
 
-LOGIN = ecshell.login.__file__
+LOGIN = ecshell.remote.login.__file__
 
 
 def test_importing_it_loads_no_third_party_module():
-    code = ("import sys, ecshell.login; "
+    code = ("import sys, ecshell.remote.login; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'IPython', 'traitlets', 'paramiko', 'prompt_toolkit', 'boto3', 'pygments', 'ClusterShell'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -73,14 +73,14 @@ def test_without_ipython_a_terminal_login_falls_back_and_says_why(lone):
 
 def test_markers_helpers_follow_the_state_layout(tmp_path, monkeypatch):
     monkeypatch.setenv("ECSHELL_STATE_DIR", str(tmp_path))
-    ecshell.login.mark("configured", note="by a test")
-    assert list(ecshell.login.markers()) == ["configured"]
+    ecshell.remote.login.mark("configured", note="by a test")
+    assert list(ecshell.remote.login.markers()) == ["configured"]
     with open(tmp_path / "markers" / "configured") as f:
         assert "note=by a test\n" in f.read()
     with pytest.raises(ValueError):
-        ecshell.login.mark("../escape")
-    assert ecshell.login.unmark("configured") and not ecshell.login.unmark("configured")
-    assert "no markers in" in ecshell.login.status()
+        ecshell.remote.login.mark("../escape")
+    assert ecshell.remote.login.unmark("configured") and not ecshell.remote.login.unmark("configured")
+    assert "no markers in" in ecshell.remote.login.status()
 
 
 def test_install_refuses_bad_arguments_before_touching_a_machine():

@@ -28,7 +28,7 @@ def ecshell_command():
     script = os.path.join(os.path.dirname(sys.executable), "ecshell")
     if os.access(script, os.X_OK):
         return [script]
-    return [sys.executable, "-m", "ecshell.console"]
+    return [sys.executable, "-m", "ecshell.shell.console"]
 
 
 class Terminal:

@@ -12,7 +12,7 @@ operator's known_hosts and StrictHostKeyChecking.
 
 from traitlets import List, Unicode
 
-from ..endpoint import parse_target, ssh_config_lookup
+from ..ssh.endpoint import parse_target, ssh_config_lookup
 from ..errors import ArgumentError
 from .base import RUNNING, Fabric, Prototype
 

@@ -9,7 +9,7 @@ c = get_config()  # noqa: F821 (IPython defines it while loading a profile)
 
 # The machine's name in the prompt, its markers and diagnostics in the banner,
 # and markers() / mark() / unmark() / diagnostics() / status() in the namespace.
-c.InteractiveShellApp.extensions = ["ecshell.login"]
+c.InteractiveShellApp.extensions = ["ecshell.remote.login"]
 c.TerminalIPythonApp.display_banner = True
 
 # Logging out of a machine should be as quick as logging out of sh.

@@ -8,8 +8,8 @@ reaches a screen.
 
 import html
 
-from .hostset import fold
-from .output import decode, printable
+from ..hostset import fold
+from ..output import decode, printable
 
 #: Output longer than this many bytes is cut *for display only*; the Result keeps all.
 DISPLAY_LIMIT = 64 * 1024

@@ -140,8 +140,8 @@ def profile_config():
         os.environ.get("ECSHELL_LOGIN_PROFILE", ""),
         # installed from the wheel's data files
         os.path.join(sys.prefix, "share", "ecshell", "profiles", "machine", "ipython_config.py"),
-        # a source checkout: ecshell/login.py -> profiles/machine
-        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        # a source checkout: ecshell/remote/login.py -> profiles/machine
+        os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                      "profiles", "machine", "ipython_config.py"),
     ]
     for path in candidates:

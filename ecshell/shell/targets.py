@@ -21,8 +21,8 @@ Parsing is done here, never with ``eval``; every mistake raises
 
 import re
 
-from .errors import SelectionError
-from .hostset import fold
+from ..errors import SelectionError
+from ..hostset import fold
 
 #: Words with a meaning of their own; a machine cannot be selected by these names.
 KEYWORDS = ("all", "ok", "failed")
@@ -60,7 +60,7 @@ def parse(text):
 
 def last_outcome(cluster, which):
     """The machines (still known) where the last broadcast ended ``ok`` or ``failed``."""
-    from .machineset import MachineSet
+    from ..machineset import MachineSet
 
     history = getattr(cluster, "history", None)
     if not history:

@@ -32,13 +32,13 @@ import time
 
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
 
-from ..aws.errors import Ec2Error, aws_call
-from ..aws.pins import PinStore
-from ..aws.pricing import hourly_price
-from ..config import ecshell_home
-from ..endpoint import parse_target
-from ..errors import ArgumentError
-from .base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
+from .errors import Ec2Error, aws_call
+from .pins import PinStore
+from .pricing import hourly_price
+from ...config import ecshell_home
+from ...ssh.endpoint import parse_target
+from ...errors import ArgumentError
+from ..base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
 
 log = logging.getLogger("ecshell")
 
@@ -246,7 +246,7 @@ class Ec2Fabric(Fabric):
         if last is not None and time.monotonic() - last < self.console_recheck:
             return []
         self._console_checked[instance_id] = time.monotonic()
-        from ..aws.userdata import host_keys_from_console
+        from .userdata import host_keys_from_console
 
         try:
             reply = self._call(f"reading the console output of {instance_id}", "get_console_output",
@@ -429,7 +429,7 @@ class Ec2Fabric(Fabric):
         ``public_url`` is the address instances can reach (this machine as the VPC sees
         it); by default the listener's own address.
         """
-        from ..aws.phonehome import PhoneHome
+        from .phonehome import PhoneHome
 
         self.stop_phone_home()
         self._phone_home = PhoneHome(host, port, public_url)
@@ -469,7 +469,7 @@ class Ec2Fabric(Fabric):
         return prices
 
     def _operator_public_key(self):
-        from .local import client_key
+        from ..local import client_key
 
         path = self.identity_file
         if path == self._default_identity_file():
@@ -524,7 +524,7 @@ class Ec2Fabric(Fabric):
         user_data = self.user_data if user_data is None else user_data
         authorized = self._operator_public_key()
         if user_data:
-            from ..aws.userdata import check_user_data
+            from .userdata import check_user_data
 
             check_user_data(user_data)  # refused before anything is launched
 
@@ -593,8 +593,8 @@ class Ec2Fabric(Fabric):
         return sorted((self._prototype(i) for i in created), key=lambda p: order.get(p.name, len(order)))
 
     def _run_one(self, machine_name, base_tags, params, launch_id, position, authorized, user_data):
-        from ..aws.userdata import build
-        from .local import generate_ed25519
+        from .userdata import build
+        from ..local import generate_ed25519
 
         private, public = generate_ed25519()
         tags = dict(base_tags, Name=machine_name)
@@ -712,54 +712,54 @@ class Ec2Fabric(Fabric):
 
     def import_key_pair(self, name=None, public_key=None):
         """Import the operator's public key as an EC2 key pair (idempotent); its name."""
-        from ..aws.setup import import_key_pair
+        from .setup import import_key_pair
 
         return import_key_pair(self, name, public_key)
 
     def ensure_security_group(self, name="ecshell-ssh", cidr=None, vpc_id=None):
         """A security group opening SSH only to the operator's address (idempotent); its id."""
-        from ..aws.setup import ensure_security_group
+        from .setup import ensure_security_group
 
         return ensure_security_group(self, name, cidr, vpc_id)
 
     def bundle(self, machine, name=None, markers=None, wait=True, reboot=False):
         """Make an AMI of a running machine, tagged with its source and markers."""
-        from ..aws.images import bundle
+        from .images import bundle
 
         return bundle(self, machine, name, markers, wait, reboot)
 
     def list_images(self):
-        from ..aws.images import list_images
+        from .images import list_images
 
         return list_images(self)
 
     def deregister_image(self, image_id, delete_snapshots=True):
-        from ..aws.images import deregister_image
+        from .images import deregister_image
 
         return deregister_image(self, image_id, delete_snapshots)
 
     def create_volume(self, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
-        from ..aws.volumes import create_volume
+        from .volumes import create_volume
 
         return create_volume(self, size, availability_zone, volume_type, name, wait)
 
     def attach_volume(self, volume_id, machine, device="/dev/sdf", wait=True):
-        from ..aws.volumes import attach_volume
+        from .volumes import attach_volume
 
         return attach_volume(self, volume_id, machine, device, wait)
 
     def detach_volume(self, volume_id, force=False, wait=True):
-        from ..aws.volumes import detach_volume
+        from .volumes import detach_volume
 
         return detach_volume(self, volume_id, force, wait)
 
     def delete_volume(self, volume_id):
-        from ..aws.volumes import delete_volume
+        from .volumes import delete_volume
 
         return delete_volume(self, volume_id)
 
     def list_volumes(self):
-        from ..aws.volumes import list_volumes
+        from .volumes import list_volumes
 
         return list_volumes(self)
 

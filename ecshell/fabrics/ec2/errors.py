@@ -8,7 +8,7 @@ into one line that says what to set.
 
 import contextlib
 
-from ..errors import FabricError
+from ...errors import FabricError
 
 #: What to do about the AWS error codes an operator meets most.
 REMEDIES = {

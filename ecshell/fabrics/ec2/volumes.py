@@ -8,7 +8,7 @@ from .errors import aws_call
 
 
 def _row(volume):
-    from ..fabrics.ec2 import _tags
+    from .fabric import _tags
 
     attachments = volume.get("Attachments") or []
     return {"id": volume["VolumeId"], "size": volume.get("Size"), "type": volume.get("VolumeType"),
@@ -32,7 +32,7 @@ def describe_volume(fabric, volume_id):
 
 def create_volume(fabric, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
     """A new volume of ``size`` GiB, tagged with the owner; in the first zone of the region by default."""
-    from ..fabrics.ec2 import CLUSTER_TAG, OWNER_TAG, _tag_list
+    from .fabric import CLUSTER_TAG, OWNER_TAG, _tag_list
 
     if availability_zone is None:
         with aws_call("listing availability zones"):
@@ -80,7 +80,7 @@ def delete_volume(fabric, volume_id):
 
 def list_volumes(fabric):
     """Volumes tagged with this owner."""
-    from ..fabrics.ec2 import OWNER_TAG
+    from .fabric import OWNER_TAG
 
     with aws_call("listing volumes"):
         pages = fabric.client.get_paginator("describe_volumes").paginate(

@@ -16,8 +16,8 @@ cannot ask, and then it refuses whatever would need an answer.
 import sys
 
 from . import report, targets
-from .errors import ArgumentError, SelectionError
-from .results import ResultSet
+from ..errors import ArgumentError, SelectionError
+from ..results import ResultSet
 
 LIVE = ("running", "ready")
 
@@ -77,7 +77,7 @@ class Session:
                 raise ArgumentError("nothing to re-run: no broadcast yet; run %on all CMD first")
             operation = last.command
         elif isinstance(command, str):
-            from .commands import Shell
+            from ..commands import Shell
 
             operation = Shell(command, timeout=timeout)
         else:
@@ -109,7 +109,7 @@ class Session:
                    and r.detail.get("offered") is not None and r.detail.get("verifier") is not None]
         if not unknown or self.ask is None:
             return results
-        from .hostkeys import fingerprint
+        from ..ssh.hostkeys import fingerprint
 
         width = max(len(r.machine.name) for r in unknown)
         lines = [f"{len(unknown)} of {len(results)} hosts offered a host key that is not in known_hosts:"]
@@ -126,19 +126,19 @@ class Session:
         for r in unknown:
             endpoint = r.machine.endpoint
             r.detail["verifier"].accept(endpoint.host, endpoint.port, r.detail["offered"])
-        from .machineset import MachineSet
+        from ..machineset import MachineSet
 
         retried = self._execute(MachineSet(r.machine for r in unknown), operation, live)
         merged = [retried.get(r.name, r) for r in results.results()]
         return ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
 
     def put(self, local, remote, target="all", mode=None):
-        from .commands import Put
+        from ..commands import Put
 
         return self.broadcast(self._live(target), Put(local, remote, mode))
 
     def get(self, remote, local, target="all"):
-        from .commands import Get
+        from ..commands import Get
 
         return self.broadcast(self._live(target), Get(remote, local))
 

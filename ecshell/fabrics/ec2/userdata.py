@@ -22,7 +22,7 @@ import email.mime.multipart
 import email.mime.text
 import re
 
-from ..errors import ArgumentError
+from ...errors import ArgumentError
 
 #: EC2 refuses user data above 16 KiB (before base64).
 MAX_USER_DATA = 16 * 1024

@@ -50,7 +50,7 @@ def _markers_of(machine):
 
 
 def _image_row(image):
-    from ..fabrics.ec2 import _tags
+    from .fabric import _tags
 
     tags = _tags(image.get("Tags"))
     return {"id": image["ImageId"], "name": image.get("Name"), "state": image.get("State"),
@@ -63,7 +63,7 @@ def _image_row(image):
 
 def bundle(fabric, machine, name=None, markers=None, wait=True, reboot=False):
     """An AMI of ``machine`` (a Machine or an instance id), tagged with its source and markers."""
-    from ..fabrics.ec2 import CLUSTER_TAG, OWNER_TAG, _tag_list
+    from .fabric import CLUSTER_TAG, OWNER_TAG, _tag_list
 
     instance_id = getattr(machine, "id", machine)
     source_name = getattr(machine, "name", instance_id)
@@ -103,7 +103,7 @@ def describe_image(fabric, image_id):
 
 def list_images(fabric):
     """Images this owner bundled, newest first."""
-    from ..fabrics.ec2 import OWNER_TAG
+    from .fabric import OWNER_TAG
 
     with aws_call("listing images"):
         images = fabric.client.describe_images(

@@ -24,8 +24,8 @@ def operator_profile():
     path = os.environ.get("ECSHELL_PROFILE")
     if path:
         return path
-    here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(os.path.dirname(here), "profiles", "operator", "ipython_config.py")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.path.join(root, "profiles", "operator", "ipython_config.py")
     return path if os.path.isfile(path) else None
 
 
@@ -33,7 +33,7 @@ def ipython_argv(argv):
     """(IPython's argv, traitlets Config) for the ``ecshell`` command line ``argv``."""
     from traitlets.config import Config
 
-    from .config import ecshell_home
+    from ..config import ecshell_home
 
     parser = argparse.ArgumentParser(
         prog="ecshell", description="IPython with ecshell loaded: a live `cluster` and the %on, %launch, "

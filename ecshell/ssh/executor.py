@@ -45,9 +45,9 @@ import zlib
 import paramiko
 from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
 
-from .commands import KILL_TIMEOUT, NOT_STARTED, POLL, Stopped, next_chunk, run_token
-from .errors import ConnectError
-from .results import ErrorKind
+from ..commands import KILL_TIMEOUT, NOT_STARTED, POLL, Stopped, next_chunk, run_token
+from ..errors import ConnectError
+from ..results import ErrorKind
 
 HEADER = struct.Struct(">BII")
 STATUS = struct.Struct(">IBi")  # pid, 1 if killed by a signal, exit code or signal number
@@ -72,7 +72,7 @@ _LOST = object()
 
 
 def _bootstrap():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "executor_remote.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "remote", "executor.py")
     with open(path, "rb") as f:
         source = f.read()
     packed = base64.b64encode(zlib.compress(source, 9)).decode("ascii")

@@ -18,7 +18,7 @@ from IPython.core.magic import (
 )
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from .errors import EcShellError
+from ..errors import EcShellError
 
 #: The magics this module defines (the extension never registers one whose name is taken).
 NAMES = ("cluster", "launch", "on", "ready", "terminate", "put", "get", "cost")

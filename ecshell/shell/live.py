@@ -21,8 +21,8 @@ import sys
 import threading
 import time
 
-from .hostset import fold
-from .output import decode, printable
+from ..hostset import fold
+from ..output import decode, printable
 
 #: Seconds between two redraws of the progress line.
 TICK = 0.1

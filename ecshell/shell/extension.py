@@ -31,7 +31,7 @@ class Extension:
     """Everything ecshell added to one shell."""
 
     def __init__(self, shell):
-        from .cluster import Cluster
+        from ..cluster import Cluster
         from .magics import EcShellMagics
         from .session import Session
 
@@ -74,7 +74,7 @@ class Extension:
         manager.register(self.magics)
 
     def _add_printer(self):
-        from .results import ResultSet
+        from ..results import ResultSet
 
         formatter = self.shell.display_formatter.formatters["text/plain"]
         formatter.for_type(ResultSet, self._pretty_resultset)
@@ -161,7 +161,7 @@ class Extension:
                     if not chain.chain:
                         del dispatchers.strs[key]
         if self.printer_added:
-            from .results import ResultSet
+            from ..results import ResultSet
 
             shell.display_formatter.formatters["text/plain"].type_printers.pop(ResultSet, None)
         if self.toolbar_on:
@@ -183,7 +183,7 @@ def load_ipython_extension(shell):
     """``%load_ext ecshell``: put ``cluster`` in the namespace and register the magics."""
     if id(shell) in _loaded:
         return
-    from .errors import EcShellError
+    from ..errors import EcShellError
 
     try:
         extension = Extension(shell)

@@ -13,8 +13,8 @@ here.
 import html
 import time
 
-from .hostset import fold
-from .output import printable
+from ..hostset import fold
+from ..output import printable
 
 #: Machine states in which a machine is running, and so costing money.
 LIVE_STATES = ("running", "ready", "failed-init", "pending")

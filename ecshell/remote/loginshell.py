@@ -197,7 +197,7 @@ def op_install(p):
     if done.returncode != 5 or done.stdout != b"42\n":
         raise Failed(f"{entry} -c, run as {account.pw_name}, gave exit {done.returncode} and "
                      f"{(done.stdout + done.stderr)[-300:]!r} instead of 42 and exit 5")
-    done = as_user(account, [python, "-c", "import ecshell.login as l; l.check()"])
+    done = as_user(account, [python, "-c", "import ecshell.remote.login as l; l.check()"])
     if done.returncode:
         raise Failed(f"IPython cannot start for {account.pw_name}: "
                      f"{done.stderr.decode(errors='replace').strip().splitlines()[-1:] or done.returncode}")

@@ -21,8 +21,8 @@ import hashlib
 import os
 import threading
 
-from .errors import ConnectError
-from .results import ErrorKind
+from ..errors import ConnectError
+from ..results import ErrorKind
 
 
 def fingerprint(key):

@@ -1,0 +1,10 @@
+"""Reaching a machine over SSH, as OpenSSH would.
+
+- :mod:`.keys`: private keys (loading, generating ecshell's own).
+- :mod:`.hostkeys`: known_hosts and pinned host keys; the accept-or-refuse decision.
+- :mod:`.endpoint`: where and as whom to connect (ssh_config, ProxyJump).
+- :mod:`.connection`: authenticated paramiko transports, pooled one per endpoint.
+- :mod:`.transport`: the interface a shell command is started through, and
+  its two implementations, :mod:`.channel` (a channel per command) and
+  :mod:`.executor` (a persistent executor on the machine).
+"""
