@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Executor benchmark (issue 7): ecshell's persistent executor against its channel path and the peers.
+"""Executor benchmark: ecshell's persistent executor against its channel path and the peers.
 
 A script, not a test. It launches local machines (real sshd on 127.0.0.1) in
 a temporary ECSHELL_HOME and HOME, and measures, rounds interleaved between
@@ -95,7 +95,7 @@ def startup_cost(fleet, count):
         for machine in machines:
             connection = machine.connection()
             t = time.perf_counter()
-            executor = executor_module.Executor.start(connection, 30.0)
+            executor = executor_module.ExecutorSession.start(connection, 30.0)
             walls.append(time.perf_counter() - t)
             cpus.append(_cpu_seconds(executor.pid))
             executor.close()

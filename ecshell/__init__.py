@@ -43,7 +43,7 @@ _EXPORTS = {
     "sudo": "adapters",
     "once": "adapters",
     "apply": "adapters",
-    "RecipeResult": "adapters",
+    "RecipeResult": "machineset",
     "Diagnostic": "diagnostics",
     "Diagnosis": "diagnostics",
     "register_diagnostic": "diagnostics",

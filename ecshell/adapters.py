@@ -32,19 +32,10 @@ import shlex
 import threading
 import time
 
-from .commands import Command, Shell
-from .errors import ArgumentError
-from .results import ErrorKind
-from .state import LOCK_PREFIX, Op, StateCommand, check_name, sub_attempt
-
-
-def as_command(command):
-    """A Command from a Command or a shell string."""
-    if isinstance(command, Command):
-        return command
-    if isinstance(command, str):
-        return Shell(command)
-    raise ArgumentError(f"a recipe step is a Command or a shell string, not {command!r}; e.g. Shell('make install')")
+from .commands import Command, Shell, as_command
+from .errors import ArgumentError, ErrorKind
+from .machineset import MachineSet
+from .state import LOCK_PREFIX, Op, StateCommand, age, check_name
 
 
 class Wrapper(Command):
@@ -113,7 +104,7 @@ class Retry(Wrapper):
     def execute(self, attempt):
         delay = self.backoff
         for number in range(1, self.tries + 1):
-            result = self.inner.execute(sub_attempt(attempt))
+            result = self.inner.execute(attempt.fork())
             if result.ok or result.error is ErrorKind.INTERRUPTED or attempt.cancel.is_set():
                 break
             if self.on is not None and result.error not in self.on:
@@ -144,7 +135,7 @@ class Timeout(Wrapper):
 
     def execute(self, attempt):
         cancel = _Deadline(attempt.cancel, time.monotonic() + self.seconds)
-        result = self.inner.execute(sub_attempt(attempt, cancel))
+        result = self.inner.execute(attempt.fork(cancel))
         if result.error is ErrorKind.INTERRUPTED and cancel.expired() and not attempt.cancel.is_set():
             result.error = ErrorKind.TIMEOUT
             killed = result.message.partition("; ")[2]
@@ -201,12 +192,11 @@ class Once(Wrapper):
         return f"once({self.marker!r}, {self.inner!r})"
 
     def execute(self, attempt):
-        from .state import _age
 
         token = secrets.token_hex(8)
         claim = StateCommand([Op("claim", self.lock, note=str(self.inner), token=token, unless=self.marker)],
                              label=f"once {self.marker}: check")
-        checked = claim.execute(sub_attempt(attempt))
+        checked = claim.execute(attempt.fork())
         if not checked.ok:
             return checked
         status, seen, now = checked.detail["ops"][0], checked.detail["markers"], checked.detail["now"]
@@ -223,7 +213,7 @@ class Once(Wrapper):
         if status != "ok":
             holder = seen.get(self.lock)
             gone = holder is not None and holder.holder_gone()
-            who = (f"{holder.by} since {holder.when} ({_age((now or time.time()) - holder.at)} ago)"
+            who = (f"{holder.by} since {holder.when} ({age((now or time.time()) - holder.at)} ago)"
                    f"{', a process no longer running here' if gone else ''}") if holder else "another shell"
             checked.command = self
             checked.error = ErrorKind.EXIT
@@ -232,7 +222,7 @@ class Once(Wrapper):
                                " and run again")
             checked.detail = dict(checked.detail, held_by=holder)
             return checked
-        result = self.inner.execute(sub_attempt(attempt))
+        result = self.inner.execute(attempt.fork())
         result.detail = dict(result.detail, skipped=False)
         if result.error is ErrorKind.LOST or "could not kill" in result.message:
             # it may still be running there: the lock says so until someone knows better
@@ -245,7 +235,7 @@ class Once(Wrapper):
         # A timeout or Ctrl-C has set the attempt's cancel flag by now; the claim is still
         # ours to give back (the step was killed), so this last round trip gets its own clock.
         own = _Deadline(threading.Event(), time.monotonic() + FINISH_TIMEOUT)
-        finish = StateCommand(ops, label=f"once {self.marker}: done").execute(sub_attempt(attempt, own))
+        finish = StateCommand(ops, label=f"once {self.marker}: done").execute(attempt.fork(own))
         if not finish.ok:
             note = (f"marking {self.marker} and releasing lock {self.lock[len(LOCK_PREFIX):]!r} failed: "
                     f"{finish.status} {finish.message}".rstrip())
@@ -291,42 +281,6 @@ def once(marker):
 
 # -- recipes ---------------------------------------------------------------------
 
-class RecipeResult:
-    """What a recipe did: one ResultSet per step run; ``ok`` machines; ``failed`` {name: Result}."""
-
-    def __init__(self, machines, steps, failed):
-        from .machineset import MachineSet
-
-        self.steps = steps
-        self.failed = failed
-        self.ok = MachineSet(m for m in machines if m.name not in failed)
-
-    @property
-    def all_ok(self):
-        return not self.failed
-
-    def __repr__(self):
-        from .hostset import fold
-        bad = f" failed={fold(self.failed)}" if self.failed else ""
-        return f"<RecipeResult steps={len(self.steps)} ok={len(self.ok)}{bad}>"
-
-
 def apply(machines, recipe):
-    """Run ``recipe`` (Commands or shell strings) step by step; a failing machine stops there."""
-    from .machine import Machine
-    from .machineset import MachineSet
-
-    if isinstance(recipe, (Command, str)):
-        recipe = [recipe]
-    steps = [as_command(step) for step in recipe]
-    machines = MachineSet([machines]) if isinstance(machines, Machine) else MachineSet(machines)
-    current, done, failed = machines, [], {}
-    for step in steps:
-        if not current:
-            break
-        results = current.execute(step)
-        done.append(results)
-        for result in results.failed.results():
-            failed[result.name] = result
-        current = current - results.failed.machines
-    return RecipeResult(machines, done, failed)
+    """Run ``recipe`` (Commands or shell strings) step by step on ``machines`` (or one Machine)."""
+    return MachineSet.of(machines).apply(recipe)

@@ -17,14 +17,13 @@ import time
 from .config import EcShell
 from .engine import Engine
 from .errors import ArgumentError, SelectionError
-from .fabrics.base import RUNNING, TERMINATED
 from .hostset import fold
 from .machine import Machine
 from .machineset import MachineSet
+from .states import MachineState
 
 log = logging.getLogger("ecshell")
 
-READY, FAILED_INIT = "ready", "failed-init"
 
 
 def _default_fabric(settings):
@@ -130,7 +129,7 @@ class Cluster:
 
     def select(self, **tags):
         if "marker" in tags:  # markers are read from the machines: only running ones can answer
-            return self.machines.in_state(RUNNING, READY).select(**tags)
+            return self.machines.reachable().select(**tags)
         return self.machines.select(**tags)
 
     def free_list(self, name, size=2, recipe=(), last=None, **options):
@@ -152,7 +151,7 @@ class Cluster:
 
     def _live(self, target):
         chosen = self._target(target)
-        live = chosen.in_state(RUNNING, READY)
+        live = chosen.reachable()
         if not live:
             states = ", ".join(f"{m.name}: {m.state}" for m in chosen) or "no machines at all"
             raise SelectionError(f"no running machine to run on ({states}); "
@@ -180,29 +179,29 @@ class Cluster:
         """
         from .commands import Noop
 
-        chosen = MachineSet(m for m in self._target(target) if m.state != TERMINATED)
+        chosen = MachineSet(m for m in self._target(target) if m.state is not MachineState.TERMINATED)
         deadline = time.monotonic() + timeout
         pending = list(chosen)
         backoff = 0.05
         while pending:
             self._refresh_states(pending)
-            running = MachineSet(m for m in pending if m.state in (RUNNING, READY, FAILED_INIT))
+            running = MachineSet(m for m in pending if m.state.reachable or m.state is MachineState.FAILED_INIT)
             if running:
                 left = max(0.5, deadline - time.monotonic())
                 results = running.execute(Noop(timeout=min(left, self.settings.connect_timeout)))
                 for result in results.results():
                     if result.ok:
-                        result.machine.state = READY
-            pending = [m for m in pending if m.state != READY]
+                        result.machine.state = MachineState.READY
+            pending = [m for m in pending if m.state is not MachineState.READY]
             if not pending or time.monotonic() + backoff > deadline:
                 break
             self._pause(pending, backoff)
             backoff = min(backoff * 2, 5.0)
         for machine in pending:
-            machine.state = FAILED_INIT
+            machine.state = MachineState.FAILED_INIT
             log.warning("%s did not become ready within %gs (failed-init): terminate or replace it",
                         machine.name, timeout)
-        return chosen.in_state(READY)
+        return chosen.in_state(MachineState.READY)
 
     @staticmethod
     def _pause(pending, seconds):
@@ -228,13 +227,11 @@ class Cluster:
                     if machine.id in found:
                         machine.update(found[machine.id])
                     else:
-                        machine.state = TERMINATED
+                        machine.state = MachineState.TERMINATED
                 continue
             states = fabric.states([m.id for m in members])
             for machine in members:
-                state = states.get(machine.id, TERMINATED)
-                if not (state == RUNNING and machine.state == READY):
-                    machine.state = state
+                machine.state = machine.state.after(states.get(machine.id, MachineState.TERMINATED))
 
     def _by_fabric(self, target):
         chosen = self._target(target)
@@ -253,7 +250,7 @@ class Cluster:
                 machine.close()
             fabric.terminate([m.id for m in members])
             for machine in members:
-                machine.state = TERMINATED
+                machine.state = MachineState.TERMINATED
                 self._machines.pop(machine.name, None)
         return chosen
 

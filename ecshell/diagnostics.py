@@ -19,9 +19,8 @@ import shlex
 import threading
 
 from .commands import Command, Shell
-from .errors import ArgumentError
-from .results import ErrorKind
-from .state import LISTING, PREAMBLE, PerMachine, _set, parse_listing, remember, state_dir_expr, sub_attempt, whoami
+from .errors import ArgumentError, ErrorKind
+from .state import LISTING, PREAMBLE, PerMachine, parse_listing, remember, state_dir_expr, whoami
 
 
 class Diagnostic:
@@ -180,7 +179,7 @@ class Diagnose(Command):
         return "\n".join(lines)
 
     def execute(self, attempt):
-        quiet = sub_attempt(attempt)
+        quiet = attempt.fork()
         quiet.on_output = None
         result = Shell(self.script(attempt.settings), timeout=self.timeout).execute(quiet)
         result.command = self
@@ -226,6 +225,6 @@ def diagnose(machines, *names, timeout=None):
 
     ``timeout``: seconds for all the checks on one machine; past it they are killed there.
     """
-    results = _set(machines).execute(Diagnose(_resolve(names), timeout=timeout))
+    results = machines.execute(Diagnose(_resolve(names), timeout=timeout))
     return PerMachine({r.name: (r.detail.get("diagnostics") if r.ok else None) for r in results.results()},
                       results)

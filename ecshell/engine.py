@@ -6,18 +6,135 @@ clock starts when a worker takes it. Ctrl-C (or the total timeout) sets a
 cancel flag that every worker looks at; running commands are killed on
 their machines, queued machines never start, and the ResultSet returned
 holds everything that had arrived, the rest marked ``interrupted``.
+
+An :class:`Attempt` is one machine's run of one command. For a shell
+command it also chooses the transport (:mod:`ecshell.ssh.transport`): the
+machine's persistent executor or a channel of its own, per
+``c.EcShell.executor``, replacing a dead pooled connection once on the way.
 """
 
+from __future__ import annotations
+
 import concurrent.futures
+import functools
 import threading
 import time
+from typing import Callable, Optional
 
-from .errors import ConnectError
+from .errors import ConnectError, ErrorKind
 from .output import OutputBuffer
-from .results import ErrorKind, Result, ResultSet
+from .results import Result, ResultSet
+from .ssh.transport import NOT_STARTED, Broken, Process, Request, Transport
 
 #: Seconds after a Ctrl-C that workers get to kill their commands and report.
 CANCEL_GRACE = 3.0
+
+#: Transport modes of ``c.EcShell.executor``.
+AUTO, EXECUTOR, CHANNEL = "auto", "executor", "channel"
+
+
+@functools.cache
+def _transports():
+    """(ChannelTransport, ExecutorTransport), imported with the first command: they import paramiko."""
+    from .ssh.channel import ChannelTransport
+    from .ssh.executor import ExecutorTransport
+
+    return ChannelTransport, ExecutorTransport
+
+
+class Attempt:
+    """One machine's run of one command: its clock, connection, transport and output."""
+
+    def __init__(self, machine, engine: "Engine", cancel: threading.Event,
+                 on_output: Optional[Callable] = None):
+        self.machine = machine
+        self.engine = engine
+        self.settings = engine.settings
+        self.cancel = cancel
+        self.on_output = on_output
+        self.started = time.monotonic()
+        self.buffer = OutputBuffer(self.settings.output_memory_limit, self.settings.spill_dir)
+        self.reconnected = False
+        self.early: Optional[Process] = None  # what start_early sent, for the worker to take over
+
+    def fork(self, cancel: Optional[threading.Event] = None) -> "Attempt":
+        """A fresh Attempt (own buffer and clock) on the same machine, for a step inside a command."""
+        return Attempt(self.machine, self.engine, cancel if cancel is not None else self.cancel, self.on_output)
+
+    def connect(self):
+        """The machine's pooled connection, opened now if needed, within the connect timeout."""
+        deadline = time.monotonic() + self.settings.connect_timeout
+        endpoint = self.machine.endpoint
+        previous = self.engine.pool.peek(endpoint)
+        connection = self.engine.pool.get(endpoint, deadline)
+        if previous is not None and previous is not connection:
+            self.reconnected = True  # the pooled connection had died and was replaced
+        return connection
+
+    def start(self, request: Request, mode: str) -> Process:
+        """Start ``request`` on the machine over the transport ``mode`` gives it.
+
+        Not started at all, it raises ConnectError (INTERRUPTED when Ctrl-C came first).
+        """
+        def start(connection):
+            transport = self.engine.transport(self, connection, mode)
+            if self.cancel.is_set():  # Ctrl-C came while connecting: do not start it now
+                raise ConnectError(ErrorKind.INTERRUPTED, NOT_STARTED)
+            return transport.start(request)
+
+        return self._on_connection(start)
+
+    def open_channel(self):
+        """(connection, a new session channel), for a command that drives its channel itself."""
+        channel_transport = _transports()[0]
+        return self._on_connection(
+            lambda connection: (connection, channel_transport(connection, self.settings.connect_timeout).open()))
+
+    def _on_connection(self, use):
+        """``use(connection)`` on the pooled connection.
+
+        A connection that broke before anything was sent is replaced, once;
+        a command that went out is never sent again.
+        """
+        while True:
+            connection = self.connect()
+            try:
+                return use(connection)
+            except Broken as broken:
+                if not broken.reconnect:
+                    continue  # the transport changes (the executor restarts, or the channel path)
+                if self.reconnected:
+                    raise ConnectError(ErrorKind.UNREACHABLE,
+                                       f"the new connection failed too ({broken}); the command was not run") from None
+                self.engine.pool.discard(self.machine.endpoint, connection)
+                self.reconnected = True
+
+    def start_early(self, request: Request, mode: str) -> None:
+        """Send ``request`` now, from the broadcasting thread, if the machine's executor is up.
+
+        Anything that would wait (connecting, starting an executor, feeding
+        input) is left to the worker, whose :meth:`start` takes over.
+        """
+        if mode == CHANNEL or request.input is not None or self.cancel.is_set():
+            return
+        connection = self.engine.pool.peek(self.machine.endpoint)
+        transport = _transports()[1].live(connection) if connection is not None else None
+        if transport is None:
+            return
+        try:
+            self.early = transport.start(request)
+        except Broken:
+            pass  # never sent: the worker starts it over whatever connection is alive
+
+    def output(self, data: bytes) -> None:
+        self.buffer.write(data)
+        if self.on_output is not None:
+            self.on_output(self.machine, data)
+
+    def result(self, command, exit_code=None, error=None, message="", detail=None) -> Result:
+        self.buffer.close()
+        return Result(self.machine, command, self.buffer, exit_code, error, message,
+                      time.monotonic() - self.started, self.reconnected, detail)
 
 
 class Engine:
@@ -26,8 +143,8 @@ class Engine:
     def __init__(self, settings):
         self.settings = settings
         self._pool = None  # made on first use: it imports paramiko, which costs ~0.1 s
-        self._executor = None
-        self._executor_size = 0
+        self._threads = None
+        self._threads_size = 0
         self._lock = threading.Lock()
 
     @property
@@ -42,19 +159,31 @@ class Engine:
 
     def _workers(self):
         with self._lock:
-            if self._executor is None or self._executor_size != self.settings.fanout:
-                if self._executor is not None:
-                    self._executor.shutdown(wait=False)
-                self._executor = concurrent.futures.ThreadPoolExecutor(
+            if self._threads is None or self._threads_size != self.settings.fanout:
+                if self._threads is not None:
+                    self._threads.shutdown(wait=False)
+                self._threads = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.settings.fanout, thread_name_prefix="ecshell-worker")
-                self._executor_size = self.settings.fanout
-            return self._executor
+                self._threads_size = self.settings.fanout
+            return self._threads
+
+    def transport(self, attempt: Attempt, connection, mode: str) -> Transport:
+        """The transport for the attempt's machine, per ``mode`` (``c.EcShell.executor``)."""
+        ChannelTransport, ExecutorTransport = _transports()
+        if mode != CHANNEL:
+            executor, why = ExecutorTransport.find(connection, self.settings.connect_timeout, attempt.cancel,
+                                                   wait=mode == EXECUTOR)
+            if executor is not None:
+                return executor
+            if mode == EXECUTOR:
+                raise ConnectError(ErrorKind.UNREACHABLE, (
+                    f"no executor on {attempt.machine.name}: {why}; "
+                    "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
+        return ChannelTransport(connection, self.settings.connect_timeout)
 
     def run_one(self, machine, command, cancel, on_output=None, attempt=None):
         """Run ``command`` on ``machine`` in this thread; never raises for the host's failure."""
         if attempt is None:
-            from .commands import Attempt
-
             attempt = Attempt(machine, self, cancel, on_output)
         try:
             return command.execute(attempt)
@@ -67,18 +196,16 @@ class Engine:
         if total_timeout is None:
             total_timeout = self.settings.total_timeout
         cancel = threading.Event()
-        executor = self._workers()
+        workers = self._workers()
         # The first `fanout` machines start here, where that needs no waiting (a command to
         # a live executor is one frame): one tight loop, not one worker wake-up per frame.
-        from .commands import Attempt
-
         attempts = [Attempt(machine, self, cancel, on_output) for machine in machines[:self.settings.fanout]]
         for attempt in attempts:
-            command.launch(attempt)
+            command.start_early(attempt)
         futures = {}
         for index, machine in enumerate(machines):
             attempt = attempts[index] if index < len(attempts) else None
-            future = executor.submit(self.run_one, machine, command, cancel, on_output, attempt)
+            future = workers.submit(self.run_one, machine, command, cancel, on_output, attempt)
             futures[future] = machine
             if on_result is not None:
                 future.add_done_callback(lambda f: f.cancelled() or on_result(f.result()))
@@ -136,6 +263,6 @@ class Engine:
         if self._pool is not None:
             self._pool.close_all()
         with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+            if self._threads is not None:
+                self._threads.shutdown(wait=False, cancel_futures=True)
+                self._threads = None

@@ -1,10 +1,27 @@
-"""Exceptions for operator mistakes.
+"""Exceptions for operator mistakes, and the kinds of a host's own failure.
 
 A host's own failure (exit code, timeout, refused key, ...) is never an
-exception: it is a :class:`ecshell.results.Result` whose ``error`` names the
-kind. These exceptions are raised only for what the operator typed or
-configured, and each message says what to type instead.
+exception: it is a :class:`ecshell.results.Result` whose ``error`` is an
+:class:`ErrorKind`. The exceptions here are raised only for what the
+operator typed or configured, and each message says what to type instead.
 """
+
+import enum
+
+
+class ErrorKind(str, enum.Enum):
+    """Why a host's command did not succeed; compares equal to its string."""
+
+    EXIT = "exit"  # the command ran and exited non-zero (or died of a signal)
+    TIMEOUT = "timeout"  # connecting or the command took longer than allowed
+    UNREACHABLE = "unreachable"  # refused, no route, unknown host name, proxy failed
+    AUTH = "auth"  # the server accepted none of our keys
+    HOSTKEY = "hostkey"  # host key unknown under a refusing policy, or changed
+    LOST = "lost"  # the connection died while the command ran
+    INTERRUPTED = "interrupted"  # Ctrl-C (or a broadcast deadline) cut it short
+
+    def __str__(self):
+        return self.value
 
 
 class EcShellError(Exception):

@@ -80,9 +80,7 @@ class FreeList:
         without ``free``: being configured, or left half done by a shell that
         died), ``taken`` and ``broken``.
         """
-        from .fabrics.base import RUNNING
-
-        live = self.cluster.machines.in_state(RUNNING, "ready")
+        live = self.cluster.machines.reachable()
         groups = {"free": [], "configuring": [], "taken": [], "broken": []}
         if not live:
             return {k: MachineSet(v) for k, v in groups.items()}
@@ -111,9 +109,7 @@ class FreeList:
         What a new shell calls to learn which free lists exist before it
         attaches to one with ``cluster.free_list(name, recipe=...)``.
         """
-        from .fabrics.base import RUNNING
-
-        live = cluster.machines.in_state(RUNNING, "ready")
+        live = cluster.machines.reachable()
         found = {}
         for name, have in (markers(live) if live else {}).items():
             for marker in have or ():

@@ -46,11 +46,12 @@ import sys
 import tempfile
 import time
 
-from .commands import Command, Stopped, next_chunk
-from .errors import ArgumentError, ConnectError, EcShellError
+from .commands import Command
+from .errors import ArgumentError, ConnectError, EcShellError, ErrorKind
 from .machineset import MachineSet
 from .output import OutputBuffer
-from .results import ErrorKind, Result, ResultSet
+from .results import Result, ResultSet
+from .ssh.transport import Stopped, next_chunk
 
 #: Where the virtual environment and the install records go on each machine.
 DEFAULT_PREFIX = "/opt/ecshell"
@@ -349,7 +350,7 @@ class SwitchLoginShell(Command):
     def execute(self, attempt):
         import paramiko
 
-        connection, channel = attempt.open_session()
+        connection, channel = attempt.open_channel()
         try:
             channel.set_combine_stderr(True)
             channel.exec_command(self.wire)

@@ -7,8 +7,11 @@ Prototype, and the fabric is only named, never asked, from here.
 import threading
 import time
 
-from .errors import ConnectError
-from .results import ErrorKind
+from . import diagnostics, state
+from .commands import Shell
+from .errors import ConnectError, ErrorKind
+from .machineset import MachineSet
+from .states import MachineState
 
 
 class Machine:
@@ -31,6 +34,15 @@ class Machine:
     host = property(lambda self: self.prototype.host)
     port = property(lambda self: self.prototype.port)
     tags = property(lambda self: self.prototype.tags)
+
+    @property
+    def state(self) -> MachineState:
+        """What the fabric reported, or what SSH found out since (``ready``, ``failed-init``)."""
+        return self._state
+
+    @state.setter
+    def state(self, value):
+        self._state = MachineState(value)
 
     @property
     def user(self):
@@ -56,8 +68,7 @@ class Machine:
                 self.prototype.host, self.prototype.port, self.prototype.host_keys):
             self._endpoint = None
         self.prototype = prototype
-        if not (self.state in ("ready", "failed-init") and prototype.state == "running"):
-            self.state = prototype.state
+        self.state = self.state.after(prototype.state)
 
     # -- connection ----------------------------------------------------------
 
@@ -88,8 +99,6 @@ class Machine:
 
     def run(self, command, timeout=None, input=None, pty=False):
         """Run a shell command here; the Result (never raises for the host's failure)."""
-        from .commands import Shell
-
         return self.execute(Shell(command, timeout=timeout, input=input, pty=pty))
 
     def execute(self, command):
@@ -100,47 +109,39 @@ class Machine:
 
     def mark(self, *names, note=""):
         """Set markers here (one round trip); the Result."""
-        from . import state
-        return state.mark(self, *names, note=note)[self.name]
+        return state.mark(MachineSet([self]), *names, note=note)[self.name]
 
     def unmark(self, *names):
-        from . import state
-        return state.unmark(self, *names)[self.name]
+        return state.unmark(MachineSet([self]), *names)[self.name]
 
     def markers(self):
         """``{marker: Marker}`` read from the machine now; Marker is the set-at time, with ``.by``."""
-        from . import state
         return state.machine_markers(self)
 
     def lock(self, name, timeout=30.0, note=""):
         """``with machine.lock("deploy", timeout=30):`` a marker created atomically, as a lock."""
-        from . import state
-        return state.Lock(self, name, timeout=timeout, note=note)
+        return state.Lock(MachineSet([self]), name, timeout=timeout, note=note)
 
     def locks(self):
         """``{lock name: Marker}``: the locks held here now, and by whom."""
-        from . import state
         return {k[len(state.LOCK_PREFIX):]: v for k, v in self.markers().items() if k.startswith(state.LOCK_PREFIX)}
 
     def break_lock(self, name):
         """Remove lock ``name`` whoever holds it (logged); the holder's Marker, or None if it was free."""
-        from . import state
         return state.break_lock(self, name)
 
     def diagnose(self, *names, timeout=None):
         """Run diagnostics here in one round trip: ``{name: Diagnosis}``."""
-        from . import diagnostics
-        found = diagnostics.diagnose(self, *names, timeout=timeout)
+        found = diagnostics.diagnose(MachineSet([self]), *names, timeout=timeout)
         if found[self.name] is None:
-            from .state import StateError
             result = found.results[self.name]
-            raise StateError(f"could not diagnose {self.name}: {result.status} {result.message}".rstrip(), result)
+            raise state.StateError(f"could not diagnose {self.name}: {result.status} {result.message}".rstrip(),
+                                   result)
         return found[self.name]
 
     def apply(self, recipe):
         """Run a recipe (a list of Commands) here, stopping at the first failure."""
-        from . import adapters
-        return adapters.apply(self, recipe)
+        return MachineSet([self]).apply(recipe)
 
     def __repr__(self):
         return f"<Machine {self.name} {self.id} {self.user or ''}@{self.host}:{self.port} {self.state}>"

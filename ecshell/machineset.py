@@ -7,8 +7,10 @@
 """
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from . import diagnostics, state
+from .commands import Command, Get, Put, Shell, as_command
 from .errors import ArgumentError, SelectionError
 from .hostset import fold, match, natural_key
 
@@ -24,6 +26,13 @@ class MachineSet(Sequence):
         if sort:
             items.sort(key=lambda m: natural_key(m.name))
         self._machines = items
+
+    @classmethod
+    def of(cls, machines):
+        """``machines`` as a MachineSet: a MachineSet, any iterable of machines, or one Machine."""
+        if isinstance(machines, MachineSet):
+            return machines
+        return cls(machines) if isinstance(machines, Iterable) else cls([machines])
 
     # -- sequence and set behaviour -------------------------------------------
 
@@ -84,8 +93,7 @@ class MachineSet(Sequence):
         (a glob; ``"!name"`` for machines without it).
         """
         if "marker" in tags:
-            from .state import select_marker
-            return MachineSet(select_marker(self, tags.pop("marker"))).select(**tags)
+            return MachineSet(state.select_marker(self, tags.pop("marker"))).select(**tags)
         if not tags:
             return MachineSet(self._machines)
         chosen = [m for m in self._machines
@@ -98,6 +106,10 @@ class MachineSet(Sequence):
 
     def in_state(self, *states):
         return MachineSet(m for m in self._machines if m.state in states)
+
+    def reachable(self):
+        """The machines running as far as their fabric knows (``running`` or ``ready``)."""
+        return MachineSet(m for m in self._machines if m.state.reachable)
 
     # -- broadcast ------------------------------------------------------------
 
@@ -121,58 +133,57 @@ class MachineSet(Sequence):
         is called from worker threads as output arrives; ``on_result(result)``
         as each host finishes.
         """
-        from .commands import Shell
-
         return self.execute(Shell(command, timeout=timeout, input=input, pty=pty),
                             on_output=on_output, on_result=on_result, total_timeout=total_timeout)
 
     def put(self, local, remote, mode=None):
         """Copy a local file to every machine (SFTP on the pooled connections)."""
-        from .commands import Put
-
         return self.execute(Put(local, remote, mode))
 
     def get(self, remote, local):
         """Copy ``remote`` from every machine to ``local/<machine name>/``."""
-        from .commands import Get
-
         return self.execute(Get(remote, local))
 
     # -- state that lives on the machines (ecshell.state, ecshell.diagnostics) ---
 
     def mark(self, *names, note=""):
         """Set markers on every machine, one round trip each; a ResultSet."""
-        from . import state
         return state.mark(self, *names, note=note)
 
     def unmark(self, *names):
-        from . import state
         return state.unmark(self, *names)
 
     def markers(self):
         """``{machine name: {marker: Marker}}`` read now; None for a machine that did not answer."""
-        from . import state
         return state.markers(self)
 
     def lock(self, name, timeout=30.0, note=""):
         """``with web.lock("deploy"):`` the lock on every machine, all or nothing."""
-        from . import state
         return state.Lock(self, name, timeout=timeout, note=note)
 
     def locks(self):
         """``{machine name: {lock: Marker}}``: the locks held now, and by whom."""
-        from . import state
         return state.locks(self)
 
     def diagnose(self, *names, timeout=None):
         """Run diagnostics on every machine, one round trip each: ``{machine name: {name: Diagnosis}}``."""
-        from . import diagnostics
         return diagnostics.diagnose(self, *names, timeout=timeout)
 
     def apply(self, recipe):
-        """Run a recipe (a list of Commands) step by step; a machine that fails a step stops there."""
-        from . import adapters
-        return adapters.apply(self, recipe)
+        """Run ``recipe`` (Commands or shell strings) step by step; a machine that fails a step stops there."""
+        if isinstance(recipe, (Command, str)):
+            recipe = [recipe]
+        steps = [as_command(step) for step in recipe]
+        current, done, failed = self, [], {}
+        for step in steps:
+            if not current:
+                break
+            results = current.execute(step)
+            done.append(results)
+            for result in results.failed.results():
+                failed[result.name] = result
+            current = current - results.failed.machines
+        return RecipeResult(self, done, failed)
 
     def close(self):
         for machine in self._machines:
@@ -186,3 +197,20 @@ class MachineSet(Sequence):
 
     def _repr_pretty_(self, p, cycle):
         p.text(repr(self))
+
+
+class RecipeResult:
+    """What a recipe did: one ResultSet per step run; ``ok`` machines; ``failed`` {name: Result}."""
+
+    def __init__(self, machines, steps, failed):
+        self.steps = steps
+        self.failed = failed
+        self.ok = MachineSet(m for m in machines if m.name not in failed)
+
+    @property
+    def all_ok(self):
+        return not self.failed
+
+    def __repr__(self):
+        bad = f" failed={fold(self.failed)}" if self.failed else ""
+        return f"<RecipeResult steps={len(self.steps)} ok={len(self.ok)}{bad}>"

@@ -14,6 +14,7 @@ temporary file (under ``spill_dir``) and keep growing there.
 """
 
 import codecs
+import hashlib
 import os
 import re
 import tempfile
@@ -80,6 +81,20 @@ class OutputBuffer:
             self._file.flush()
             with open(self.path, "rb") as f:
                 return f.read()
+
+    def fingerprint(self):
+        """What identical outputs share: the bytes themselves, or for a spilled file its size and digest."""
+        with self._lock:
+            if self._file is None:
+                if len(self._chunks) > 1:
+                    self._chunks = [b"".join(self._chunks)]
+                return self._chunks[0] if self._chunks else b""
+            self._file.flush()
+            digest = hashlib.blake2b()
+            with open(self.path, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+            return (self._size, digest.digest())
 
     def head(self, limit):
         """The first ``limit`` bytes, without reading a spilled file whole."""

@@ -9,25 +9,15 @@ A Result never raises for the host's own failure: ``error`` is ``None`` or
 one :class:`ErrorKind`, and ``ok`` is true only when it is ``None``.
 """
 
-import enum
 from collections.abc import Mapping
 
+from .errors import ErrorKind
+from .hostset import fold
+from .machineset import MachineSet
 from .output import decode
 
-
-class ErrorKind(str, enum.Enum):
-    """Why a host's command did not succeed; compares equal to its string."""
-
-    EXIT = "exit"  # the command ran and exited non-zero (or died of a signal)
-    TIMEOUT = "timeout"  # connecting or the command took longer than allowed
-    UNREACHABLE = "unreachable"  # refused, no route, unknown host name, proxy failed
-    AUTH = "auth"  # the server accepted none of our keys
-    HOSTKEY = "hostkey"  # host key unknown under a refusing policy, or changed
-    LOST = "lost"  # the connection died while the command ran
-    INTERRUPTED = "interrupted"  # Ctrl-C (or a broadcast deadline) cut it short
-
-    def __str__(self):
-        return self.value
+#: What :meth:`ResultSet.groups` can fold by.
+FOLDS = ("output", "output+status")
 
 
 class Result:
@@ -106,6 +96,23 @@ class Result:
         p.text(render_result(self))
 
 
+class Group(tuple):
+    """One fold of a ResultSet: unpacks as ``(output, machines)``; see :meth:`ResultSet.groups`."""
+
+    def __new__(cls, results):
+        group = super().__new__(cls, (results[0].output, MachineSet((r.machine for r in results), sort=True)))
+        group.results = results
+        return group
+
+    output = property(lambda self: self[0])
+    machines = property(lambda self: self[1])
+    status = property(lambda self: self.results[0].status)
+    message = property(lambda self: self.results[0].message)
+
+    def __repr__(self):
+        return f"<Group {self.machines} ({len(self.results)}) {self.status}>"
+
+
 class ResultSet(Mapping):
     """Results by machine name, in machine order; ``ok`` and ``failed`` computed once."""
 
@@ -123,7 +130,6 @@ class ResultSet(Mapping):
         try:
             return self._results[name]
         except KeyError:
-            from .hostset import fold
             raise KeyError(f"no result for {name!r}; results are for {fold(self._results) or '(none)'}") from None
 
     def __iter__(self):
@@ -159,17 +165,31 @@ class ResultSet(Mapping):
 
     @property
     def machines(self):
-        from .machineset import MachineSet
         return MachineSet(r.machine for r in self._results.values())
 
-    def groups(self):
-        """``[(output, MachineSet)]``: identical outputs folded, largest group first."""
-        from .machineset import MachineSet
-        by_output = {}
+    def groups(self, by="output"):
+        """Identical answers folded: ``[(output, MachineSet)]``, largest group first.
+
+        ``by="output"``: the hosts whose output bytes are identical.
+        ``by="output+status"``: identical output *and* the same status
+        (``ok``, ``exit 3``, ``timeout``, ...; a failure other than ``exit``
+        also needs the same message): what the text and HTML views show.
+
+        Each group unpacks as ``(output, machines)`` and also has ``.results``
+        (in machine order), ``.status`` and ``.message`` (those of its first
+        result). Ties in size list ``ok`` before failures, then by first
+        appearance. A spilled output is compared by its digest, never loaded.
+        """
+        if by not in FOLDS:
+            raise ValueError(f"groups(by=...) folds by one of {', '.join(map(repr, FOLDS))}, not {by!r}")
+        folded = {}
         for r in self._results.values():
-            by_output.setdefault(r.output_bytes, []).append(r.machine)
-        ordered = sorted(by_output.items(), key=lambda kv: -len(kv[1]))
-        return [(decode(out), MachineSet(ms, sort=True)) for out, ms in ordered]
+            key = r._buffer.fingerprint()
+            if by == "output+status":
+                key = (key, r.status, r.message if r.error not in (None, ErrorKind.EXIT) else None)
+            folded.setdefault(key, []).append(r)
+        ordered = sorted(folded.values(), key=lambda rs: (-len(rs), not rs[0].ok))
+        return [Group(members) for members in ordered]
 
     def by_error(self):
         """``{ErrorKind: ResultSet}`` for the failed results."""
@@ -180,7 +200,6 @@ class ResultSet(Mapping):
         return {k: ResultSet(v, self.command) for k, v in kinds.items()}
 
     def __repr__(self):
-        from .hostset import fold
         ok = len(self.ok)
         bad = len(self.failed)
         cut = " interrupted" if self.interrupted else ""

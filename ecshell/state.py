@@ -36,9 +36,8 @@ import socket
 import time
 
 from .commands import Command, Shell
-from .errors import ArgumentError, EcShellError, SelectionError
+from .errors import ArgumentError, EcShellError, ErrorKind, SelectionError
 from .output import OutputBuffer
-from .results import ErrorKind
 
 log = logging.getLogger("ecshell")
 
@@ -117,11 +116,12 @@ class Marker(float):
         return f"Marker({float(self)!r}, by={self.by!r}{note})"
 
     def describe(self, now=None):
-        age = f" ({_age((now or time.time()) - float(self))} ago)"
-        return f"set {self.when}{age} by {self.by or 'unknown'}" + (f": {self.note}" if self.note else "")
+        since = f" ({age((now or time.time()) - float(self))} ago)"
+        return f"set {self.when}{since} by {self.by or 'unknown'}" + (f": {self.note}" if self.note else "")
 
 
-def _age(seconds):
+def age(seconds):
+    """A duration as a person says it: ``45s``, ``12m``, ``3h05m``."""
     seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds}s"
@@ -246,14 +246,6 @@ def render_markers(markers, now=None):
     return "".join(f"{name:<{width}}  {m.describe(now)}\n" for name, m in sorted(markers.items()))
 
 
-def sub_attempt(attempt, cancel=None):
-    """A fresh Attempt (own buffer and clock) on the same machine, for a step inside a command."""
-    from .commands import Attempt
-
-    return Attempt(attempt.machine, attempt.engine, cancel if cancel is not None else attempt.cancel,
-                   attempt.on_output)
-
-
 class StateCommand(Command):
     """Some marker operations, then a listing of every marker: one round trip.
 
@@ -279,7 +271,7 @@ class StateCommand(Command):
 
     def execute(self, attempt):
         shell = Shell(self.script(attempt.settings))
-        quiet = sub_attempt(attempt)
+        quiet = attempt.fork()
         quiet.on_output = None  # the raw records are not for the operator's screen
         result = shell.execute(quiet)
         result.command = self
@@ -321,15 +313,6 @@ def remember(machine, **facts):
 
 # -- operations on machine sets ---------------------------------------------------
 
-def _set(machines):
-    from .machine import Machine
-    from .machineset import MachineSet
-
-    if isinstance(machines, Machine):
-        return MachineSet([machines])
-    return machines if isinstance(machines, MachineSet) else MachineSet(machines)
-
-
 def _names(names):
     if len(names) == 1 and isinstance(names[0], (list, tuple, set)):
         names = tuple(names[0])
@@ -341,12 +324,12 @@ def _names(names):
 def mark(machines, *names, note=""):
     """Set markers on every machine (overwriting their time and setter); a ResultSet."""
     ops = [Op("mark", n, note=note) for n in _names(names)]
-    return _set(machines).execute(StateCommand(ops, label=f"mark {' '.join(o.name for o in ops)}"))
+    return machines.execute(StateCommand(ops, label=f"mark {' '.join(o.name for o in ops)}"))
 
 
 def unmark(machines, *names):
     ops = [Op("unmark", n) for n in _names(names)]
-    return _set(machines).execute(StateCommand(ops, label=f"unmark {' '.join(o.name for o in ops)}"))
+    return machines.execute(StateCommand(ops, label=f"unmark {' '.join(o.name for o in ops)}"))
 
 
 class PerMachine(dict):
@@ -363,7 +346,7 @@ class PerMachine(dict):
 
 def markers(machines):
     """``{machine name: {marker: Marker}}``, read from the machines now (one round trip each)."""
-    results = _set(machines).execute(StateCommand(label="markers"))
+    results = machines.execute(StateCommand(label="markers"))
     return PerMachine({r.name: (r.detail.get("markers") if r.ok else None) for r in results.results()}, results)
 
 
@@ -382,10 +365,8 @@ def select_marker(machines, wanted):
     patterns = [wanted] if isinstance(wanted, str) else list(wanted)
     if not patterns:
         raise ArgumentError("give a marker name, e.g. select(marker='configured')")
-    from .fabrics.base import RUNNING
-
     # only running machines can answer; the others are left out without a connection attempt
-    machines = _set(machines).in_state(RUNNING, "ready")
+    machines = machines.reachable()
     if not machines:
         raise SelectionError("no running machine to read markers from; start or launch some first")
     seen = markers(machines)
@@ -432,10 +413,7 @@ class Lock:
         check_name(name)
         if timeout is not None and timeout < 0:
             raise ArgumentError(f"timeout is seconds to wait (0: try once, None: forever), not {timeout!r}")
-        from .machine import Machine
-
-        self.machine = machines if isinstance(machines, Machine) else None
-        self.machines = _set(machines)
+        self.machines = machines
         if not self.machines:
             raise ArgumentError("nothing to lock: the selection is empty")
         self.name, self.timeout, self.note = name, timeout, note
@@ -448,7 +426,7 @@ class Lock:
 
     @property
     def where(self):
-        return self.machine.name if self.machine is not None else str(self.machines)
+        return str(self.machines)
 
     def acquire(self):
         if self.held:
@@ -459,7 +437,7 @@ class Lock:
         while True:
             results = self.machines.execute(StateCommand([Op("claim", self.marker, self.note, token)],
                                                          label=f"lock {self.name}"))
-            taken = [r.machine for r in results.ok.results() if r.detail["ops"][0] == "ok"]
+            taken = self.machines & [r.machine for r in results.ok.results() if r.detail["ops"][0] == "ok"]
             if len(taken) == len(self.machines):
                 self.token = token
                 return self
@@ -482,15 +460,14 @@ class Lock:
             pause = min(pause * 1.5, 1.0)
 
     def _give_back(self, machines, token):
-        _set(machines).execute(StateCommand([Op("unmark", self.marker, token=token)],
-                                                  label=f"unlock {self.name}"))
+        machines.execute(StateCommand([Op("unmark", self.marker, token=token)], label=f"unlock {self.name}"))
 
     def _held_message(self, holders):
         parts = []
         for name, (holder, now) in holders.items():
             gone = " (that process is no longer running here)" if holder.holder_gone() else ""
             parts.append(f"on {name} by {holder.by or 'unknown'} since {holder.when} "
-                         f"({_age((now or time.time()) - holder.at)} ago){gone}"
+                         f"({age((now or time.time()) - holder.at)} ago){gone}"
                          f"{': ' + holder.note if holder.note else ''}")
         waited = f"waited {self.timeout:g}s; " if self.timeout else ""
         first = next(iter(holders))

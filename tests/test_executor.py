@@ -1,4 +1,4 @@
-"""The persistent executor (issue 7): broadcast behaviours on both paths, identical results.
+"""The persistent executor: broadcast behaviours on both paths, identical results.
 
 The machines are local sshd, so "on the machine" is this host: process
 checks use /proc and pgrep for a marker string unique to each test.
@@ -36,7 +36,7 @@ def ready_executor(machine, limit=10.0):
         executor = executor_of(machine)
         if executor is not None and executor.alive:
             return executor
-        if executor_module._slot(machine.connection()).unavailable:
+        if executor_module.slot(machine.connection()).unavailable:
             return None
         time.sleep(0.02)
     return None
@@ -174,7 +174,7 @@ def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machin
             assert ready_executor(m).pid != executor.pid
     # died twice: this connection now uses one channel per command
     assert not executor_of(m).alive
-    assert "died 2 times" in executor_module._slot(connection).unavailable
+    assert "died 2 times" in executor_module.slot(connection).unavailable
     assert m.run("echo channel").output == "channel\n"
 
 
@@ -242,7 +242,7 @@ def test_machine_without_python3_uses_the_channel_path(isolated_home, tmp_path):
             r = m.run("echo $PATH; exit 3")
             assert r.exit_code == 3 and r.output == f"{bin_dir}\n"
         assert ready_executor(m) is None and executor_of(m) is None
-        assert "no python3" in executor_module._slot(m.connection()).unavailable
+        assert "no python3" in executor_module.slot(m.connection()).unavailable
         cluster.settings.executor = "executor"
         r = m.run("echo never")
         assert r.error == "unreachable" and "no python3" in r.message
@@ -544,3 +544,27 @@ def test_silent_commands_still_give_the_server_its_window_back(cluster, machines
     assert executor._window_due == 0
     assert executor.channel.in_window_sofar <= 500
     assert executor_of(m) is executor and executor.alive
+
+
+def test_the_shipped_executor_speaks_the_protocol_the_client_imports():
+    """What goes over the wire is ecshell/remote/executor.py itself, and its frames are the client's."""
+    import base64
+    import re
+    import zlib
+
+    from ecshell.remote import executor as remote
+
+    packed = re.search(r"b64decode\('([A-Za-z0-9+/=]+)'\)", executor_module.wire()).group(1)
+    shipped = zlib.decompress(base64.b64decode(packed))
+    with open(remote.__file__, "rb") as f:
+        assert shipped == f.read()
+    namespace = {"__name__": "shipped"}  # not __main__: define, do not run
+    exec(compile(shipped, "shipped", "exec"), namespace)
+    for name in ("RUN", "INPUT", "INPUT_EOF", "CANCEL", "GRANT", "HELLO", "STARTED", "OUTPUT", "EXIT",
+                 "FAILED", "KILLED", "FLAG_INPUT", "FLAG_NO_SHORTCUT"):
+        assert namespace[name] == getattr(executor_module, name), name
+    for name in ("HEADER", "STATUS", "U32"):
+        assert namespace[name].format == getattr(executor_module, name).format, name
+    kinds = [namespace[n] for n in ("RUN", "INPUT", "INPUT_EOF", "CANCEL", "GRANT")]
+    events = [namespace[n] for n in ("HELLO", "STARTED", "OUTPUT", "EXIT", "FAILED", "KILLED")]
+    assert len(set(kinds)) == 5 and len(set(events)) == 6  # no two frame kinds alike

@@ -1,4 +1,4 @@
-"""ecshell-login as a real user's login shell, behind a real sshd (issue 6).
+"""ecshell-login as a real user's login shell, behind a real sshd.
 
 The module builds one "machine": an OpenSSH sshd on a free loopback port with
 a generated host key, where root (the operator's connection, as on a

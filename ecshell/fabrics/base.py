@@ -13,9 +13,11 @@ from traitlets import Unicode
 from traitlets.config import Configurable
 
 from ..errors import NotSupported
+from ..states import MachineState
 
-#: Fabric states a machine can be in; the cluster adds ``ready`` and ``failed-init``.
-PENDING, RUNNING, STOPPED, TERMINATED = "pending", "running", "stopped", "terminated"
+#: The states a fabric reports; the cluster adds ``ready`` and ``failed-init``.
+PENDING, RUNNING, STOPPED, TERMINATED = (MachineState.PENDING, MachineState.RUNNING, MachineState.STOPPED,
+                                         MachineState.TERMINATED)
 
 
 @dataclasses.dataclass
@@ -31,7 +33,7 @@ class Prototype:
     #: Host keys known out of band ("ssh-ed25519 AAAA..."), pinned: only these are accepted.
     host_keys: list = dataclasses.field(default_factory=list)
     tags: dict = dataclasses.field(default_factory=dict)
-    state: str = RUNNING
+    state: MachineState = RUNNING
     #: The name this host is looked up by in ssh_config / known_hosts, when it differs from host.
     alias: Optional[str] = None
     proxy_jump: Optional[str] = None

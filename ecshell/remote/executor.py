@@ -73,7 +73,7 @@ import time
 
 HEADER = struct.Struct(">BII")
 STATUS = struct.Struct(">IBi")
-WINDOW = struct.Struct(">I")
+U32 = struct.Struct(">I")  # windows, grants and pids
 READ_SIZE = 65536
 CLIENT_READ_SIZE = 65536  # below malloc's mmap threshold: no mmap and munmap per read
 KILL_AFTER = 1.0
@@ -566,7 +566,7 @@ class Executor:
             job.input_eof = True
             self._want_write(job)
         elif kind == GRANT:
-            job.window += WINDOW.unpack(payload)[0]
+            job.window += U32.unpack(payload)[0]
             self._want_read(job)
         elif kind == CANCEL:
             self.cancel(job)
@@ -579,10 +579,10 @@ class Executor:
         return [self.argv0.encode(), b"-c", command]
 
     def start(self, ident, payload):
-        (window,) = WINDOW.unpack_from(payload)
-        flags, token_size = payload[WINDOW.size], payload[WINDOW.size + 1]
-        token = payload[WINDOW.size + 2:WINDOW.size + 2 + token_size] if token_size else None
-        command = payload[WINDOW.size + 2 + token_size:]
+        (window,) = U32.unpack_from(payload)
+        flags, token_size = payload[U32.size], payload[U32.size + 1]
+        token = payload[U32.size + 2:U32.size + 2 + token_size] if token_size else None
+        command = payload[U32.size + 2 + token_size:]
         job = Job(ident, window)
         if self.groups.full():
             self.send(FAILED, ident, b"more commands at once than this executor tracks (%d)" % Groups.SLOTS)
@@ -608,7 +608,7 @@ class Executor:
         os.close(in_r)
         os.set_blocking(out_r, False)
         self.groups.add(job.pid)
-        self.send(STARTED, ident, WINDOW.pack(job.pid))
+        self.send(STARTED, ident, U32.pack(job.pid))
         job.out = out_r
         self.jobs[ident] = job
         if flags & FLAG_INPUT:

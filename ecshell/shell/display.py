@@ -8,6 +8,7 @@ reaches a screen.
 
 import html
 
+from ..errors import ErrorKind
 from ..hostset import fold
 from ..output import decode, printable
 
@@ -32,15 +33,21 @@ def _shown_output(result):
     return text
 
 
-def _groups_for_display(resultset):
-    """Fold by (output, status): hosts with the same answer *and* the same outcome."""
-    groups = {}
-    for r in resultset.results():
-        if r.error not in (None, "exit") and not r.output_size:
-            continue  # connection-level failures are listed by kind instead
-        key = (r._buffer.head(DISPLAY_LIMIT + 1), r.output_size, r.status)
-        groups.setdefault(key, []).append(r)
-    return sorted(groups.values(), key=lambda rs: (-len(rs), rs[0].status != "ok"))
+def _split(resultset):
+    """The folds the views show as output, and the failures they list by kind and message.
+
+    Both come from ``resultset.groups(by="output+status")``: a connection-level
+    failure (timeout, unreachable, ...) that printed nothing has no output
+    to show, only its reason; one that printed something is shown both ways.
+    """
+    shown, failures = [], {}
+    for group in resultset.groups(by="output+status"):
+        first = group.results[0]
+        if first.ok or first.error is ErrorKind.EXIT or first.output_size:
+            shown.append(group)
+        if not first.ok and first.error is not ErrorKind.EXIT:
+            failures.setdefault((first.error.value, first.message), []).extend(group.machines.names)
+    return shown, sorted(failures.items())
 
 
 def render_result(result, color=False):
@@ -54,22 +61,19 @@ def render_result(result, color=False):
 
 def render_resultset(resultset, color=False):
     lines = []
-    for members in _groups_for_display(resultset):
-        first = members[0]
-        names = fold(r.machine.name for r in members)
+    shown, failures = _split(resultset)
+    for group in shown:
+        first = group.results[0]
         role = "ok" if first.ok else ("exit" if first.error == "exit" else "fail")
         status = _paint(first.status, role, color)
-        lines.append(_paint(f"---------------- {names} ({len(members)})", "header", color) + f" {status}")
+        lines.append(_paint(f"---------------- {group.machines} ({len(group.results)})", "header", color)
+                     + f" {status}")
         body = _shown_output(first).rstrip("\n")
         if body:
             lines.append(body)
-    failures = [r for r in resultset.results() if r.error not in (None, "exit")]
     if failures:
         lines.append(_paint("failed:", "fail", color))
-        by_kind = {}
-        for r in failures:
-            by_kind.setdefault((r.error.value, r.message), []).append(r.machine.name)
-        for (kind, message), names in sorted(by_kind.items()):
+        for (kind, message), names in failures:
             detail = f": {printable(message)}" if message else ""
             lines.append(f"  {_paint(kind, 'fail', color)} {fold(names)} ({len(names)}){detail}")
     if resultset.interrupted:
@@ -86,21 +90,20 @@ def render_resultset(resultset, color=False):
 
 def render_resultset_html(resultset):
     rows = []
-    for members in _groups_for_display(resultset):
-        first = members[0]
-        names = html.escape(fold(r.machine.name for r in members))
+    shown, failures = _split(resultset)
+    for group in shown:
+        first = group.results[0]
         rows.append(
-            f"<tr><td><b>{names}</b> ({len(members)})</td>"
+            f"<tr><td><b>{html.escape(str(group.machines))}</b> ({len(group.results)})</td>"
             f"<td>{html.escape(first.status)}</td>"
             f"<td><pre>{html.escape(_shown_output(first))}</pre></td></tr>"
         )
-    for r in resultset.results():
-        if r.error not in (None, "exit"):
-            rows.append(
-                f"<tr><td><b>{html.escape(r.machine.name)}</b></td>"
-                f"<td>{html.escape(r.status)}</td>"
-                f"<td>{html.escape(printable(r.message))}</td></tr>"
-            )
+    for (kind, message), names in failures:
+        rows.append(
+            f"<tr><td><b>{html.escape(fold(names))}</b> ({len(names)})</td>"
+            f"<td>{html.escape(kind)}</td>"
+            f"<td>{html.escape(printable(message))}</td></tr>"
+        )
     summary = html.escape(f"{len(resultset.ok)} ok, {len(resultset.failed)} failed")
     return ("<table><thead><tr><th>machines</th><th>status</th><th>output</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table><p>{summary}</p>")

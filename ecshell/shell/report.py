@@ -16,9 +16,6 @@ import time
 from ..hostset import fold
 from ..output import printable
 
-#: Machine states in which a machine is running, and so costing money.
-LIVE_STATES = ("running", "ready", "failed-init", "pending")
-
 
 class Table:
     """Rows of text with a header; prints aligned in a terminal, as HTML in Jupyter."""
@@ -58,7 +55,8 @@ def hourly_cost(machine):
 
 
 def is_live(machine):
-    return machine.state in LIVE_STATES
+    """Started and not stopped: costing money."""
+    return machine.state.billed
 
 
 def cost_so_far(machine, now=None):

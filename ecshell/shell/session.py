@@ -18,8 +18,8 @@ import sys
 from . import report, targets
 from ..errors import ArgumentError, SelectionError
 from ..results import ResultSet
+from ..states import MachineState
 
-LIVE = ("running", "ready")
 
 
 class Session:
@@ -50,7 +50,7 @@ class Session:
 
     def _live(self, target):
         chosen = self.select(target)
-        live = chosen.in_state(*LIVE)
+        live = chosen.reachable()
         if not live:
             states = ", ".join(f"{m.name}: {m.state}" for m in chosen)
             raise SelectionError(f"no running machine in {target!r} ({states}); "
@@ -152,7 +152,7 @@ class Session:
             options["image_id"] = image
         machines = self.cluster.launch(count, name=name, fabric=fabric, wait=wait, **options)
         if wait:
-            failed = machines - machines.in_state("ready")
+            failed = machines - machines.in_state(MachineState.READY)
             if failed:
                 self.say(f"did not become ready (failed-init): {failed}; "
                          f"try %ready {failed} again, or %terminate {failed}")
@@ -186,7 +186,7 @@ class Session:
     def machine_table(self, markers=True):
         self.cluster.refresh()
         found = {}
-        ready = self.cluster.machines.in_state(*LIVE)
+        ready = self.cluster.machines.reachable()
         if markers and ready and hasattr(ready, "markers"):
             try:
                 found = {name: marks for name, marks in ready.markers().items() if marks}

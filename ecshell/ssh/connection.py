@@ -16,8 +16,7 @@ import time
 
 import paramiko
 
-from ..errors import ConnectError
-from ..results import ErrorKind
+from ..errors import ConnectError, ErrorKind
 
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET = 32768

@@ -1,31 +1,30 @@
-"""The client side of the persistent executor: one per pooled connection.
+"""The executor transport: commands as frames to a persistent executor on the machine.
 
 >>> cluster = Cluster(LocalFabric(), executor="auto")    # the default
 >>> cluster.run("hostname")                             # doctest: +SKIP
 
-With ``c.EcShell.executor`` at ``auto`` (or ``executor``), the first shell
-command on a machine starts :mod:`ecshell.executor_remote` there over the
-machine's pooled connection (``python3 -c`` with the code base64-encoded: no
-install, no port). Every later command to that machine is one frame on that
-same channel instead of a new SSH session plus a fork of sshd; the output
-comes back in frames, demultiplexed by a reader thread to the command's
-worker. A machine without python3 uses the channel path; an executor that
-dies loses the commands it was running (each result says ``lost``), is
-restarted once, and after a second death that connection uses the channel
-path.
+With ``c.EcShell.executor`` at ``auto`` (or ``executor``), the commands to a
+machine start :mod:`ecshell.remote.executor` there over its pooled connection
+(``python3 -c`` with the code base64-encoded: no install, no port). Every
+later command to that machine is one frame on that same channel instead of a
+new SSH session plus a fork of sshd. A machine without python3 uses the
+channel path; an executor that dies loses the commands it was running (each
+result says ``lost``), is restarted once, and after a second death that
+connection uses the channel path.
 
 Results are the same as on the channel path: the executor runs the very
-string :class:`~ecshell.commands.Shell` would hand sshd, in the user's login
-shell, with sshd's environment and working directory, in a new session.
+string sshd would get, in the user's login shell, with sshd's environment and
+working directory, in a new session. The frame protocol is defined once, in
+:mod:`ecshell.remote.executor`, and imported from there.
 
 No reader thread: once the executor said hello, its channel's input buffer
-is replaced by a :class:`_FrameSink`, so that paramiko's transport thread,
+is replaced by a :class:`FrameSink`, so that paramiko's transport thread,
 which decrypts the packets anyway, cuts them into frames and hands each to
 its command's queue. It never blocks and never sends there (a send from the
 transport thread could wait on a key re-exchange that only that thread can
 finish): the SSH window it owes the server is sent by the workers
-(:meth:`Executor.settle_window`), and a dead executor's channel is closed
-from a short-lived thread.
+(:meth:`ExecutorSession.settle_window`), and a dead executor's channel is
+closed from a short-lived thread.
 
 Flow control: each command has a window of :data:`WINDOW` bytes; the worker
 grants more as it moves output into the Result's OutputBuffer (which spills
@@ -33,29 +32,25 @@ to disk), so a host printing 50 MB holds at most about one window in memory
 and stalls nothing but itself.
 """
 
+from __future__ import annotations
+
 import base64
 import json
-import os
 import queue
-import struct
 import threading
 import time
 import zlib
+from typing import Callable, Optional
 
 import paramiko
 from paramiko.common import cMSG_CHANNEL_WINDOW_ADJUST
 
-from ..commands import KILL_TIMEOUT, NOT_STARTED, POLL, Stopped, next_chunk, run_token
-from ..errors import ConnectError
-from ..results import ErrorKind
-
-HEADER = struct.Struct(">BII")
-STATUS = struct.Struct(">IBi")  # pid, 1 if killed by a signal, exit code or signal number
-WINDOW_FIELD = struct.Struct(">I")
-RUN, INPUT, INPUT_EOF, CANCEL, GRANT = b"RIECW"
-HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
-FLAG_INPUT = 1
-FLAG_NO_SHORTCUT = 2
+from ..errors import ConnectError, ErrorKind
+from ..remote import executor as remote
+from ..remote.executor import (CANCEL, EXIT, FAILED, FLAG_INPUT, FLAG_NO_SHORTCUT, GRANT, HEADER, HELLO, INPUT,
+                               INPUT_EOF, KILLED, OUTPUT, RUN, STARTED, STATUS, U32)
+from .transport import (KILL_TIMEOUT, POLL, Broken, Exit, Lost, Process, Request, Stopped, Transport, next_chunk,
+                        send_input, stopped)
 
 #: Bytes of one command's output that may be in flight or queued before the worker takes them.
 WINDOW = 1024 * 1024
@@ -72,8 +67,7 @@ _LOST = object()
 
 
 def _bootstrap():
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "remote", "executor.py")
-    with open(path, "rb") as f:
+    with open(remote.__file__, "rb") as f:
         source = f.read()
     packed = base64.b64encode(zlib.compress(source, 9)).decode("ascii")
     code = f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
@@ -117,7 +111,7 @@ class Job:
         return self.pid is not None
 
 
-class Executor:
+class ExecutorSession:
     """The executor process on one machine, reached over one channel of its connection."""
 
     def __init__(self, connection, channel, hello):
@@ -133,7 +127,7 @@ class Executor:
         self.why_dead = ""
         self._window_due = 0  # SSH window the server is owed for the bytes the sink took
         self._window_lock = threading.Lock()
-        sink, buffered = _FrameSink(self), channel.in_buffer
+        sink, buffered = FrameSink(self), channel.in_buffer
         channel.in_buffer = sink
         # Nothing but hello came before the first command; anything else (stderr's
         # traceback and EOF of a dying executor) reaches the sink from now on.
@@ -150,7 +144,7 @@ class Executor:
         Raises ExecutorUnavailable, or StartCancelled when ``cancel`` is set meanwhile.
         """
         channel = connection.open_session(timeout=timeout)
-        if not _FrameSink.fits(channel):
+        if not FrameSink.fits(channel):
             channel.close()
             raise ExecutorUnavailable(f"paramiko {paramiko.__version__}'s Channel lacks what the frame sink "
                                       "stands in for; using one channel per command")
@@ -174,16 +168,15 @@ class Executor:
         with self._send_lock:
             self.channel.sendall(frame)
 
-    def submit(self, command, token=None, has_input=False, shortcut=True):
-        """Start ``command`` (the shell string) on the machine, with ECSHELL_RUN=``token``; a Job.
+    def submit(self, request: Request) -> Job:
+        """Send ``request`` to the executor; the Job its events arrive on.
 
-        The executor runs ``<login shell> -c`` on what :meth:`Shell.wire` would
-        give sshd, or, with ``shortcut``, execs the command itself when the
-        shell would do nothing else (see ``executor_remote.Shortcut``).
+        The executor runs ``<login shell> -c`` on what sshd would get on the
+        channel path, or, with ``request.shortcut``, execs the command itself
+        when the shell would do nothing else (see ``remote.executor.Shortcut``).
         """
-        if isinstance(command, str):
-            command = command.encode("utf-8", "surrogateescape")
-        token = token.encode("ascii") if token else b""
+        command = request.command.encode("utf-8", "surrogateescape")
+        token = request.token.encode("ascii") if request.token else b""
         with self._jobs_lock:
             if self.dead:
                 raise EOFError(self.why_dead or "executor gone")
@@ -191,14 +184,16 @@ class Executor:
             self._next_id += 1
             job = Job(ident)
             self._jobs[ident] = job
-        flags = (FLAG_INPUT if has_input else 0) | (0 if shortcut else FLAG_NO_SHORTCUT)
-        self._send(RUN, ident, WINDOW_FIELD.pack(WINDOW) + bytes([flags, len(token)]) + token + command)
+        flags = (FLAG_INPUT if request.input is not None else 0) | (0 if request.shortcut else FLAG_NO_SHORTCUT)
+        self._send(RUN, ident, U32.pack(WINDOW) + bytes([flags, len(token)]) + token + command)
         return job
 
     def send_input(self, job, data):
         view = memoryview(data)
         for start in range(0, len(view), INPUT_CHUNK):
             self._send(INPUT, job.id, bytes(view[start:start + INPUT_CHUNK]))
+
+    def end_input(self, job):
         self._send(INPUT_EOF, job.id)
 
     def consumed(self, job, size):
@@ -206,7 +201,7 @@ class Executor:
         job.granted_back += size
         if job.granted_back >= WINDOW // 2:
             grant, job.granted_back = job.granted_back, 0
-            self._send(GRANT, job.id, WINDOW_FIELD.pack(grant))
+            self._send(GRANT, job.id, U32.pack(grant))
 
     def cancel(self, job):
         """TERM the job's process group now, KILL it a second later; (KILLED, None) follows."""
@@ -233,16 +228,16 @@ class Executor:
                 message.add_int(due)
                 self.channel.transport._send_user_message(message)
 
-    # -- events, in paramiko's transport thread (see _FrameSink) ----------------
+    # -- events, in paramiko's transport thread (see FrameSink) ----------------
 
-    def _dispatch(self, kind, ident, payload):
+    def dispatch(self, kind, ident, payload):
         job = self._jobs.get(ident)
         if job is None:
             return  # a cancelled command's late events
         if kind == OUTPUT:
             job.events.put((OUTPUT, payload))
         elif kind == STARTED:
-            job.pid = WINDOW_FIELD.unpack(payload)[0]
+            job.pid = U32.unpack(payload)[0]
         elif kind == KILLED:
             self.forget(job)
             job.events.put((KILLED, None))
@@ -253,7 +248,11 @@ class Executor:
             self.forget(job)
             job.events.put((FAILED, payload.decode("utf-8", "replace")))
 
-    def _die(self, why=""):
+    def owe_window(self, due):
+        with self._window_lock:
+            self._window_due += due
+
+    def die(self, why=""):
         with self._jobs_lock:
             if self.dead and not self._jobs:
                 return
@@ -268,10 +267,10 @@ class Executor:
 
     def __repr__(self):
         state = "alive" if self.alive else "dead"
-        return f"<Executor pid {self.pid} on {self.connection.endpoint} {state}>"
+        return f"<ExecutorSession pid {self.pid} on {self.connection.endpoint} {state}>"
 
 
-class _FrameSink:
+class FrameSink:
     """Stands in for the executor channel's input buffer: cuts what paramiko feeds into frames.
 
     paramiko calls ``feed`` from its transport thread for every data packet of
@@ -279,8 +278,8 @@ class _FrameSink:
     asks of its buffer when nobody reads it.
     """
 
-    def __init__(self, executor):
-        self.executor = executor
+    def __init__(self, session):
+        self.session = session
         self.buffer = bytearray()
 
     @staticmethod
@@ -292,12 +291,11 @@ class _FrameSink:
                 and hasattr(channel.in_buffer, "empty") and hasattr(channel.transport, "_send_user_message"))
 
     def feed(self, data):
-        executor = self.executor
+        session = self.session
         try:
-            due = executor.channel._check_add_window(len(data))
+            due = session.channel._check_add_window(len(data))
             if due:
-                with executor._window_lock:
-                    executor._window_due += due
+                session.owe_window(due)
             buffer = self.buffer
             buffer += data
             offset = 0
@@ -306,14 +304,14 @@ class _FrameSink:
                 end = offset + HEADER.size + length
                 if end > len(buffer):
                     break
-                executor._dispatch(kind, ident, bytes(buffer[offset + HEADER.size:end]))
+                session.dispatch(kind, ident, bytes(buffer[offset + HEADER.size:end]))
                 offset = end
             del buffer[:offset]
         except Exception as exc:  # never into paramiko's transport thread: the executor is lost instead
-            executor._die(f"unreadable frames from the executor ({exc!r})")
+            session.die(f"unreadable frames from the executor ({exc!r})")
 
     def close(self):
-        self.executor._die()
+        self.session.die()
 
     def read_ready(self):
         return False
@@ -358,12 +356,12 @@ def _read_hello(channel, deadline, cancel=None):
     return json.loads(buffer[HEADER.size:])
 
 
-class _Slot:
+class Slot:
     """The executor state of one pooled connection."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.executor = None
+        self.session = None
         self.starts = 0
         self.unavailable = None  # why the channel path is used for this connection
         self.starting = None  # an Event while a start runs in the background
@@ -373,17 +371,25 @@ class _Slot:
 _slots_lock = threading.Lock()
 
 
-def _slot(connection):
-    # Kept on the connection itself, so that it goes away with it (an executor refers
-    # to its connection: a weak-keyed table would keep both alive).
+def slot(connection) -> Slot:
+    """The executor state of ``connection``, kept on the connection itself.
+
+    An executor refers to its connection: a weak-keyed table would keep both alive.
+    """
     with _slots_lock:
-        slot = getattr(connection, "_executor_slot", None)
-        if slot is None:
-            slot = connection._executor_slot = _Slot()
-        return slot
+        found = getattr(connection, "executor_slot", None)
+        if found is None:
+            found = connection.executor_slot = Slot()
+        return found
 
 
-def executor_for(connection, timeout, cancel=None, wait=True):
+def peek(connection) -> Optional[ExecutorSession]:
+    """The executor of ``connection`` if one was started, alive or not."""
+    found = getattr(connection, "executor_slot", None)
+    return found.session if found is not None else None
+
+
+def session_for(connection, timeout, cancel=None, wait=True):
     """The live executor of ``connection``, or None and the reason there is none.
 
     Without one, a start begins. With ``wait``, this waits for it; without, the
@@ -392,26 +398,26 @@ def executor_for(connection, timeout, cancel=None, wait=True):
     broadcast, a readiness check) never pays for python3 starting, and later
     commands find the executor ready.
     """
-    slot = _slot(connection)
+    state = slot(connection)
     while True:
-        with slot.lock:
-            if slot.executor is not None and slot.executor.alive:
-                return slot.executor, None
-            if not wait and slot.starting is None and slot.executor is None:
-                slot.asked += 1
-                if slot.asked < START_AFTER:
+        with state.lock:
+            if state.session is not None and state.session.alive:
+                return state.session, None
+            if not wait and state.starting is None and state.session is None:
+                state.asked += 1
+                if state.asked < START_AFTER:
                     return None, "not started: the first command on a connection uses its own channel"
-            if slot.unavailable is None and slot.starts >= MAX_STARTS and slot.starting is None:
-                slot.unavailable = (f"the executor died {slot.starts} times on this connection "
-                                    f"(last: {slot.executor.why_dead}); using one channel per command")
-            if slot.unavailable is not None:
-                return None, slot.unavailable
-            starting = slot.starting
+            if state.unavailable is None and state.starts >= MAX_STARTS and state.starting is None:
+                state.unavailable = (f"the executor died {state.starts} times on this connection "
+                                     f"(last: {state.session.why_dead}); using one channel per command")
+            if state.unavailable is not None:
+                return None, state.unavailable
+            starting = state.starting
             if starting is None:
-                slot.starts += 1
-                starting = slot.starting = threading.Event()
+                state.starts += 1
+                starting = state.starting = threading.Event()
                 if not wait:
-                    threading.Thread(target=_start, args=(slot, connection, timeout, None),
+                    threading.Thread(target=_start, args=(state, connection, timeout, None),
                                      name="ecshell-executor-start", daemon=True).start()
                     return None, "starting"
                 break
@@ -420,18 +426,18 @@ def executor_for(connection, timeout, cancel=None, wait=True):
         while not starting.wait(0.2):
             if cancel is not None and cancel.is_set():
                 raise StartCancelled()
-    _start(slot, connection, timeout, cancel, reraise=True)
-    with slot.lock:
-        if slot.executor is not None and slot.executor.alive:
-            return slot.executor, None
-        return None, slot.unavailable or "the executor went away as it started"
+    _start(state, connection, timeout, cancel, reraise=True)
+    with state.lock:
+        if state.session is not None and state.session.alive:
+            return state.session, None
+        return None, state.unavailable or "the executor went away as it started"
 
 
-def _start(slot, connection, timeout, cancel, reraise=False):
+def _start(state, connection, timeout, cancel, reraise=False):
     """Start the slot's executor; with ``reraise``, a dead connection's error goes to the caller."""
-    executor, unavailable, cancelled, failure = None, None, False, None
+    session, unavailable, cancelled, failure = None, None, False, None
     try:
-        executor = Executor.start(connection, timeout, cancel)
+        session = ExecutorSession.start(connection, timeout, cancel)
     except StartCancelled:
         cancelled = True
     except ExecutorUnavailable as exc:
@@ -441,210 +447,148 @@ def _start(slot, connection, timeout, cancel, reraise=False):
             unavailable = f"the server refused the executor's session: {exc}"
         else:
             failure = exc
-    with slot.lock:
-        if executor is not None:
-            slot.executor = executor
+    with state.lock:
+        if session is not None:
+            state.session = session
         if unavailable is not None:
-            slot.unavailable = unavailable
+            state.unavailable = unavailable
         if cancelled:
-            slot.starts -= 1
-        slot.starting.set()
-        slot.starting = None
+            state.starts -= 1
+        state.starting.set()
+        state.starting = None
     if cancelled:
         raise StartCancelled()
     if failure is not None and reraise:
         raise failure
 
 
-def peek(connection):
-    """The executor of ``connection`` if one was started, alive or not."""
-    slot = getattr(connection, "_executor_slot", None)
-    return slot.executor if slot is not None else None
+class ExecutorTransport(Transport):
+    """Starts commands as frames to the live executor of one connection."""
 
+    name = "executor"
 
-def launch(shell, attempt):
-    """Send ``shell`` at once if the machine's executor is up; the worker's :func:`execute` waits for it.
+    def __init__(self, connection, session: ExecutorSession):
+        self.connection = connection
+        self.session = session
 
-    Anything that would wait (connecting, starting an executor, feeding input)
-    is left to the worker.
-    """
-    if shell.input is not None or attempt.cancel.is_set():
-        return
-    connection = attempt.engine.pool.peek(attempt.machine.endpoint)
-    executor = peek(connection) if connection is not None else None
-    if executor is None or not executor.alive:
-        return
-    token = run_token() if attempt.settings.kill_on_cancel else None
-    try:
-        job = executor.submit(shell.command, token, False, attempt.settings.executor_shortcut)
-    except (paramiko.SSHException, EOFError, OSError):
-        return  # never sent: the worker starts it over whatever connection is alive
-    attempt.launched = (connection, executor, job, token, time.monotonic())
+    @classmethod
+    def find(cls, connection, timeout, cancel, wait) -> tuple[Optional["ExecutorTransport"], Optional[str]]:
+        """The transport to ``connection``'s executor, or None and why there is none (see :func:`session_for`).
 
-
-def execute(shell, attempt):
-    """Run Shell ``shell`` through the machine's executor; None means: use the channel path."""
-    timeout = shell.timeout if shell.timeout is not None else attempt.settings.command_timeout
-    if attempt.launched is not None:
-        connection, executor, job, token, sent = attempt.launched
-        deadline = sent + timeout if timeout else None
-        return _wait(shell, attempt, connection, executor, job, deadline, timeout, token)
-    # The executor kills by process group; the token keeps the environment the same as on
-    # the channel path (where it is what finds the processes to kill).
-    token = run_token() if attempt.settings.kill_on_cancel else None
-    while True:
+        Raises :class:`Broken` if the connection broke on the way.
+        """
         try:
-            connection, executor, why = _executor(attempt)
+            session, why = session_for(connection, timeout, cancel, wait)
         except StartCancelled:
-            return attempt.result(shell, error=ErrorKind.INTERRUPTED,
-                                  message="interrupted while the executor started; the command was not run")
-        if executor is None:
-            if attempt.settings.executor == "executor":
-                return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=(
-                    f"no executor on {attempt.machine.name}: {why}; "
-                    "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
-            return None
-        if attempt.cancel.is_set():  # Ctrl-C came while connecting: do not start it now
-            return attempt.result(shell, error=ErrorKind.INTERRUPTED, message=NOT_STARTED)
-        # The command's clock starts once it can be sent, as on the channel path.
-        deadline = time.monotonic() + timeout if timeout else None
+            raise ConnectError(ErrorKind.INTERRUPTED,
+                               "interrupted while the executor started; the command was not run") from None
+        except paramiko.ChannelException as exc:  # the server answered: no (MaxSessions, ...)
+            raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise Broken(str(exc)) from None
+        return (cls(connection, session) if session is not None else None), why
+
+    @classmethod
+    def live(cls, connection) -> Optional["ExecutorTransport"]:
+        """The transport to ``connection``'s executor if it is up now, else None; never waits."""
+        session = peek(connection)
+        return cls(connection, session) if session is not None and session.alive else None
+
+    def start(self, request: Request) -> "ExecutorProcess":
+        session = self.session
         try:
-            job = executor.submit(shell.command, token, shell.input is not None,
-                                  attempt.settings.executor_shortcut)
-            if shell.input is not None:
-                _feed(executor, job, shell.input)
-        except (paramiko.SSHException, EOFError, OSError):
-            job = None
-        if job is not None:
-            return _wait(shell, attempt, connection, executor, job, deadline, timeout, token)
-        # The command was never sent: the executor or its connection was gone already.
-        if connection.alive:
-            continue  # the executor restarts once, else the channel path takes over
-        if attempt.reconnected:
-            return attempt.result(shell, error=ErrorKind.LOST,
-                                  message="connection lost before the command started; it was not run")
-        attempt.engine.pool.discard(attempt.machine.endpoint, connection)
-        attempt.reconnected = True
+            job = session.submit(request)
+            sent_at = time.monotonic()
+            send_input(lambda data: session.send_input(job, data), lambda: session.end_input(job), request.input)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            # Never sent: the executor or its connection was gone already.
+            raise Broken(str(exc), reconnect=not self.connection.alive) from None
+        return ExecutorProcess(self.connection, session, job, request.token, sent_at)
 
 
-def _executor(attempt):
-    """(connection, executor or None, why not) for the attempt's machine; replaces a dead connection once."""
-    connection = attempt.connect()
-    wait = attempt.settings.executor == "executor"
-    try:
-        executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel, wait)
-    except paramiko.ChannelException as exc:  # the server answered: no (MaxSessions, ...)
-        raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        # Anything else means the transport broke, even if its thread has not said so yet.
-        if attempt.reconnected:
-            raise ConnectError(ErrorKind.UNREACHABLE, f"the new connection failed too: {exc}") from None
-        attempt.engine.pool.discard(attempt.machine.endpoint, connection)
-        attempt.reconnected = True
-        connection = attempt.connect()
-        executor, why = executor_for(connection, attempt.settings.connect_timeout, attempt.cancel, wait)
-    return connection, executor, why
+class ExecutorProcess(Process):
+    def __init__(self, connection, session: ExecutorSession, job: Job, token: Optional[str], sent_at: float):
+        self.connection = connection
+        self.session = session
+        self.job = job
+        self.token = token
+        self.sent_at = sent_at
+        self.exit: Optional[Exit] = None
 
+    @property
+    def detail(self):
+        return {"run": self.token, "pid": self.job.pid}
 
-def _wait(shell, attempt, connection, executor, job, deadline, timeout, token):
-    """The job's Result (``lost`` if the executor dies once the command was sent)."""
-    while True:
-        stop = None
-        if attempt.cancel.is_set():
-            stop = ErrorKind.INTERRUPTED
-        elif deadline is not None and time.monotonic() >= deadline:
-            stop = ErrorKind.TIMEOUT
-        if stop is not None:
-            return _stop(shell, attempt, executor, job, token, stop, timeout)
-        wait = POLL if deadline is None else max(0.001, min(POLL, deadline - time.monotonic()))
-        try:
-            event = job.events.get(timeout=wait)
-        except queue.Empty:
-            continue
-        if executor._window_due:
+    def read(self, deadline, cancel) -> bytes:
+        if self.exit is not None:
+            return b""
+        session, job = self.session, self.job
+        while True:
+            stopped(deadline, cancel)
+            wait = POLL if deadline is None else max(0.001, min(POLL, deadline - time.monotonic()))
             try:
-                executor.settle_window()
+                event = job.events.get(timeout=wait)
+            except queue.Empty:
+                continue
+            try:
+                session.settle_window()
             except (paramiko.SSHException, EOFError, OSError):
                 pass  # the sink reports the executor's death as _LOST
-        if event is _LOST:
-            # The RUN frame went out: whether or not STARTED came back, the command may
-            # have run, so it is lost, never sent again (only connecting is retried).
-            return _lost(shell, attempt, connection, executor, job, token)
-        kind, value = event
-        if kind == OUTPUT:
-            attempt.output(value)
-            try:
-                executor.consumed(job, len(value))
-            except (paramiko.SSHException, EOFError, OSError):
-                pass  # the sink reports the executor's death as _LOST
-            continue
-        if kind == FAILED:
-            return attempt.result(shell, error=ErrorKind.UNREACHABLE, message=value)
-        _, signalled, code = value
-        if signalled:
-            return attempt.result(shell, error=ErrorKind.EXIT, message="killed by a signal")
-        if code == 0:
-            return attempt.result(shell, exit_code=0)
-        return attempt.result(shell, exit_code=code, error=ErrorKind.EXIT)
+            if event is _LOST:
+                # The RUN frame went out: whether or not STARTED came back, the command may
+                # have run, so it is lost, never sent again (only connecting is retried).
+                raise Lost(self._lost())
+            kind, value = event
+            if kind == OUTPUT:
+                try:
+                    session.consumed(job, len(value))
+                except (paramiko.SSHException, EOFError, OSError):
+                    pass  # the sink reports the executor's death as _LOST
+                return value
+            if kind == FAILED:
+                raise ConnectError(ErrorKind.UNREACHABLE, value)
+            _, signalled, code = value
+            self.exit = Exit(None if signalled else code)
+            return b""
 
+    def wait(self, deadline, cancel) -> Exit:
+        while self.exit is None:
+            self.read(deadline, cancel)  # output after EOF cannot come: the exit frame follows EOF
+        return self.exit
 
-def _feed(executor, job, data):
-    if len(data) <= 256 * 1024:
-        executor.send_input(job, data)
-        return
-
-    def feed():
+    def kill(self, output: Callable[[bytes], None]) -> str:
+        """The executor TERMs the command's process group (KILL a second later) and confirms."""
         try:
-            executor.send_input(job, data)
-        except (OSError, EOFError):
-            pass  # the executor went away; the worker reports it
-
-    threading.Thread(target=feed, name="ecshell-executor-stdin", daemon=True).start()
-
-
-def _stop(shell, attempt, executor, job, token, kind, timeout):
-    """Timeout or cancel: the executor TERMs the command's process group (KILL a second later)."""
-    killed = "killed on the machine"
-    try:
-        executor.cancel(job)
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        killed = f"could not kill it on the machine: {exc}"
-    else:
-        # Wait for the executor to confirm, as the channel path waits for its kill command.
+            self.session.cancel(self.job)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            return f"could not kill it on the machine: {exc}"
         # Output that arrives meanwhile belongs to the result, as on the channel path.
         until = time.monotonic() + KILL_TIMEOUT
         while True:
             try:
-                event = job.events.get(timeout=max(0.001, until - time.monotonic()))
+                event = self.job.events.get(timeout=max(0.001, until - time.monotonic()))
             except queue.Empty:
-                killed = f"could not kill it on the machine: no answer from the executor in {KILL_TIMEOUT:g}s"
-                break
+                return f"could not kill it on the machine: no answer from the executor in {KILL_TIMEOUT:g}s"
             if event is _LOST:
-                killed = "the executor went away; its watcher killed it on the machine"
-                break
+                return "the executor went away; its watcher killed it on the machine"
             if event[0] == OUTPUT:
-                attempt.output(event[1])
+                output(event[1])
                 continue
-            break  # KILLED, or it exited just now
-    executor.forget(job)
-    detail = {"run": token, "pid": job.pid}
-    message = f"no exit after {timeout:g}s" if kind is ErrorKind.TIMEOUT else "interrupted"
-    return attempt.result(shell, error=kind, message=f"{message}; {killed}", detail=detail)
+            return "killed on the machine"  # KILLED, or it exited just now
 
+    def close(self) -> None:
+        self.session.forget(self.job)
 
-def _lost(shell, attempt, connection, executor, job, token):
-    ran = time.monotonic() - attempt.started
-    group = (f"its process group {job.pid}" if job.started
-             else "whatever of it started (the machine had not yet confirmed the start)")
-    if not connection.alive:
-        return attempt.result(shell, error=ErrorKind.LOST, message=(
-            f"connection lost while the command ran (after {ran:.1f}s); it was not re-run "
-            f"and may or may not have finished ({group} is killed on the machine "
-            "when the executor notices)"), detail={"run": token, "pid": job.pid})
-    slot = _slot(connection)
-    then = ("the executor restarts for the next command" if slot.starts < MAX_STARTS
-            else "the next commands use one channel per command")
-    return attempt.result(shell, error=ErrorKind.LOST, message=(
-        f"the executor on the machine died while the command ran (after {ran:.1f}s; "
-        f"{executor.why_dead}); {group} was killed and it was not re-run; {then}"),
-        detail={"run": token, "pid": job.pid})
+    def _lost(self):
+        job = self.job
+        ran = time.monotonic() - self.sent_at
+        group = (f"its process group {job.pid}" if job.started
+                 else "whatever of it started (the machine had not yet confirmed the start)")
+        if not self.connection.alive:
+            return (f"connection lost while the command ran (after {ran:.1f}s); it was not re-run "
+                    f"and may or may not have finished ({group} is killed on the machine "
+                    "when the executor notices)")
+        then = ("the executor restarts for the next command" if slot(self.connection).starts < MAX_STARTS
+                else "the next commands use one channel per command")
+        return (f"the executor on the machine died while the command ran (after {ran:.1f}s; "
+                f"{self.session.why_dead}); {group} was killed and it was not re-run; {then}")

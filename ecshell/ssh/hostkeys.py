@@ -21,8 +21,7 @@ import hashlib
 import os
 import threading
 
-from ..errors import ConnectError
-from ..results import ErrorKind
+from ..errors import ConnectError, ErrorKind
 
 
 def fingerprint(key):

@@ -1,0 +1,133 @@
+"""One SSH channel per command, as ``ssh host CMD`` does it.
+
+sshd runs the request's wire string with the user's login shell ``-c``;
+stdout and stderr are combined on the channel in arrival order. A command
+is killed by a second channel that TERMs (then KILLs) the processes that
+carry its ECSHELL_RUN token: that costs nothing on the wire while the
+command runs, and works for root too (OpenSSH refuses the SSH ``signal``
+request for root sessions). Finding them needs Linux's /proc.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Callable, Optional
+
+import paramiko
+
+from ..errors import ConnectError, ErrorKind
+from .transport import (KILL_TIMEOUT, POLL, RUN_VARIABLE, Broken, Exit, Lost, Process, Request, Transport,
+                        next_chunk, send_input, stopped)
+
+
+class ChannelTransport(Transport):
+    """Opens a new session on the connection for every command."""
+
+    name = "channel"
+
+    def __init__(self, connection, timeout: float):
+        self.connection = connection
+        self.timeout = timeout
+
+    def open(self):
+        """A new session channel; :class:`Broken` if the connection is gone."""
+        try:
+            return self.connection.open_session(timeout=self.timeout)
+        except paramiko.ChannelException as exc:  # the server answered: no (MaxSessions, ...)
+            raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            # Anything else means the transport broke, even if its thread has not said so yet.
+            raise Broken(str(exc)) from None
+
+    def start(self, request: Request) -> "ChannelProcess":
+        channel = self.open()
+        try:
+            channel.set_combine_stderr(True)
+            if request.pty:
+                channel.get_pty(term="xterm", width=200, height=50)
+            channel.exec_command(request.wire())
+            sent_at = time.monotonic()
+            send_input(channel.sendall, channel.shutdown_write, request.input)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            channel.close()
+            if not self.connection.alive:
+                raise ConnectError(ErrorKind.LOST, f"connection lost before the command started ({exc}); "
+                                   "it was not run") from None
+            raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused the command: {exc}") from None
+        return ChannelProcess(self.connection, channel, request.token, sent_at)
+
+
+class ChannelProcess(Process):
+    def __init__(self, connection, channel, token: Optional[str], sent_at: float):
+        self.connection = connection
+        self.channel = channel
+        self.token = token
+        self.sent_at = sent_at
+        self.detail = {"run": token}
+
+    def read(self, deadline, cancel) -> bytes:
+        return next_chunk(self.channel, deadline, cancel)
+
+    def wait(self, deadline, cancel) -> Exit:
+        # EOF came; the exit status arrives just before or after the channel closes.
+        channel = self.channel
+        while not channel.status_event.wait(POLL):
+            if not self.connection.alive or channel.closed:
+                break
+            stopped(deadline, cancel)
+        if channel.exit_status_ready() and channel.exit_status != -1:
+            return Exit(channel.exit_status)
+        if not self.connection.alive:
+            where = f" (its processes carry {RUN_VARIABLE}={self.token})" if self.token else ""
+            raise Lost(f"connection lost while the command ran (after {time.monotonic() - self.sent_at:.1f}s); "
+                       f"it was not re-run and may or may not have finished{where}")
+        return Exit(None)  # the channel closed without a status: a signal killed it
+
+    def kill(self, output: Callable[[bytes], None]) -> str:
+        if self.token is None or not self.connection.alive:
+            return ""
+        return kill_run(self.connection, self.token)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def kill_run(connection, token: str) -> str:
+    """TERM every process carrying ECSHELL_RUN=token (and its process group), KILL a second later.
+
+    Returns a note for the result. Runs on a new channel of the same
+    connection. The pattern's bracket keeps the killer itself from matching:
+    its own command line holds ``=[x]yz...``, which the regex does not match.
+    The shell may not have started yet when a Ctrl-C comes, so an empty
+    search is tried again for half a second.
+    """
+    pattern = f"{RUN_VARIABLE}=[{token[0]}]{token[1:]}"
+    script = (
+        "n=0; while :; do "
+        f"p=$(grep -ls -e '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null "
+        "| cut -d/ -f3 | sort -u); "
+        '[ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done; '
+        'for q in $p; do kill -TERM -- -$q $q 2>/dev/null; done; '
+        '(sleep 1; for q in $p; do kill -KILL -- -$q $q 2>/dev/null; done) >/dev/null 2>&1 </dev/null & '
+        'echo $p'
+    )
+    try:
+        channel = connection.open_session(timeout=KILL_TIMEOUT)
+        try:
+            channel.settimeout(KILL_TIMEOUT)
+            channel.exec_command(script)
+            channel.shutdown_write()
+            out = b""
+            while True:
+                data = channel.recv(4096)
+                if not data:
+                    break
+                out += data
+        finally:
+            channel.close()
+    except (paramiko.SSHException, EOFError, OSError, socket.timeout) as exc:
+        return f"could not kill it on the machine: {exc}"
+    if not out.split():
+        return "nothing left to kill on the machine"
+    return "killed on the machine"

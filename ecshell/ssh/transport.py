@@ -1,0 +1,187 @@
+"""How a shell command reaches a machine: one interface, two transports.
+
+A :class:`Transport` starts a command on one machine's pooled connection and
+returns a :class:`Process`: read its output, wait for its exit, kill it. Two
+transports implement it, as ``ssh host CMD`` and as the persistent executor:
+
+- :mod:`ecshell.ssh.channel`: one SSH channel per command;
+- :mod:`ecshell.ssh.executor`: frames to an executor started on the machine.
+
+:class:`ecshell.commands.Shell` drives a Process the same way whichever
+transport started it; :meth:`ecshell.engine.Attempt.start` chooses the
+transport for each machine (``c.EcShell.executor``) and handles what both
+share: connecting, replacing a dead connection once, Ctrl-C before the start.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..errors import ErrorKind
+
+#: How often a worker blocked on a quiet channel looks at its cancel flag (seconds).
+POLL = 0.2
+#: Every tracked command runs with this variable set to a fresh token, so that its
+#: processes can be found on the machine (by command line or environment) to be killed.
+RUN_VARIABLE = "ECSHELL_RUN"
+NOT_STARTED = "interrupted before the command started; it was not run"
+#: Seconds a kill of a timed-out or interrupted command may take.
+KILL_TIMEOUT = 2.0
+#: Input up to this size is sent before the output is read; more is fed from a thread.
+INLINE_INPUT = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to start: the shell string, its ECSHELL_RUN token, its stdin, and how."""
+
+    command: str
+    token: Optional[str] = None
+    input: Optional[bytes] = None
+    pty: bool = False
+    shortcut: bool = True
+
+    def wire(self) -> str:
+        """The string sshd hands the login shell: with a token, ECSHELL_RUN exported first."""
+        if self.token:
+            return f"export {RUN_VARIABLE}={self.token}\n{self.command}"
+        return self.command
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a command ended: its exit code, or None if a signal killed it."""
+
+    code: Optional[int]
+
+
+class Stopped(Exception):
+    """Raised by :func:`next_chunk` and :class:`Process`: ``kind`` is TIMEOUT or INTERRUPTED."""
+
+    def __init__(self, kind: ErrorKind):
+        super().__init__(kind.value)
+        self.kind = kind
+
+
+class Lost(Exception):
+    """The command was sent, and then its connection or executor died: it is never re-sent."""
+
+
+class Broken(Exception):
+    """The command could not be sent, so nothing ran.
+
+    With ``reconnect`` the connection itself broke (even if its thread has not
+    said so yet): it is replaced, once. Without, only the way to the machine
+    changed (an executor that died): the transport is chosen again.
+    """
+
+    def __init__(self, message: str, reconnect: bool = True):
+        super().__init__(message)
+        self.reconnect = reconnect
+
+
+class Process:
+    """A command started on a machine."""
+
+    #: When the command could be sent (``time.monotonic()``): its timeout counts from here.
+    sent_at: float
+    #: What the Result's ``detail`` gets (the run token, the process group, ...).
+    detail: dict
+
+    def read(self, deadline: Optional[float], cancel: threading.Event) -> bytes:
+        """The next output (stdout and stderr combined), ``b""`` at EOF.
+
+        Raises :class:`Stopped` when ``cancel`` is set or ``deadline`` passes
+        first, :class:`Lost` when the connection dies under the command.
+        """
+        raise NotImplementedError
+
+    def wait(self, deadline: Optional[float], cancel: threading.Event) -> Exit:
+        """The exit, once the output reached EOF; raises like :meth:`read`."""
+        raise NotImplementedError
+
+    def kill(self, output: Callable[[bytes], None]) -> str:
+        """Kill the command on the machine; a note for the result ("" if nothing could be tried).
+
+        Output that still arrives meanwhile goes to ``output``.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of what the process holds (its channel, its slot on the executor)."""
+
+
+class Transport:
+    """Starts commands over one pooled connection."""
+
+    name: str
+
+    def start(self, request: Request) -> Process:
+        """Start ``request``; raises :class:`Broken` if the connection broke before it was sent."""
+        raise NotImplementedError
+
+
+def next_chunk(channel, deadline: Optional[float] = None, cancel: Optional[threading.Event] = None) -> bytes:
+    """The next bytes from ``channel`` (``b""`` at EOF), never waiting past ``deadline``.
+
+    ``deadline`` is a ``time.monotonic()`` value or None; ``cancel`` an Event
+    looked at every POLL seconds while the channel is quiet. Raises
+    :class:`Stopped` when the one is set or the other passes first.
+    """
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise Stopped(ErrorKind.INTERRUPTED)
+        wait = POLL
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Stopped(ErrorKind.TIMEOUT)
+            wait = min(wait, left)
+        channel.settimeout(wait)
+        try:
+            return channel.recv(65536)
+        except socket.timeout:
+            continue
+
+
+def stopped(deadline: Optional[float], cancel: threading.Event) -> None:
+    """Raise :class:`Stopped` if ``cancel`` is set or ``deadline`` has passed."""
+    if cancel.is_set():
+        raise Stopped(ErrorKind.INTERRUPTED)
+    if deadline is not None and time.monotonic() >= deadline:
+        raise Stopped(ErrorKind.TIMEOUT)
+
+
+def run_token() -> str:
+    """A fresh value for ECSHELL_RUN: unique per command run."""
+    return secrets.token_hex(8)
+
+
+def send_input(send: Callable[[bytes], None], finish: Callable[[], None], data: Optional[bytes]) -> None:
+    """Give a command its stdin: ``send(data)`` then ``finish()`` (EOF).
+
+    Up to :data:`INLINE_INPUT` bytes go at once; more are fed from a thread,
+    so that the command's output is read meanwhile (a command that writes
+    before it has read all its input would otherwise wait on us forever).
+    """
+    if data is None:
+        finish()
+        return
+    if len(data) <= INLINE_INPUT:
+        send(data)
+        finish()
+        return
+
+    def feed():
+        try:
+            send(data)
+            finish()
+        except (OSError, EOFError):
+            pass  # the command exited without reading everything, or its connection went
+
+    threading.Thread(target=feed, name="ecshell-stdin", daemon=True).start()
