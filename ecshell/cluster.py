@@ -242,24 +242,28 @@ class Cluster:
             groups.setdefault(machine.fabric, []).append(machine)
         return chosen, groups
 
-    def terminate(self, target):
-        """Terminate machines (a MachineSet, a Machine, a pattern or 'all'); they are gone after."""
+    def _close_and_tell_fabrics(self, target, action, then=None):
+        """Per fabric: close the chosen machines' connections, ``fabric.<action>(ids)``, then ``then(members)``."""
         chosen, groups = self._by_fabric(target)
         for fabric, members in groups.items():
             for machine in members:
                 machine.close()
-            fabric.terminate([m.id for m in members])
-            for machine in members:
-                machine.state = MachineState.TERMINATED
-                self._machines.pop(machine.name, None)
+            getattr(fabric, action)([m.id for m in members])
+            if then is not None:
+                then(members)
         return chosen
 
+    def terminate(self, target):
+        """Terminate machines (a MachineSet, a Machine, a pattern or 'all'); they are gone after."""
+        return self._close_and_tell_fabrics(target, "terminate", then=self._forget)
+
+    def _forget(self, machines):
+        for machine in machines:
+            machine.state = MachineState.TERMINATED
+            self._machines.pop(machine.name, None)
+
     def stop(self, target):
-        chosen, groups = self._by_fabric(target)
-        for fabric, members in groups.items():
-            for machine in members:
-                machine.close()
-            fabric.stop([m.id for m in members])
+        chosen = self._close_and_tell_fabrics(target, "stop")
         self._refresh_states(chosen)
         return chosen
 

@@ -72,12 +72,19 @@ class OutputBuffer:
     def memory_size(self):
         return 0 if self._file is not None else self._size
 
+    def _in_memory(self):
+        """The bytes, when they are in memory (call with the lock held); else None."""
+        if self._file is not None:
+            return None
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
     def getvalue(self):
         with self._lock:
-            if self._file is None:
-                if len(self._chunks) > 1:
-                    self._chunks = [b"".join(self._chunks)]
-                return self._chunks[0] if self._chunks else b""
+            data = self._in_memory()
+            if data is not None:
+                return data
             self._file.flush()
             with open(self.path, "rb") as f:
                 return f.read()
@@ -85,10 +92,9 @@ class OutputBuffer:
     def fingerprint(self):
         """What identical outputs share: the bytes themselves, or for a spilled file its size and digest."""
         with self._lock:
-            if self._file is None:
-                if len(self._chunks) > 1:
-                    self._chunks = [b"".join(self._chunks)]
-                return self._chunks[0] if self._chunks else b""
+            data = self._in_memory()
+            if data is not None:
+                return data
             self._file.flush()
             digest = hashlib.blake2b()
             with open(self.path, "rb") as f:
