@@ -94,23 +94,6 @@ class StartCancelled(Exception):
     """Ctrl-C (or the broadcast's deadline) came while the executor was starting."""
 
 
-class Job:
-    """One command in flight on an executor: its events arrive on ``events``."""
-
-    __slots__ = ("id", "events", "granted_back", "pid")
-
-    def __init__(self, ident):
-        self.id = ident
-        # (OUTPUT, bytes) | (EXIT, (pid, signalled, code)) | (FAILED, str) | (KILLED, None) | _LOST
-        self.events = queue.SimpleQueue()
-        self.granted_back = 0
-        self.pid = None  # set when the executor says the shell started
-
-    @property
-    def started(self):
-        return self.pid is not None
-
-
 class ExecutorSession:
     """The executor process on one machine, reached over one channel of its connection."""
 
@@ -120,8 +103,8 @@ class ExecutorSession:
         self.hello = hello
         self.pid = hello.get("pid")
         self._send_lock = threading.Lock()
-        self._jobs = {}
-        self._jobs_lock = threading.Lock()
+        self._running = {}
+        self._running_lock = threading.Lock()
         self._next_id = 1
         self.dead = False
         self.why_dead = ""
@@ -168,8 +151,8 @@ class ExecutorSession:
         with self._send_lock:
             self.channel.sendall(frame)
 
-    def submit(self, request: Request) -> Job:
-        """Send ``request`` to the executor; the Job its events arrive on.
+    def submit(self, request: Request) -> "ExecutorProcess":
+        """Send ``request`` to the executor; the process its events arrive on.
 
         The executor runs ``<login shell> -c`` on what sshd would get on the
         channel path, or, with ``request.shortcut``, execs the command itself
@@ -177,39 +160,40 @@ class ExecutorSession:
         """
         command = request.command.encode("utf-8", "surrogateescape")
         token = request.token.encode("ascii") if request.token else b""
-        with self._jobs_lock:
+        with self._running_lock:
             if self.dead:
                 raise EOFError(self.why_dead or "executor gone")
             ident = self._next_id
             self._next_id += 1
-            job = Job(ident)
-            self._jobs[ident] = job
+            process = ExecutorProcess(self, ident, request.token)
+            self._running[ident] = process
         flags = (FLAG_INPUT if request.input is not None else 0) | (0 if request.shortcut else FLAG_NO_SHORTCUT)
         self._send(RUN, ident, U32.pack(WINDOW) + bytes([flags, len(token)]) + token + command)
-        return job
+        process.sent_at = time.monotonic()
+        return process
 
-    def send_input(self, job, data):
+    def send_input(self, process, data):
         view = memoryview(data)
         for start in range(0, len(view), INPUT_CHUNK):
-            self._send(INPUT, job.id, bytes(view[start:start + INPUT_CHUNK]))
+            self._send(INPUT, process.id, bytes(view[start:start + INPUT_CHUNK]))
 
-    def end_input(self, job):
-        self._send(INPUT_EOF, job.id)
+    def end_input(self, process):
+        self._send(INPUT_EOF, process.id)
 
-    def consumed(self, job, size):
+    def consumed(self, process, size):
         """The worker took ``size`` bytes: grant the window back in half-window steps."""
-        job.granted_back += size
-        if job.granted_back >= WINDOW // 2:
-            grant, job.granted_back = job.granted_back, 0
-            self._send(GRANT, job.id, U32.pack(grant))
+        process.granted_back += size
+        if process.granted_back >= WINDOW // 2:
+            grant, process.granted_back = process.granted_back, 0
+            self._send(GRANT, process.id, U32.pack(grant))
 
-    def cancel(self, job):
-        """TERM the job's process group now, KILL it a second later; (KILLED, None) follows."""
-        self._send(CANCEL, job.id)
+    def cancel(self, process):
+        """TERM the command's process group now, KILL it a second later; (KILLED, None) follows."""
+        self._send(CANCEL, process.id)
 
-    def forget(self, job):
-        with self._jobs_lock:
-            self._jobs.pop(job.id, None)
+    def forget(self, process):
+        with self._running_lock:
+            self._running.pop(process.id, None)
 
     def close(self):
         self.dead = True
@@ -231,37 +215,37 @@ class ExecutorSession:
     # -- events, in paramiko's transport thread (see FrameSink) ----------------
 
     def dispatch(self, kind, ident, payload):
-        job = self._jobs.get(ident)
-        if job is None:
+        process = self._running.get(ident)
+        if process is None:
             return  # a cancelled command's late events
         if kind == OUTPUT:
-            job.events.put((OUTPUT, payload))
+            process.events.put((OUTPUT, payload))
         elif kind == STARTED:
-            job.pid = U32.unpack(payload)[0]
+            process.pid = U32.unpack(payload)[0]
         elif kind == KILLED:
-            self.forget(job)
-            job.events.put((KILLED, None))
+            self.forget(process)
+            process.events.put((KILLED, None))
         elif kind == EXIT:
-            self.forget(job)
-            job.events.put((EXIT, STATUS.unpack(payload)))
+            self.forget(process)
+            process.events.put((EXIT, STATUS.unpack(payload)))
         elif kind == FAILED:
-            self.forget(job)
-            job.events.put((FAILED, payload.decode("utf-8", "replace")))
+            self.forget(process)
+            process.events.put((FAILED, payload.decode("utf-8", "replace")))
 
     def owe_window(self, due):
         with self._window_lock:
             self._window_due += due
 
     def die(self, why=""):
-        with self._jobs_lock:
-            if self.dead and not self._jobs:
+        with self._running_lock:
+            if self.dead and not self._running:
                 return
             self.dead = True
-            jobs, self._jobs = list(self._jobs.values()), {}
+            running, self._running = list(self._running.values()), {}
         if not self.why_dead:
             self.why_dead = why or _stderr_tail(self.channel) or "its channel closed"
-        for job in jobs:
-            job.events.put(_LOST)
+        for process in running:
+            process.events.put(_LOST)
         # Closing sends a message: not from the transport thread, which may be the caller.
         threading.Thread(target=self.channel.close, name="ecshell-executor-close", daemon=True).start()
 
@@ -497,37 +481,43 @@ class ExecutorTransport(Transport):
     def start(self, request: Request) -> "ExecutorProcess":
         session = self.session
         try:
-            job = session.submit(request)
-            sent_at = time.monotonic()
-            send_input(lambda data: session.send_input(job, data), lambda: session.end_input(job), request.input)
+            process = session.submit(request)
+            send_input(lambda data: session.send_input(process, data), lambda: session.end_input(process),
+                       request.input)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             # Never sent: the executor or its connection was gone already.
             raise Broken(str(exc), reconnect=not self.connection.alive) from None
-        return ExecutorProcess(self.connection, session, job, request.token, sent_at)
+        return process
 
 
 class ExecutorProcess(Process):
-    def __init__(self, connection, session: ExecutorSession, job: Job, token: Optional[str], sent_at: float):
-        self.connection = connection
+    """One command in flight on an executor; the frame sink puts its events on ``events``."""
+
+    def __init__(self, session: ExecutorSession, ident: int, token: Optional[str]):
         self.session = session
-        self.job = job
+        self.connection = session.connection
+        self.id = ident
         self.token = token
-        self.sent_at = sent_at
+        # (OUTPUT, bytes) | (EXIT, (pid, signalled, code)) | (FAILED, str) | (KILLED, None) | _LOST
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.granted_back = 0
+        self.pid: Optional[int] = None  # set when the executor says the shell started
+        self.sent_at = time.monotonic()
         self.exit: Optional[Exit] = None
 
     @property
     def detail(self):
-        return {"run": self.token, "pid": self.job.pid}
+        return {"run": self.token, "pid": self.pid}
 
     def read(self, deadline, cancel) -> bytes:
         if self.exit is not None:
             return b""
-        session, job = self.session, self.job
+        session = self.session
         while True:
             stopped(deadline, cancel)
             wait = POLL if deadline is None else max(0.001, min(POLL, deadline - time.monotonic()))
             try:
-                event = job.events.get(timeout=wait)
+                event = self.events.get(timeout=wait)
             except queue.Empty:
                 continue
             try:
@@ -541,7 +531,7 @@ class ExecutorProcess(Process):
             kind, value = event
             if kind == OUTPUT:
                 try:
-                    session.consumed(job, len(value))
+                    session.consumed(self, len(value))
                 except (paramiko.SSHException, EOFError, OSError):
                     pass  # the sink reports the executor's death as _LOST
                 return value
@@ -559,14 +549,14 @@ class ExecutorProcess(Process):
     def kill(self, output: Callable[[bytes], None]) -> str:
         """The executor TERMs the command's process group (KILL a second later) and confirms."""
         try:
-            self.session.cancel(self.job)
+            self.session.cancel(self)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             return f"could not kill it on the machine: {exc}"
         # Output that arrives meanwhile belongs to the result, as on the channel path.
         until = time.monotonic() + KILL_TIMEOUT
         while True:
             try:
-                event = self.job.events.get(timeout=max(0.001, until - time.monotonic()))
+                event = self.events.get(timeout=max(0.001, until - time.monotonic()))
             except queue.Empty:
                 return f"could not kill it on the machine: no answer from the executor in {KILL_TIMEOUT:g}s"
             if event is _LOST:
@@ -577,12 +567,11 @@ class ExecutorProcess(Process):
             return "killed on the machine"  # KILLED, or it exited just now
 
     def close(self) -> None:
-        self.session.forget(self.job)
+        self.session.forget(self)
 
     def _lost(self):
-        job = self.job
         ran = time.monotonic() - self.sent_at
-        group = (f"its process group {job.pid}" if job.started
+        group = (f"its process group {self.pid}" if self.pid is not None
                  else "whatever of it started (the machine had not yet confirmed the start)")
         if not self.connection.alive:
             return (f"connection lost while the command ran (after {ran:.1f}s); it was not re-run "
