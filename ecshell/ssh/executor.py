@@ -482,8 +482,9 @@ class ExecutorTransport(Transport):
         session = self.session
         try:
             process = session.submit(request)
-            send_input(lambda data: session.send_input(process, data), lambda: session.end_input(process),
-                       request.input)
+            if request.input is not None:  # else the executor closed its stdin already (no FLAG_INPUT)
+                send_input(lambda data: session.send_input(process, data), lambda: session.end_input(process),
+                           request.input)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             # Never sent: the executor or its connection was gone already.
             raise Broken(str(exc), reconnect=not self.connection.alive) from None
