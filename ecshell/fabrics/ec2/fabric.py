@@ -35,18 +35,13 @@ from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, 
 from .errors import Ec2Error, aws_call
 from .pins import PinStore
 from .pricing import hourly_price
+from .tags import ADDRESS_TAG, CLUSTER_TAG, EXPIRES_TAG, LAUNCH_TAG, OWNER_TAG, PRICE_TAG, aws_tag_list, tag_dict
 from ...config import ecshell_home
 from ...ssh.endpoint import parse_target
 from ...errors import ArgumentError
 from ..base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
 
 log = logging.getLogger("ecshell")
-
-OWNER_TAG = "ecshell:owner"
-CLUSTER_TAG = "ecshell:cluster"
-LAUNCH_TAG = "ecshell:launch"
-EXPIRES_TAG = "ecshell:expires"
-PRICE_TAG = "ecshell:hourly-price"
 
 #: EC2 instance states as fabric states.
 STATES = {
@@ -57,14 +52,6 @@ LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 #: At most this many values in one describe filter.
 _BATCH = 200
-
-
-def _tags(pairs):
-    return {t["Key"]: t["Value"] for t in pairs or ()}
-
-
-def _tag_list(tags):
-    return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
 
 def _iso(timestamp):
@@ -121,7 +108,7 @@ class Ec2Fabric(Fabric):
         address to connect to. An instance tag named address_tag ('host' or 'host:port')
         overrides it per instance (bastions, VPNs, port forwards).""").tag(config=True)
 
-    address_tag = Unicode("ecshell:address", help="Tag that overrides an instance's address.").tag(config=True)
+    address_tag = Unicode(ADDRESS_TAG, help="Tag that overrides an instance's address.").tag(config=True)
 
     owner = Unicode(help="""Value of the ecshell:owner tag of every instance launched here;
         discovery and the TTL reaper only touch instances with this owner.
@@ -302,7 +289,7 @@ class Ec2Fabric(Fabric):
         return hourly_price(self.region, instance_type, self.prices)
 
     def _prototype(self, instance):
-        tags = _tags(instance.get("Tags"))
+        tags = tag_dict(instance.get("Tags"))
         instance_id = instance["InstanceId"]
         state = STATES.get(instance["State"]["Name"], PENDING)
         host, port, user = self._address(instance, tags)
@@ -598,8 +585,8 @@ class Ec2Fabric(Fabric):
 
         private, public = generate_ed25519()
         tags = dict(base_tags, Name=machine_name)
-        specs = [{"ResourceType": "instance", "Tags": _tag_list(tags)},
-                 {"ResourceType": "volume", "Tags": _tag_list(tags)}]
+        specs = [{"ResourceType": "instance", "Tags": aws_tag_list(tags)},
+                 {"ResourceType": "volume", "Tags": aws_tag_list(tags)}]
         call = dict(params, UserData=build(private, public, [authorized], user_data, self.phone_home_url),
                     TagSpecifications=specs,
                     # the same token on boto3's own retries makes RunInstances idempotent
@@ -667,7 +654,7 @@ class Ec2Fabric(Fabric):
         now = time.time() if now is None else now
         expired, warned = [], []
         for instance in self._instances(self._describe("finding expired instances", self._owned(all_clusters=True))):
-            tags = _tags(instance.get("Tags"))
+            tags = tag_dict(instance.get("Tags"))
             expires = _parse_iso(tags.get(EXPIRES_TAG))
             if expires is None:
                 continue

@@ -5,34 +5,11 @@
 >>> ec2.deregister_image(image["id"])                # and its snapshots      # doctest: +SKIP
 """
 
-import json
 import time
 
 from .errors import Ec2Error, aws_call
-
-SOURCE_TAG = "ecshell:source-instance"
-SOURCE_NAME_TAG = "ecshell:source-name"
-MARKERS_TAG = "ecshell:markers"
-#: EC2 tag values hold at most 256 characters.
-TAG_VALUE_MAX = 256
-
-
-def _marker_tags(markers):
-    """Marker names as tags: JSON in ecshell:markers, continued in -2, -3 ... when long."""
-    text = json.dumps(sorted(markers), separators=(",", ":"))
-    chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)] or ["[]"]
-    return {MARKERS_TAG if n == 0 else f"{MARKERS_TAG}-{n + 1}": chunk for n, chunk in enumerate(chunks)}
-
-
-def markers_from_tags(tags):
-    parts, n = [tags.get(MARKERS_TAG, "")], 2
-    while f"{MARKERS_TAG}-{n}" in tags:
-        parts.append(tags[f"{MARKERS_TAG}-{n}"])
-        n += 1
-    try:
-        return json.loads("".join(parts)) if parts[0] else []
-    except ValueError:
-        return []
+from .tags import (CLUSTER_TAG, IMAGE_TAG, OWNER_TAG, SOURCE_NAME_TAG, SOURCE_TAG, aws_tag_list, marker_tags,
+                   markers_from_tags, tag_dict)
 
 
 def _markers_of(machine):
@@ -50,9 +27,7 @@ def _markers_of(machine):
 
 
 def _image_row(image):
-    from .fabric import _tags
-
-    tags = _tags(image.get("Tags"))
+    tags = tag_dict(image.get("Tags"))
     return {"id": image["ImageId"], "name": image.get("Name"), "state": image.get("State"),
             "created": image.get("CreationDate"), "source": tags.get(SOURCE_TAG),
             "source_name": tags.get(SOURCE_NAME_TAG), "markers": markers_from_tags(tags),
@@ -63,8 +38,6 @@ def _image_row(image):
 
 def bundle(fabric, machine, name=None, markers=None, wait=True, reboot=False):
     """An AMI of ``machine`` (a Machine or an instance id), tagged with its source and markers."""
-    from .fabric import CLUSTER_TAG, OWNER_TAG, _tag_list
-
     instance_id = getattr(machine, "id", machine)
     source_name = getattr(machine, "name", instance_id)
     if markers is None:
@@ -72,12 +45,12 @@ def bundle(fabric, machine, name=None, markers=None, wait=True, reboot=False):
     name = name or f"{source_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     tags = {"Name": name, OWNER_TAG: fabric.owner, CLUSTER_TAG: fabric.cluster,
             SOURCE_TAG: instance_id, SOURCE_NAME_TAG: source_name}
-    tags.update(_marker_tags(markers))
+    tags.update(marker_tags(markers))
     with aws_call(f"bundling {source_name} into an image"):
         image_id = fabric.client.create_image(
             InstanceId=instance_id, Name=name, NoReboot=not reboot,
             Description=f"ecshell bundle of {source_name} ({instance_id})",
-            TagSpecifications=[{"ResourceType": "image", "Tags": _tag_list(tags)}])["ImageId"]
+            TagSpecifications=[{"ResourceType": "image", "Tags": aws_tag_list(tags)}])["ImageId"]
     if wait:
         delay = 15 if not fabric.endpoint_url else 1
         with aws_call(f"waiting for image {image_id}"):
@@ -88,8 +61,8 @@ def bundle(fabric, machine, name=None, markers=None, wait=True, reboot=False):
     if snapshots:
         # Tagged afterwards: the snapshots exist only once the image does.
         with aws_call(f"tagging the snapshots of {image_id}"):
-            fabric.client.create_tags(Resources=snapshots, Tags=_tag_list(
-                {OWNER_TAG: fabric.owner, SOURCE_TAG: instance_id, "ecshell:image": image_id}))
+            fabric.client.create_tags(Resources=snapshots, Tags=aws_tag_list(
+                {OWNER_TAG: fabric.owner, SOURCE_TAG: instance_id, IMAGE_TAG: image_id}))
     return image
 
 
@@ -103,8 +76,6 @@ def describe_image(fabric, image_id):
 
 def list_images(fabric):
     """Images this owner bundled, newest first."""
-    from .fabric import OWNER_TAG
-
     with aws_call("listing images"):
         images = fabric.client.describe_images(
             Owners=["self"], Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [fabric.owner]}])["Images"]

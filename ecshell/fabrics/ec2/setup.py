@@ -9,6 +9,7 @@ import ipaddress
 import urllib.request
 
 from .errors import Ec2Error, aws_call
+from .tags import OWNER_TAG, aws_tag_list
 
 #: Answers with the caller's public IPv4 address; used only when no cidr is given.
 CHECKIP_URL = "https://checkip.amazonaws.com"
@@ -46,7 +47,7 @@ def import_key_pair(fabric, name=None, public_key=None):
             client.import_key_pair(
                 KeyName=name, PublicKeyMaterial=public_key.encode(),
                 TagSpecifications=[{"ResourceType": "key-pair",
-                                    "Tags": [{"Key": "ecshell:owner", "Value": fabric.owner}]}])
+                                    "Tags": aws_tag_list({OWNER_TAG: fabric.owner})}])
     if not fabric.key_name:
         fabric.key_name = name
     return name
@@ -96,7 +97,7 @@ def ensure_security_group(fabric, name="ecshell-ssh", cidr=None, vpc_id=None):
             group_id = client.create_security_group(
                 GroupName=name, VpcId=vpc_id, Description="SSH from the ecshell operator only",
                 TagSpecifications=[{"ResourceType": "security-group",
-                                    "Tags": [{"Key": "ecshell:owner", "Value": fabric.owner}]}])["GroupId"]
+                                    "Tags": aws_tag_list({OWNER_TAG: fabric.owner})}])["GroupId"]
         group = {"GroupId": group_id, "IpPermissions": []}
     present = any(
         perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == port and perm.get("ToPort") == port

@@ -5,17 +5,16 @@
 """
 
 from .errors import aws_call
+from .tags import CLUSTER_TAG, OWNER_TAG, aws_tag_list, tag_dict
 
 
 def _row(volume):
-    from .fabric import _tags
-
     attachments = volume.get("Attachments") or []
     return {"id": volume["VolumeId"], "size": volume.get("Size"), "type": volume.get("VolumeType"),
             "state": volume.get("State"), "availability_zone": volume.get("AvailabilityZone"),
             "instance": attachments[0].get("InstanceId") if attachments else None,
             "device": attachments[0].get("Device") if attachments else None,
-            "tags": _tags(volume.get("Tags"))}
+            "tags": tag_dict(volume.get("Tags"))}
 
 
 def _wait(fabric, name, volume_id):
@@ -32,8 +31,6 @@ def describe_volume(fabric, volume_id):
 
 def create_volume(fabric, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
     """A new volume of ``size`` GiB, tagged with the owner; in the first zone of the region by default."""
-    from .fabric import CLUSTER_TAG, OWNER_TAG, _tag_list
-
     if availability_zone is None:
         with aws_call("listing availability zones"):
             zones = fabric.client.describe_availability_zones(
@@ -45,7 +42,7 @@ def create_volume(fabric, size, availability_zone=None, volume_type="gp3", name=
     with aws_call(f"creating a {size} GiB volume"):
         volume = fabric.client.create_volume(
             Size=int(size), AvailabilityZone=availability_zone, VolumeType=volume_type,
-            TagSpecifications=[{"ResourceType": "volume", "Tags": _tag_list(tags)}])
+            TagSpecifications=[{"ResourceType": "volume", "Tags": aws_tag_list(tags)}])
     if wait:
         _wait(fabric, "volume_available", volume["VolumeId"])
     return describe_volume(fabric, volume["VolumeId"])
@@ -80,8 +77,6 @@ def delete_volume(fabric, volume_id):
 
 def list_volumes(fabric):
     """Volumes tagged with this owner."""
-    from .fabric import OWNER_TAG
-
     with aws_call("listing volumes"):
         pages = fabric.client.get_paginator("describe_volumes").paginate(
             Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [fabric.owner]}])
