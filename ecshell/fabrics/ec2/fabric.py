@@ -15,7 +15,7 @@ host key generated here, delivered through cloud-init user data and pinned
 by instance id before the first connection; an instance without a pin is
 checked against the host-key block of its console output, and refused when
 there is none. The fabric owns one boto3 Session and one client (adaptive
-retries); AWS failures surface as :class:`ecshell.aws.errors.Ec2Error` with
+retries); AWS failures surface as :class:`ecshell.fabrics.ec2.errors.Ec2Error` with
 the AWS error code and a remedy.
 """
 
@@ -33,9 +33,12 @@ import time
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
 
 from .errors import Ec2Error, aws_call
+from .images import Images
 from .pins import PinStore
 from .pricing import hourly_price
+from .setup import Setup
 from .tags import ADDRESS_TAG, CLUSTER_TAG, EXPIRES_TAG, LAUNCH_TAG, OWNER_TAG, PRICE_TAG, aws_tag_list, tag_dict
+from .volumes import Volumes
 from ...config import ecshell_home
 from ...ssh.endpoint import parse_target
 from ...errors import ArgumentError
@@ -66,8 +69,12 @@ def _parse_iso(text):
         return None
 
 
-class Ec2Fabric(Fabric):
-    """Instances on EC2; traits double as keyword arguments."""
+class Ec2Fabric(Setup, Images, Volumes, Fabric):
+    """Instances on EC2; traits double as keyword arguments.
+
+    Region setup, images and volumes are mixins from :mod:`.setup`, :mod:`.images`
+    and :mod:`.volumes` (methods only: every trait is here).
+    """
 
     kind = "ec2"
 
@@ -455,7 +462,8 @@ class Ec2Fabric(Fabric):
             prices[entry["AvailabilityZone"]] = float(entry["SpotPrice"])
         return prices
 
-    def _operator_public_key(self):
+    def operator_public_key(self):
+        """The public key line of identity_file, given to cloud-init and to import_key_pair()."""
         from ..local import client_key
 
         path = self.identity_file
@@ -509,7 +517,7 @@ class Ec2Fabric(Fabric):
         spot = self.spot if spot is None else spot
         ttl = self.ttl if ttl is None else ttl
         user_data = self.user_data if user_data is None else user_data
-        authorized = self._operator_public_key()
+        authorized = self.operator_public_key()
         if user_data:
             from .userdata import check_user_data
 
@@ -694,61 +702,6 @@ class Ec2Fabric(Fabric):
             stop.set()
             thread.join(timeout=5)
             self._reaper = None
-
-    # -- setup, images, volumes (in ecshell.aws) -------------------------------------
-
-    def import_key_pair(self, name=None, public_key=None):
-        """Import the operator's public key as an EC2 key pair (idempotent); its name."""
-        from .setup import import_key_pair
-
-        return import_key_pair(self, name, public_key)
-
-    def ensure_security_group(self, name="ecshell-ssh", cidr=None, vpc_id=None):
-        """A security group opening SSH only to the operator's address (idempotent); its id."""
-        from .setup import ensure_security_group
-
-        return ensure_security_group(self, name, cidr, vpc_id)
-
-    def bundle(self, machine, name=None, markers=None, wait=True, reboot=False):
-        """Make an AMI of a running machine, tagged with its source and markers."""
-        from .images import bundle
-
-        return bundle(self, machine, name, markers, wait, reboot)
-
-    def list_images(self):
-        from .images import list_images
-
-        return list_images(self)
-
-    def deregister_image(self, image_id, delete_snapshots=True):
-        from .images import deregister_image
-
-        return deregister_image(self, image_id, delete_snapshots)
-
-    def create_volume(self, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
-        from .volumes import create_volume
-
-        return create_volume(self, size, availability_zone, volume_type, name, wait)
-
-    def attach_volume(self, volume_id, machine, device="/dev/sdf", wait=True):
-        from .volumes import attach_volume
-
-        return attach_volume(self, volume_id, machine, device, wait)
-
-    def detach_volume(self, volume_id, force=False, wait=True):
-        from .volumes import detach_volume
-
-        return detach_volume(self, volume_id, force, wait)
-
-    def delete_volume(self, volume_id):
-        from .volumes import delete_volume
-
-        return delete_volume(self, volume_id)
-
-    def list_volumes(self):
-        from .volumes import list_volumes
-
-        return list_volumes(self)
 
     def __repr__(self):
         where = self.region or "?"
