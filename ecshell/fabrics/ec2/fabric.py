@@ -51,7 +51,8 @@ STATES = {
     "pending": PENDING, "running": RUNNING, "stopping": STOPPED, "stopped": STOPPED,
     "shutting-down": TERMINATED, "terminated": TERMINATED,
 }
-LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+#: EC2 instance states that discovery (and the TTL reaper) lists: not shutting-down or terminated.
+LISTED_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 
 #: At most this many values in one describe filter.
 _BATCH = 200
@@ -351,7 +352,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
 
     def _owned(self, all_clusters=False):
         filters = [{"Name": f"tag:{OWNER_TAG}", "Values": [self.owner]},
-                   {"Name": "instance-state-name", "Values": LIVE_STATES}]
+                   {"Name": "instance-state-name", "Values": LISTED_INSTANCE_STATES}]
         if not all_clusters:
             filters.append({"Name": f"tag:{CLUSTER_TAG}", "Values": [self.cluster]})
         return filters
