@@ -13,7 +13,8 @@ import pytest
 from procs import remote_processes
 
 from ecshell import Cluster, ErrorKind, StaticFabric
-from ecshell.fabrics.local import _children_map, _descendants, generate_ed25519
+from ecshell.fabrics.local import _children_map, _descendants
+from ecshell.ssh.keys import generate_ed25519
 
 
 

@@ -28,7 +28,8 @@ import pytest
 
 from ecshell import Cluster
 from ecshell.fabrics.base import Fabric, Prototype
-from ecshell.fabrics.local import _children_map, _descendants, _free_port, generate_ed25519, sshd_config
+from ecshell.fabrics.local import _children_map, _descendants, _free_port, sshd_config
+from ecshell.ssh.keys import generate_ed25519
 from ecshell.loginshell import remote_command, screen_text
 
 pytestmark = pytest.mark.skipif(

@@ -33,6 +33,7 @@ from traitlets import Dict, Float, Unicode, default
 
 from ..config import ecshell_home
 from ..errors import ArgumentError, FabricError
+from ..ssh.keys import client_key, generate_ed25519, write_private_file
 from .base import RUNNING, STOPPED, Fabric, Prototype
 
 SSHD_CONFIG = """\
@@ -71,44 +72,6 @@ def sshd_config(name, id, port, directory, environment, authorized_keys=None, sf
         name=name, id=id, port=port, dir=directory,
         authorized_keys=authorized_keys or f"{directory}/authorized_keys", sftp=sftp,
         env=" ".join(f'"{k}={v}"' for k, v in environment.items()))
-
-
-def generate_ed25519():
-    """(private key in OpenSSH PEM, public key line), made here without ssh-keygen."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
-    return private, public
-
-
-def _write_private(path, data):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def client_key(path):
-    """Create the operator's ecshell client key (0600) at ``path`` unless it exists."""
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        private, public = generate_ed25519()
-        try:
-            _write_private(path, private)
-        except FileExistsError:
-            pass  # another shell made it at the same moment
-        else:
-            with open(path + ".pub", "w") as f:
-                f.write(public + " ecshell\n")
-    return path
 
 
 def _free_port():
@@ -285,7 +248,7 @@ class LocalFabric(Fabric):
         path = self._dir(machine_id)
         os.makedirs(os.path.join(path, "state"), mode=0o700)
         private, public = generate_ed25519()
-        _write_private(os.path.join(path, "ssh_host_ed25519_key"), private)
+        write_private_file(os.path.join(path, "ssh_host_ed25519_key"), private)
         with open(os.path.join(path, "ssh_host_ed25519_key.pub"), "w") as f:
             f.write(public + "\n")
         with open(os.path.join(path, "authorized_keys"), "w") as f:

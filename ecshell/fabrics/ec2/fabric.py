@@ -41,6 +41,7 @@ from .tags import ADDRESS_TAG, CLUSTER_TAG, EXPIRES_TAG, LAUNCH_TAG, OWNER_TAG, 
 from .volumes import Volumes
 from ...config import ecshell_home
 from ...ssh.endpoint import parse_target
+from ...ssh.keys import client_key, generate_ed25519
 from ...errors import ArgumentError
 from ..base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
 
@@ -465,8 +466,6 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
 
     def operator_public_key(self):
         """The public key line of identity_file, given to cloud-init and to import_key_pair()."""
-        from ..local import client_key
-
         path = self.identity_file
         if path == self._default_identity_file():
             client_key(path)  # ecshell's own client key is made on first use
@@ -590,7 +589,6 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
 
     def _run_one(self, machine_name, base_tags, params, launch_id, position, authorized, user_data):
         from .userdata import build
-        from ..local import generate_ed25519
 
         private, public = generate_ed25519()
         tags = dict(base_tags, Name=machine_name)
