@@ -33,6 +33,7 @@ from traitlets import Dict, Float, Unicode, default
 
 from ..config import ecshell_home
 from ..errors import ArgumentError, FabricError
+from ..procs import children_map, cmdline, descendants
 from ..ssh.keys import client_key, generate_ed25519, write_private_file
 from .base import RUNNING, STOPPED, Fabric, Prototype
 
@@ -74,46 +75,11 @@ def sshd_config(name, id, port, directory, environment, authorized_keys=None, sf
         env=" ".join(f'"{k}={v}"' for k, v in environment.items()))
 
 
-def _free_port():
+def free_port():
+    """A TCP port on 127.0.0.1 that is free now (another process may take it before it is bound)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _cmdline(pid):
-    # sshd rewrites its process title ("sshd: /usr/sbin/sshd -D -f ... [listener]"),
-    # so the arguments may no longer be NUL-separated: compare as one string.
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ")
-    except OSError:
-        return b""
-
-
-def _children_map():
-    """``{ppid: [pid, ...]}`` for every process, read from /proc once."""
-    tree = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: split after the last ')'
-        fields = stat[stat.rfind(b")") + 2:].split()
-        tree.setdefault(int(fields[1]), []).append(int(entry))
-    return tree
-
-
-def _descendants(pid, tree):
-    found, stack = [], list(tree.get(pid, ()))
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(tree.get(child, ()))
-    return found
 
 
 class LocalFabric(Fabric):
@@ -174,7 +140,7 @@ class LocalFabric(Fabric):
         if not pid:
             return None
         config = os.path.join(self._dir(meta["id"]), "sshd_config").encode()
-        if config + b" " in _cmdline(pid) + b" ":
+        if config + b" " in cmdline(pid) + b" ":
             return pid
         return None
 
@@ -271,7 +237,7 @@ class LocalFabric(Fabric):
     def _spawn(self, meta, new_port=False):
         path = self._dir(meta["id"])
         if new_port or meta.get("port") is None:
-            meta["port"] = _free_port()
+            meta["port"] = free_port()
         self._write_config(meta)
         try:
             os.unlink(os.path.join(path, "sshd.pid"))
@@ -340,14 +306,14 @@ class LocalFabric(Fabric):
 
     def _kill(self, metas):
         """Stop the listening sshd of each machine and every session under it."""
-        tree = _children_map()
+        tree = children_map()
         victims = []
         for meta in metas:
             pid = self._pid_if_running(meta)
             if pid is None:
                 continue
             victims.append(pid)
-            victims.extend(_descendants(pid, tree))
+            victims.extend(descendants(pid, tree))
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGTERM)
