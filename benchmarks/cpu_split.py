@@ -32,7 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from ecshell.fabrics.local import _descendants  # noqa: E402
+from ecshell.procs import descendants  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -72,7 +72,7 @@ def snapshot(roots):
     for pid, (_, ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     split = {"client": 0, "sshd": 0, "executor": 0}
-    tree = {pid for root in roots if root in table for pid in [root] + _descendants(root, children)}
+    tree = {pid for root in roots if root in table for pid in [root] + descendants(root, children)}
     for pid in tree:
         comm, _, own, reaped = table[pid]
         part = "executor" if comm.startswith("python") else "sshd"

@@ -24,7 +24,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from ecshell.fabrics.ec2.userdata import authorized_keys_from_user_data, host_key_from_user_data
-from ecshell.fabrics.local import _free_port, sshd_config
+from ecshell.fabrics.local import free_port, sshd_config
 
 MOTO_ENV = {"MOTO_ENABLE_KEYPAIR_VALIDATION": "true", "MOTO_ENABLE_AMI_VALIDATION": "true"}
 
@@ -48,7 +48,7 @@ def _moto_command():
 
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     env = dict(os.environ, **MOTO_ENV)
     with open(log, "wb") as out:
@@ -162,7 +162,7 @@ class Booter:
             f.write(private)
         with open(os.path.join(path, "authorized_keys"), "w") as f:
             f.write("\n".join(authorized_keys_from_user_data(text)) + "\n")
-        port = _free_port()
+        port = free_port()
         with open(os.path.join(path, "sshd_config"), "w") as f:
             # the instance's own state directory, so that markers never reach the real ~
             env = {"SHLVL": "1", "ECSHELL_STATE_DIR": f"{path}/state", "ECSHELL_MACHINE": instance_id}

@@ -13,7 +13,8 @@ import pytest
 from procs import remote_processes
 
 from ecshell import Cluster, ErrorKind, StaticFabric
-from ecshell.fabrics.local import _children_map, _descendants, generate_ed25519
+from ecshell.procs import children_map, descendants
+from ecshell.ssh.keys import generate_ed25519
 
 
 
@@ -28,7 +29,7 @@ def session_processes(machine):
     """The sshd processes serving a local machine's connections (monitor and session child)."""
     listener = machine.prototype.extra["pid"]
     found = []
-    for pid in _descendants(listener, _children_map()):
+    for pid in descendants(listener, children_map()):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if f.read().startswith(b"sshd"):

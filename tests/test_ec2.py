@@ -8,9 +8,9 @@ from ec2_support import answer, aws, ami, client, console_reply, error_xml, live
 
 from ecshell import ArgumentError, Cluster, Ec2Fabric, FabricError
 from ecshell.fabrics.ec2.errors import Ec2Error
+from ecshell.fabrics.ec2.tags import CLUSTER_TAG, EXPIRES_TAG, LAUNCH_TAG, OWNER_TAG
 from ecshell.fabrics.ec2.userdata import host_key_from_user_data, host_keys_from_console
-from ecshell.fabrics.ec2.fabric import CLUSTER_TAG, EXPIRES_TAG, LAUNCH_TAG, OWNER_TAG
-from ecshell.fabrics.local import generate_ed25519
+from ecshell.ssh.keys import generate_ed25519
 
 
 def fabric(url, **kwargs):

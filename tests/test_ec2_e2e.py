@@ -12,7 +12,7 @@ import urllib.parse
 from ec2_support import aws, ami, answer, booter, console_reply, live_instances, moto_url  # noqa: F401
 
 from ecshell import Cluster, Ec2Fabric
-from ecshell.fabrics.local import generate_ed25519
+from ecshell.ssh.keys import generate_ed25519
 
 
 def fabric(url, **kwargs):

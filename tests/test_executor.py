@@ -179,12 +179,12 @@ def test_executor_killed_mid_command_is_lost_then_restarted_once(cluster, machin
 
 
 def test_connection_killed_mid_command_is_lost_and_not_rerun(path, machines, tmp_path):
-    from ecshell.fabrics.local import _children_map, _descendants
+    from ecshell.procs import children_map, descendants
 
     (m,) = machines(1)
     assert m.run("true").ok
     listener = m.prototype.extra["pid"]
-    sessions = [pid for pid in _descendants(listener, _children_map())
+    sessions = [pid for pid in descendants(listener, children_map())
                 if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"sshd")]
     assert sessions
     counter = tmp_path / "runs"

@@ -449,7 +449,7 @@ def test_cluster_from_shell_config(isolated_home):
 
 
 def test_changed_host_key_is_refused_without_a_question(ip, isolated_home):
-    from ecshell.fabrics.local import generate_ed25519
+    from ecshell.ssh.keys import generate_ed25519
 
     machines = launch(ip, 1)
     cluster = ip.user_ns["cluster"]

@@ -28,7 +28,9 @@ import pytest
 
 from ecshell import Cluster
 from ecshell.fabrics.base import Fabric, Prototype
-from ecshell.fabrics.local import _children_map, _descendants, _free_port, generate_ed25519, sshd_config
+from ecshell.fabrics.local import free_port, sshd_config
+from ecshell.procs import children_map, descendants
+from ecshell.ssh.keys import generate_ed25519
 from ecshell.loginshell import remote_command, screen_text
 
 pytestmark = pytest.mark.skipif(
@@ -104,7 +106,7 @@ class Host:
         _write(os.path.join(state, "markers", "configured"), f"at={int(time.time())}\nby=root@test\nnote=\ntoken=\n")
         for path in (state, os.path.join(state, "markers")):
             os.chown(path, account.pw_uid, account.pw_gid)
-        self.port = _free_port()
+        self.port = free_port()
         # Per-user authorized keys; sftp-server (not internal-sftp), so that sftp too goes
         # through the login shell.
         _write(os.path.join(self.dir, "sshd_config"), sshd_config(
@@ -131,7 +133,7 @@ class Host:
         if self.cluster is not None:
             self.cluster.close()
         if self.pid is not None:
-            victims = [self.pid] + _descendants(self.pid, _children_map())
+            victims = [self.pid] + descendants(self.pid, children_map())
             for pid in victims:
                 try:
                     os.kill(pid, signal.SIGKILL)

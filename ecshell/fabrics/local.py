@@ -33,6 +33,8 @@ from traitlets import Dict, Float, Unicode, default
 
 from ..config import ecshell_home
 from ..errors import ArgumentError, FabricError
+from ..procs import children_map, cmdline, descendants
+from ..ssh.keys import client_key, generate_ed25519, write_private_file
 from .base import RUNNING, STOPPED, Fabric, Prototype
 
 SSHD_CONFIG = """\
@@ -73,84 +75,11 @@ def sshd_config(name, id, port, directory, environment, authorized_keys=None, sf
         env=" ".join(f'"{k}={v}"' for k, v in environment.items()))
 
 
-def generate_ed25519():
-    """(private key in OpenSSH PEM, public key line), made here without ssh-keygen."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
-    return private, public
-
-
-def _write_private(path, data):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def client_key(path):
-    """Create the operator's ecshell client key (0600) at ``path`` unless it exists."""
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        private, public = generate_ed25519()
-        try:
-            _write_private(path, private)
-        except FileExistsError:
-            pass  # another shell made it at the same moment
-        else:
-            with open(path + ".pub", "w") as f:
-                f.write(public + " ecshell\n")
-    return path
-
-
-def _free_port():
+def free_port():
+    """A TCP port on 127.0.0.1 that is free now (another process may take it before it is bound)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _cmdline(pid):
-    # sshd rewrites its process title ("sshd: /usr/sbin/sshd -D -f ... [listener]"),
-    # so the arguments may no longer be NUL-separated: compare as one string.
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ")
-    except OSError:
-        return b""
-
-
-def _children_map():
-    """``{ppid: [pid, ...]}`` for every process, read from /proc once."""
-    tree = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: split after the last ')'
-        fields = stat[stat.rfind(b")") + 2:].split()
-        tree.setdefault(int(fields[1]), []).append(int(entry))
-    return tree
-
-
-def _descendants(pid, tree):
-    found, stack = [], list(tree.get(pid, ()))
-    while stack:
-        child = stack.pop()
-        found.append(child)
-        stack.extend(tree.get(child, ()))
-    return found
 
 
 class LocalFabric(Fabric):
@@ -211,7 +140,7 @@ class LocalFabric(Fabric):
         if not pid:
             return None
         config = os.path.join(self._dir(meta["id"]), "sshd_config").encode()
-        if config + b" " in _cmdline(pid) + b" ":
+        if config + b" " in cmdline(pid) + b" ":
             return pid
         return None
 
@@ -285,7 +214,7 @@ class LocalFabric(Fabric):
         path = self._dir(machine_id)
         os.makedirs(os.path.join(path, "state"), mode=0o700)
         private, public = generate_ed25519()
-        _write_private(os.path.join(path, "ssh_host_ed25519_key"), private)
+        write_private_file(os.path.join(path, "ssh_host_ed25519_key"), private)
         with open(os.path.join(path, "ssh_host_ed25519_key.pub"), "w") as f:
             f.write(public + "\n")
         with open(os.path.join(path, "authorized_keys"), "w") as f:
@@ -308,7 +237,7 @@ class LocalFabric(Fabric):
     def _spawn(self, meta, new_port=False):
         path = self._dir(meta["id"])
         if new_port or meta.get("port") is None:
-            meta["port"] = _free_port()
+            meta["port"] = free_port()
         self._write_config(meta)
         try:
             os.unlink(os.path.join(path, "sshd.pid"))
@@ -377,14 +306,14 @@ class LocalFabric(Fabric):
 
     def _kill(self, metas):
         """Stop the listening sshd of each machine and every session under it."""
-        tree = _children_map()
+        tree = children_map()
         victims = []
         for meta in metas:
             pid = self._pid_if_running(meta)
             if pid is None:
                 continue
             victims.append(pid)
-            victims.extend(_descendants(pid, tree))
+            victims.extend(descendants(pid, tree))
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGTERM)

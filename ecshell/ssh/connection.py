@@ -17,6 +17,7 @@ import time
 import paramiko
 
 from ..errors import ConnectError, ErrorKind
+from .keys import load_key
 
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET = 32768
@@ -43,31 +44,6 @@ def _tune(sock, dead_peer_timeout):
                           ("TCP_USER_TIMEOUT", int(dead_peer_timeout * 1000))):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
-_key_cache = {}
-_key_cache_lock = threading.Lock()
-
-
-def load_key(path):
-    """(PKey or None, why not) for a private key file; cached by path and mtime."""
-    try:
-        mtime = os.stat(path).st_mtime
-    except OSError:
-        return None, f"{path}: no such file"
-    with _key_cache_lock:
-        cached = _key_cache.get(path)
-        if cached and cached[0] == mtime:
-            return cached[1], cached[2]
-    try:
-        key, why = paramiko.PKey.from_path(path), ""
-    except paramiko.PasswordRequiredException:
-        key, why = None, f"{path} is encrypted: load it into ssh-agent (ssh-add {path})"
-    except (paramiko.SSHException, OSError, ValueError) as exc:
-        key, why = None, f"{path}: not a usable private key ({exc})"
-    with _key_cache_lock:
-        _key_cache[path] = (mtime, key, why)
-    return key, why
 
 
 def _remaining(deadline):

@@ -8,6 +8,7 @@
 - :mod:`.pricing`: hourly prices of common instance types.
 - :mod:`.setup`: key pair import and an SSH-only-from-here security group.
 - :mod:`.images`, :mod:`.volumes`: AMIs bundled from machines, and EBS volumes.
+  These three hold Ec2Fabric's methods for their concern, as mixin classes.
 - :mod:`.phonehome`: the listener booted instances call.
 
 Nothing here imports boto3 at module level: importing ecshell stays light.

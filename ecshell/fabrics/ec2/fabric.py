@@ -15,7 +15,7 @@ host key generated here, delivered through cloud-init user data and pinned
 by instance id before the first connection; an instance without a pin is
 checked against the host-key block of its console output, and refused when
 there is none. The fabric owns one boto3 Session and one client (adaptive
-retries); AWS failures surface as :class:`ecshell.aws.errors.Ec2Error` with
+retries); AWS failures surface as :class:`ecshell.fabrics.ec2.errors.Ec2Error` with
 the AWS error code and a remedy.
 """
 
@@ -33,38 +33,30 @@ import time
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
 
 from .errors import Ec2Error, aws_call
+from .images import Images
 from .pins import PinStore
 from .pricing import hourly_price
+from .setup import Setup
+from .tags import ADDRESS_TAG, CLUSTER_TAG, EXPIRES_TAG, LAUNCH_TAG, OWNER_TAG, PRICE_TAG, aws_tag_list, tag_dict
+from .volumes import Volumes
 from ...config import ecshell_home
 from ...ssh.endpoint import parse_target
+from ...ssh.keys import client_key, generate_ed25519
 from ...errors import ArgumentError
 from ..base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
 
 log = logging.getLogger("ecshell")
-
-OWNER_TAG = "ecshell:owner"
-CLUSTER_TAG = "ecshell:cluster"
-LAUNCH_TAG = "ecshell:launch"
-EXPIRES_TAG = "ecshell:expires"
-PRICE_TAG = "ecshell:hourly-price"
 
 #: EC2 instance states as fabric states.
 STATES = {
     "pending": PENDING, "running": RUNNING, "stopping": STOPPED, "stopped": STOPPED,
     "shutting-down": TERMINATED, "terminated": TERMINATED,
 }
-LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+#: EC2 instance states that discovery (and the TTL reaper) lists: not shutting-down or terminated.
+LISTED_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 
 #: At most this many values in one describe filter.
 _BATCH = 200
-
-
-def _tags(pairs):
-    return {t["Key"]: t["Value"] for t in pairs or ()}
-
-
-def _tag_list(tags):
-    return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
 
 def _iso(timestamp):
@@ -79,8 +71,12 @@ def _parse_iso(text):
         return None
 
 
-class Ec2Fabric(Fabric):
-    """Instances on EC2; traits double as keyword arguments."""
+class Ec2Fabric(Setup, Images, Volumes, Fabric):
+    """Instances on EC2; traits double as keyword arguments.
+
+    Region setup, images and volumes are mixins from :mod:`.setup`, :mod:`.images`
+    and :mod:`.volumes` (methods only: every trait is here).
+    """
 
     kind = "ec2"
 
@@ -121,7 +117,7 @@ class Ec2Fabric(Fabric):
         address to connect to. An instance tag named address_tag ('host' or 'host:port')
         overrides it per instance (bastions, VPNs, port forwards).""").tag(config=True)
 
-    address_tag = Unicode("ecshell:address", help="Tag that overrides an instance's address.").tag(config=True)
+    address_tag = Unicode(ADDRESS_TAG, help="Tag that overrides an instance's address.").tag(config=True)
 
     owner = Unicode(help="""Value of the ecshell:owner tag of every instance launched here;
         discovery and the TTL reaper only touch instances with this owner.
@@ -302,7 +298,7 @@ class Ec2Fabric(Fabric):
         return hourly_price(self.region, instance_type, self.prices)
 
     def _prototype(self, instance):
-        tags = _tags(instance.get("Tags"))
+        tags = tag_dict(instance.get("Tags"))
         instance_id = instance["InstanceId"]
         state = STATES.get(instance["State"]["Name"], PENDING)
         host, port, user = self._address(instance, tags)
@@ -357,7 +353,7 @@ class Ec2Fabric(Fabric):
 
     def _owned(self, all_clusters=False):
         filters = [{"Name": f"tag:{OWNER_TAG}", "Values": [self.owner]},
-                   {"Name": "instance-state-name", "Values": LIVE_STATES}]
+                   {"Name": "instance-state-name", "Values": LISTED_INSTANCE_STATES}]
         if not all_clusters:
             filters.append({"Name": f"tag:{CLUSTER_TAG}", "Values": [self.cluster]})
         return filters
@@ -468,9 +464,8 @@ class Ec2Fabric(Fabric):
             prices[entry["AvailabilityZone"]] = float(entry["SpotPrice"])
         return prices
 
-    def _operator_public_key(self):
-        from ..local import client_key
-
+    def operator_public_key(self):
+        """The public key line of identity_file, given to cloud-init and to import_key_pair()."""
         path = self.identity_file
         if path == self._default_identity_file():
             client_key(path)  # ecshell's own client key is made on first use
@@ -522,7 +517,7 @@ class Ec2Fabric(Fabric):
         spot = self.spot if spot is None else spot
         ttl = self.ttl if ttl is None else ttl
         user_data = self.user_data if user_data is None else user_data
-        authorized = self._operator_public_key()
+        authorized = self.operator_public_key()
         if user_data:
             from .userdata import check_user_data
 
@@ -594,12 +589,11 @@ class Ec2Fabric(Fabric):
 
     def _run_one(self, machine_name, base_tags, params, launch_id, position, authorized, user_data):
         from .userdata import build
-        from ..local import generate_ed25519
 
         private, public = generate_ed25519()
         tags = dict(base_tags, Name=machine_name)
-        specs = [{"ResourceType": "instance", "Tags": _tag_list(tags)},
-                 {"ResourceType": "volume", "Tags": _tag_list(tags)}]
+        specs = [{"ResourceType": "instance", "Tags": aws_tag_list(tags)},
+                 {"ResourceType": "volume", "Tags": aws_tag_list(tags)}]
         call = dict(params, UserData=build(private, public, [authorized], user_data, self.phone_home_url),
                     TagSpecifications=specs,
                     # the same token on boto3's own retries makes RunInstances idempotent
@@ -667,7 +661,7 @@ class Ec2Fabric(Fabric):
         now = time.time() if now is None else now
         expired, warned = [], []
         for instance in self._instances(self._describe("finding expired instances", self._owned(all_clusters=True))):
-            tags = _tags(instance.get("Tags"))
+            tags = tag_dict(instance.get("Tags"))
             expires = _parse_iso(tags.get(EXPIRES_TAG))
             if expires is None:
                 continue
@@ -707,61 +701,6 @@ class Ec2Fabric(Fabric):
             stop.set()
             thread.join(timeout=5)
             self._reaper = None
-
-    # -- setup, images, volumes (in ecshell.aws) -------------------------------------
-
-    def import_key_pair(self, name=None, public_key=None):
-        """Import the operator's public key as an EC2 key pair (idempotent); its name."""
-        from .setup import import_key_pair
-
-        return import_key_pair(self, name, public_key)
-
-    def ensure_security_group(self, name="ecshell-ssh", cidr=None, vpc_id=None):
-        """A security group opening SSH only to the operator's address (idempotent); its id."""
-        from .setup import ensure_security_group
-
-        return ensure_security_group(self, name, cidr, vpc_id)
-
-    def bundle(self, machine, name=None, markers=None, wait=True, reboot=False):
-        """Make an AMI of a running machine, tagged with its source and markers."""
-        from .images import bundle
-
-        return bundle(self, machine, name, markers, wait, reboot)
-
-    def list_images(self):
-        from .images import list_images
-
-        return list_images(self)
-
-    def deregister_image(self, image_id, delete_snapshots=True):
-        from .images import deregister_image
-
-        return deregister_image(self, image_id, delete_snapshots)
-
-    def create_volume(self, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
-        from .volumes import create_volume
-
-        return create_volume(self, size, availability_zone, volume_type, name, wait)
-
-    def attach_volume(self, volume_id, machine, device="/dev/sdf", wait=True):
-        from .volumes import attach_volume
-
-        return attach_volume(self, volume_id, machine, device, wait)
-
-    def detach_volume(self, volume_id, force=False, wait=True):
-        from .volumes import detach_volume
-
-        return detach_volume(self, volume_id, force, wait)
-
-    def delete_volume(self, volume_id):
-        from .volumes import delete_volume
-
-        return delete_volume(self, volume_id)
-
-    def list_volumes(self):
-        from .volumes import list_volumes
-
-        return list_volumes(self)
 
     def __repr__(self):
         where = self.region or "?"

@@ -5,34 +5,11 @@
 >>> ec2.deregister_image(image["id"])                # and its snapshots      # doctest: +SKIP
 """
 
-import json
 import time
 
 from .errors import Ec2Error, aws_call
-
-SOURCE_TAG = "ecshell:source-instance"
-SOURCE_NAME_TAG = "ecshell:source-name"
-MARKERS_TAG = "ecshell:markers"
-#: EC2 tag values hold at most 256 characters.
-TAG_VALUE_MAX = 256
-
-
-def _marker_tags(markers):
-    """Marker names as tags: JSON in ecshell:markers, continued in -2, -3 ... when long."""
-    text = json.dumps(sorted(markers), separators=(",", ":"))
-    chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)] or ["[]"]
-    return {MARKERS_TAG if n == 0 else f"{MARKERS_TAG}-{n + 1}": chunk for n, chunk in enumerate(chunks)}
-
-
-def markers_from_tags(tags):
-    parts, n = [tags.get(MARKERS_TAG, "")], 2
-    while f"{MARKERS_TAG}-{n}" in tags:
-        parts.append(tags[f"{MARKERS_TAG}-{n}"])
-        n += 1
-    try:
-        return json.loads("".join(parts)) if parts[0] else []
-    except ValueError:
-        return []
+from .tags import (CLUSTER_TAG, IMAGE_TAG, OWNER_TAG, SOURCE_NAME_TAG, SOURCE_TAG, aws_tag_list, marker_tags,
+                   markers_from_tags, tag_dict)
 
 
 def _markers_of(machine):
@@ -50,47 +27,13 @@ def _markers_of(machine):
 
 
 def _image_row(image):
-    from .fabric import _tags
-
-    tags = _tags(image.get("Tags"))
+    tags = tag_dict(image.get("Tags"))
     return {"id": image["ImageId"], "name": image.get("Name"), "state": image.get("State"),
             "created": image.get("CreationDate"), "source": tags.get(SOURCE_TAG),
             "source_name": tags.get(SOURCE_NAME_TAG), "markers": markers_from_tags(tags),
             "snapshots": [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", [])
                           if m.get("Ebs", {}).get("SnapshotId")],
             "tags": tags}
-
-
-def bundle(fabric, machine, name=None, markers=None, wait=True, reboot=False):
-    """An AMI of ``machine`` (a Machine or an instance id), tagged with its source and markers."""
-    from .fabric import CLUSTER_TAG, OWNER_TAG, _tag_list
-
-    instance_id = getattr(machine, "id", machine)
-    source_name = getattr(machine, "name", instance_id)
-    if markers is None:
-        markers = _markers_of(machine) if not isinstance(machine, str) else []
-    name = name or f"{source_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    tags = {"Name": name, OWNER_TAG: fabric.owner, CLUSTER_TAG: fabric.cluster,
-            SOURCE_TAG: instance_id, SOURCE_NAME_TAG: source_name}
-    tags.update(_marker_tags(markers))
-    with aws_call(f"bundling {source_name} into an image"):
-        image_id = fabric.client.create_image(
-            InstanceId=instance_id, Name=name, NoReboot=not reboot,
-            Description=f"ecshell bundle of {source_name} ({instance_id})",
-            TagSpecifications=[{"ResourceType": "image", "Tags": _tag_list(tags)}])["ImageId"]
-    if wait:
-        delay = 15 if not fabric.endpoint_url else 1
-        with aws_call(f"waiting for image {image_id}"):
-            fabric.client.get_waiter("image_available").wait(
-                ImageIds=[image_id], WaiterConfig={"Delay": delay, "MaxAttempts": 3600 // delay})
-    image = describe_image(fabric, image_id)
-    snapshots = image["snapshots"]
-    if snapshots:
-        # Tagged afterwards: the snapshots exist only once the image does.
-        with aws_call(f"tagging the snapshots of {image_id}"):
-            fabric.client.create_tags(Resources=snapshots, Tags=_tag_list(
-                {OWNER_TAG: fabric.owner, SOURCE_TAG: instance_id, "ecshell:image": image_id}))
-    return image
 
 
 def describe_image(fabric, image_id):
@@ -101,25 +44,57 @@ def describe_image(fabric, image_id):
     return _image_row(images[0])
 
 
-def list_images(fabric):
-    """Images this owner bundled, newest first."""
-    from .fabric import OWNER_TAG
+class Images:
+    """Ec2Fabric's AMIs; mixed into the fabric, so ``self`` is the Ec2Fabric."""
 
-    with aws_call("listing images"):
-        images = fabric.client.describe_images(
-            Owners=["self"], Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [fabric.owner]}])["Images"]
-    return sorted((_image_row(i) for i in images), key=lambda r: r["created"] or "", reverse=True)
+    def bundle(self, machine, name=None, markers=None, wait=True, reboot=False):
+        """Make an AMI of a running machine, tagged with its source and markers.
 
+        ``machine`` is a Machine or an instance id.
+        """
+        instance_id = getattr(machine, "id", machine)
+        source_name = getattr(machine, "name", instance_id)
+        if markers is None:
+            markers = _markers_of(machine) if not isinstance(machine, str) else []
+        name = name or f"{source_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        tags = {"Name": name, OWNER_TAG: self.owner, CLUSTER_TAG: self.cluster,
+                SOURCE_TAG: instance_id, SOURCE_NAME_TAG: source_name}
+        tags.update(marker_tags(markers))
+        with aws_call(f"bundling {source_name} into an image"):
+            image_id = self.client.create_image(
+                InstanceId=instance_id, Name=name, NoReboot=not reboot,
+                Description=f"ecshell bundle of {source_name} ({instance_id})",
+                TagSpecifications=[{"ResourceType": "image", "Tags": aws_tag_list(tags)}])["ImageId"]
+        if wait:
+            delay = 15 if not self.endpoint_url else 1
+            with aws_call(f"waiting for image {image_id}"):
+                self.client.get_waiter("image_available").wait(
+                    ImageIds=[image_id], WaiterConfig={"Delay": delay, "MaxAttempts": 3600 // delay})
+        image = describe_image(self, image_id)
+        snapshots = image["snapshots"]
+        if snapshots:
+            # Tagged afterwards: the snapshots exist only once the image does.
+            with aws_call(f"tagging the snapshots of {image_id}"):
+                self.client.create_tags(Resources=snapshots, Tags=aws_tag_list(
+                    {OWNER_TAG: self.owner, SOURCE_TAG: instance_id, IMAGE_TAG: image_id}))
+        return image
 
-def deregister_image(fabric, image_id, delete_snapshots=True):
-    """Deregister an image and (by default) delete its snapshots; the snapshot ids deleted."""
-    image = describe_image(fabric, image_id)
-    with aws_call(f"deregistering {image_id}"):
-        fabric.client.deregister_image(ImageId=image_id)
-    deleted = []
-    if delete_snapshots:
-        for snapshot in image["snapshots"]:
-            with aws_call(f"deleting snapshot {snapshot} of {image_id}"):
-                fabric.client.delete_snapshot(SnapshotId=snapshot)
-            deleted.append(snapshot)
-    return deleted
+    def list_images(self):
+        """Images this owner bundled, newest first."""
+        with aws_call("listing images"):
+            images = self.client.describe_images(
+                Owners=["self"], Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [self.owner]}])["Images"]
+        return sorted((_image_row(i) for i in images), key=lambda r: r["created"] or "", reverse=True)
+
+    def deregister_image(self, image_id, delete_snapshots=True):
+        """Deregister an image and (by default) delete its snapshots; the snapshot ids deleted."""
+        image = describe_image(self, image_id)
+        with aws_call(f"deregistering {image_id}"):
+            self.client.deregister_image(ImageId=image_id)
+        deleted = []
+        if delete_snapshots:
+            for snapshot in image["snapshots"]:
+                with aws_call(f"deleting snapshot {snapshot} of {image_id}"):
+                    self.client.delete_snapshot(SnapshotId=snapshot)
+                deleted.append(snapshot)
+        return deleted

@@ -6,9 +6,9 @@
 
 import getpass
 import ipaddress
-import urllib.request
 
 from .errors import Ec2Error, aws_call
+from .tags import OWNER_TAG, aws_tag_list
 
 #: Answers with the caller's public IPv4 address; used only when no cidr is given.
 CHECKIP_URL = "https://checkip.amazonaws.com"
@@ -18,42 +18,10 @@ def _key_body(line):
     return " ".join(line.split()[:2])
 
 
-def import_key_pair(fabric, name=None, public_key=None):
-    """Import ``public_key`` (default: the fabric's identity_file.pub) as key pair ``name``.
-
-    Idempotent: an existing pair with the same key is kept; one with another
-    key under the same name is an error, never overwritten. Sets
-    ``fabric.key_name`` when it was unset. Returns the name.
-    """
-    name = name or f"ecshell-{getpass.getuser()}"
-    public_key = public_key or fabric._operator_public_key()
-    client = fabric.client
-    try:
-        with aws_call(f"looking up key pair {name}"):
-            found = client.describe_key_pairs(KeyNames=[name], IncludePublicKey=True)["KeyPairs"]
-    except Ec2Error as exc:
-        if exc.code != "InvalidKeyPair.NotFound":
-            raise
-        found = []
-    if found:
-        existing = found[0].get("PublicKey")
-        if existing and _key_body(existing) != _key_body(public_key):
-            raise Ec2Error(f"key pair {name} exists in {fabric.region} with another public key",
-                           code="InvalidKeyPair.Duplicate",
-                           remedy="pass another name=, or delete the old pair (aws ec2 delete-key-pair)")
-    else:
-        with aws_call(f"importing key pair {name}"):
-            client.import_key_pair(
-                KeyName=name, PublicKeyMaterial=public_key.encode(),
-                TagSpecifications=[{"ResourceType": "key-pair",
-                                    "Tags": [{"Key": "ecshell:owner", "Value": fabric.owner}]}])
-    if not fabric.key_name:
-        fabric.key_name = name
-    return name
-
-
 def operator_cidr(url=CHECKIP_URL, timeout=5.0):
     """This machine's public IPv4 address as a /32, as AWS sees it."""
+    import urllib.request  # with http.client and ssl, ~20 ms: not for every Ec2Fabric import
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             text = reply.read(64).decode().strip()
@@ -76,41 +44,78 @@ def _default_vpc(fabric):
     return vpcs[0]["VpcId"]
 
 
-def ensure_security_group(fabric, name="ecshell-ssh", cidr=None, vpc_id=None):
-    """A group allowing TCP ``ssh_port`` from ``cidr`` only (default: this machine's /32).
+class Setup:
+    """Ec2Fabric's one-time setup in a region; mixed into the fabric, so ``self`` is the Ec2Fabric."""
 
-    Created if missing, the rule added if missing; other rules are left alone.
-    The group id is added to ``fabric.security_groups``. Returns the id.
-    """
-    cidr = str(ipaddress.ip_network(cidr, strict=False)) if cidr else operator_cidr()
-    vpc_id = vpc_id or _default_vpc(fabric)
-    port = fabric.ssh_port
-    client = fabric.client
-    with aws_call(f"looking up security group {name}"):
-        groups = client.describe_security_groups(Filters=[
-            {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
-    if groups:
-        group = groups[0]
-    else:
-        with aws_call(f"creating security group {name}"):
-            group_id = client.create_security_group(
-                GroupName=name, VpcId=vpc_id, Description="SSH from the ecshell operator only",
-                TagSpecifications=[{"ResourceType": "security-group",
-                                    "Tags": [{"Key": "ecshell:owner", "Value": fabric.owner}]}])["GroupId"]
-        group = {"GroupId": group_id, "IpPermissions": []}
-    present = any(
-        perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == port and perm.get("ToPort") == port
-        and any(r.get("CidrIp") == cidr for r in perm.get("IpRanges", []))
-        for perm in group.get("IpPermissions", []))
-    if not present:
+    def import_key_pair(self, name=None, public_key=None):
+        """Import the operator's public key as an EC2 key pair (idempotent); its name.
+
+        ``public_key`` defaults to identity_file's .pub, ``name`` to ``ecshell-<user>``.
+        An existing pair with the same key is kept; one with another key under the
+        same name is an error, never overwritten. Sets ``key_name`` when it was unset.
+        """
+        name = name or f"ecshell-{getpass.getuser()}"
+        public_key = public_key or self.operator_public_key()
+        client = self.client
         try:
-            with aws_call(f"opening port {port} of {name} to {cidr}"):
-                client.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[{
-                    "IpProtocol": "tcp", "FromPort": port, "ToPort": port,
-                    "IpRanges": [{"CidrIp": cidr, "Description": "ecshell operator"}]}])
+            with aws_call(f"looking up key pair {name}"):
+                found = client.describe_key_pairs(KeyNames=[name], IncludePublicKey=True)["KeyPairs"]
         except Ec2Error as exc:
-            if exc.code != "InvalidPermission.Duplicate":
+            if exc.code != "InvalidKeyPair.NotFound":
                 raise
-    if group["GroupId"] not in fabric.security_groups:
-        fabric.security_groups = list(fabric.security_groups) + [group["GroupId"]]
-    return group["GroupId"]
+            found = []
+        if found:
+            existing = found[0].get("PublicKey")
+            if existing and _key_body(existing) != _key_body(public_key):
+                raise Ec2Error(f"key pair {name} exists in {self.region} with another public key",
+                               code="InvalidKeyPair.Duplicate",
+                               remedy="pass another name=, or delete the old pair (aws ec2 delete-key-pair)")
+        else:
+            with aws_call(f"importing key pair {name}"):
+                client.import_key_pair(
+                    KeyName=name, PublicKeyMaterial=public_key.encode(),
+                    TagSpecifications=[{"ResourceType": "key-pair",
+                                        "Tags": aws_tag_list({OWNER_TAG: self.owner})}])
+        if not self.key_name:
+            self.key_name = name
+        return name
+
+    def ensure_security_group(self, name="ecshell-ssh", cidr=None, vpc_id=None):
+        """A security group opening SSH only to the operator's address (idempotent); its id.
+
+        The group allows TCP ``ssh_port`` from ``cidr`` only (default: this machine's
+        /32). It is created if missing, the rule added if missing; other rules are
+        left alone. The group id is added to ``security_groups``.
+        """
+        cidr = str(ipaddress.ip_network(cidr, strict=False)) if cidr else operator_cidr()
+        vpc_id = vpc_id or _default_vpc(self)
+        port = self.ssh_port
+        client = self.client
+        with aws_call(f"looking up security group {name}"):
+            groups = client.describe_security_groups(Filters=[
+                {"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]}])["SecurityGroups"]
+        if groups:
+            group = groups[0]
+        else:
+            with aws_call(f"creating security group {name}"):
+                group_id = client.create_security_group(
+                    GroupName=name, VpcId=vpc_id, Description="SSH from the ecshell operator only",
+                    TagSpecifications=[{"ResourceType": "security-group",
+                                        "Tags": aws_tag_list({OWNER_TAG: self.owner})}])["GroupId"]
+            group = {"GroupId": group_id, "IpPermissions": []}
+        present = any(
+            perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == port and perm.get("ToPort") == port
+            and any(r.get("CidrIp") == cidr for r in perm.get("IpRanges", []))
+            for perm in group.get("IpPermissions", []))
+        if not present:
+            try:
+                with aws_call(f"opening port {port} of {name} to {cidr}"):
+                    client.authorize_security_group_ingress(GroupId=group["GroupId"], IpPermissions=[{
+                        "IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+                        "IpRanges": [{"CidrIp": cidr, "Description": "ecshell operator"}]}])
+            except Ec2Error as exc:
+                if exc.code != "InvalidPermission.Duplicate":
+                    raise
+        if group["GroupId"] not in self.security_groups:
+            self.security_groups = list(self.security_groups) + [group["GroupId"]]
+        return group["GroupId"]

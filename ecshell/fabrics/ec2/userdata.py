@@ -1,6 +1,6 @@
 """cloud-init user data that installs a host key generated on the operator's machine.
 
->>> from ecshell.fabrics.local import generate_ed25519
+>>> from ecshell.ssh.keys import generate_ed25519
 >>> private, public = generate_ed25519()
 >>> text = build(private, public, authorized_keys=["ssh-ed25519 AAAA... ops"])
 >>> host_key_from_user_data(text)[1] == public

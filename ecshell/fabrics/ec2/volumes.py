@@ -5,17 +5,16 @@
 """
 
 from .errors import aws_call
+from .tags import CLUSTER_TAG, OWNER_TAG, aws_tag_list, tag_dict
 
 
 def _row(volume):
-    from .fabric import _tags
-
     attachments = volume.get("Attachments") or []
     return {"id": volume["VolumeId"], "size": volume.get("Size"), "type": volume.get("VolumeType"),
             "state": volume.get("State"), "availability_zone": volume.get("AvailabilityZone"),
             "instance": attachments[0].get("InstanceId") if attachments else None,
             "device": attachments[0].get("Device") if attachments else None,
-            "tags": _tags(volume.get("Tags"))}
+            "tags": tag_dict(volume.get("Tags"))}
 
 
 def _wait(fabric, name, volume_id):
@@ -30,59 +29,54 @@ def describe_volume(fabric, volume_id):
         return _row(fabric.client.describe_volumes(VolumeIds=[volume_id])["Volumes"][0])
 
 
-def create_volume(fabric, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
-    """A new volume of ``size`` GiB, tagged with the owner; in the first zone of the region by default."""
-    from .fabric import CLUSTER_TAG, OWNER_TAG, _tag_list
+class Volumes:
+    """Ec2Fabric's EBS volumes; mixed into the fabric, so ``self`` is the Ec2Fabric."""
 
-    if availability_zone is None:
-        with aws_call("listing availability zones"):
-            zones = fabric.client.describe_availability_zones(
-                Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
-        availability_zone = sorted(z["ZoneName"] for z in zones)[0]
-    tags = {OWNER_TAG: fabric.owner, CLUSTER_TAG: fabric.cluster}
-    if name:
-        tags["Name"] = name
-    with aws_call(f"creating a {size} GiB volume"):
-        volume = fabric.client.create_volume(
-            Size=int(size), AvailabilityZone=availability_zone, VolumeType=volume_type,
-            TagSpecifications=[{"ResourceType": "volume", "Tags": _tag_list(tags)}])
-    if wait:
-        _wait(fabric, "volume_available", volume["VolumeId"])
-    return describe_volume(fabric, volume["VolumeId"])
+    def create_volume(self, size, availability_zone=None, volume_type="gp3", name=None, wait=True):
+        """A new volume of ``size`` GiB, tagged with the owner; in the first zone of the region by default."""
+        if availability_zone is None:
+            with aws_call("listing availability zones"):
+                zones = self.client.describe_availability_zones(
+                    Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"]
+            availability_zone = sorted(z["ZoneName"] for z in zones)[0]
+        tags = {OWNER_TAG: self.owner, CLUSTER_TAG: self.cluster}
+        if name:
+            tags["Name"] = name
+        with aws_call(f"creating a {size} GiB volume"):
+            volume = self.client.create_volume(
+                Size=int(size), AvailabilityZone=availability_zone, VolumeType=volume_type,
+                TagSpecifications=[{"ResourceType": "volume", "Tags": aws_tag_list(tags)}])
+        if wait:
+            _wait(self, "volume_available", volume["VolumeId"])
+        return describe_volume(self, volume["VolumeId"])
 
+    def attach_volume(self, volume_id, machine, device="/dev/sdf", wait=True):
+        instance_id = getattr(machine, "id", machine)
+        with aws_call(f"attaching {volume_id} to {instance_id}"):
+            self.client.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+        if wait:
+            _wait(self, "volume_in_use", volume_id)
+        return describe_volume(self, volume_id)
 
-def attach_volume(fabric, volume_id, machine, device="/dev/sdf", wait=True):
-    instance_id = getattr(machine, "id", machine)
-    with aws_call(f"attaching {volume_id} to {instance_id}"):
-        fabric.client.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
-    if wait:
-        _wait(fabric, "volume_in_use", volume_id)
-    return describe_volume(fabric, volume_id)
+    def detach_volume(self, volume_id, force=False, wait=True):
+        current = describe_volume(self, volume_id)
+        params = {"VolumeId": volume_id, "Force": force}
+        if current["instance"]:
+            # naming the attachment refuses to detach it from anything else
+            params.update(InstanceId=current["instance"], Device=current["device"])
+        with aws_call(f"detaching {volume_id}"):
+            self.client.detach_volume(**params)
+        if wait:
+            _wait(self, "volume_available", volume_id)
+        return describe_volume(self, volume_id)
 
+    def delete_volume(self, volume_id):
+        with aws_call(f"deleting {volume_id}"):
+            self.client.delete_volume(VolumeId=volume_id)
 
-def detach_volume(fabric, volume_id, force=False, wait=True):
-    current = describe_volume(fabric, volume_id)
-    params = {"VolumeId": volume_id, "Force": force}
-    if current["instance"]:
-        # naming the attachment refuses to detach it from anything else
-        params.update(InstanceId=current["instance"], Device=current["device"])
-    with aws_call(f"detaching {volume_id}"):
-        fabric.client.detach_volume(**params)
-    if wait:
-        _wait(fabric, "volume_available", volume_id)
-    return describe_volume(fabric, volume_id)
-
-
-def delete_volume(fabric, volume_id):
-    with aws_call(f"deleting {volume_id}"):
-        fabric.client.delete_volume(VolumeId=volume_id)
-
-
-def list_volumes(fabric):
-    """Volumes tagged with this owner."""
-    from .fabric import OWNER_TAG
-
-    with aws_call("listing volumes"):
-        pages = fabric.client.get_paginator("describe_volumes").paginate(
-            Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [fabric.owner]}])
-        return [_row(v) for page in pages for v in page.get("Volumes", [])]
+    def list_volumes(self):
+        """Volumes tagged with this owner."""
+        with aws_call("listing volumes"):
+            pages = self.client.get_paginator("describe_volumes").paginate(
+                Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [self.owner]}])
+            return [_row(v) for page in pages for v in page.get("Volumes", [])]
