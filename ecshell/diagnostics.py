@@ -210,13 +210,7 @@ class Diagnose(Command):
             remember(attempt.machine, markers=markers, diagnostics=outcomes)
             text = "".join(f"{d.name:<12} {'ok ' if d.ok else 'BAD'} {d.value!r}"
                            f"{' ' + d.message if d.message else ''}\n" for d in outcomes.values())
-            from .output import OutputBuffer
-            buffer = OutputBuffer(attempt.settings.output_memory_limit, attempt.settings.spill_dir)
-            buffer.write(text.encode())
-            buffer.close()
-            result._buffer = buffer
-            if attempt.on_output is not None:
-                attempt.on_output(attempt.machine, text.encode())
+            attempt.retell(result, text)
         return result
 
 

@@ -131,6 +131,16 @@ class Attempt:
         if self.on_output is not None:
             self.on_output(self.machine, data)
 
+    def retell(self, result: Result, text: str) -> None:
+        """Make ``text`` the result's output, instead of the raw records the machine sent; streamed as output."""
+        data = text.encode()
+        buffer = OutputBuffer(self.settings.output_memory_limit, self.settings.spill_dir)
+        buffer.write(data)
+        buffer.close()
+        result.replace_output(buffer)
+        if self.on_output is not None and data:
+            self.on_output(self.machine, data)
+
     def result(self, command, exit_code=None, error=None, message="", detail=None) -> Result:
         self.buffer.close()
         return Result(self.machine, command, self.buffer, exit_code, error, message,

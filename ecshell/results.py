@@ -66,6 +66,14 @@ class Result:
     def output_size(self):
         return len(self._buffer)
 
+    def output_head(self, limit):
+        """The first ``limit`` bytes of the output, without reading a spilled file whole."""
+        return self._buffer.head(limit)
+
+    def replace_output(self, buffer):
+        """Put ``buffer`` in place of the output: for a command that turns what the machine sent into text."""
+        self._buffer = buffer
+
     @property
     def output_path(self):
         """The file holding the output when it outgrew the memory bound, else None."""

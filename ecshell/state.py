@@ -37,7 +37,6 @@ import time
 
 from .commands import Command, Shell
 from .errors import ArgumentError, EcShellError, ErrorKind, SelectionError
-from .output import OutputBuffer
 
 log = logging.getLogger("ecshell")
 
@@ -290,12 +289,7 @@ class StateCommand(Command):
             result.error = ErrorKind.EXIT
             result.message = f"could not change {', '.join(unwritten)} in the state directory (disk full? permissions?)"
         readable = text if not result.ok else render_markers(markers, now)
-        buffer = OutputBuffer(attempt.settings.output_memory_limit, attempt.settings.spill_dir)
-        buffer.write(readable.encode())
-        buffer.close()
-        result._buffer = buffer
-        if attempt.on_output is not None and readable:
-            attempt.on_output(attempt.machine, readable.encode())
+        attempt.retell(result, readable)
         result.detail = dict(result.detail, ops=ops, markers=markers, now=now, removed=removed)
         if result.ok:
             remember(attempt.machine, markers=markers)

@@ -25,7 +25,7 @@ def _paint(text, role, color):
 
 
 def _shown_output(result):
-    data = result._buffer.head(DISPLAY_LIMIT + 1)
+    data = result.output_head(DISPLAY_LIMIT + 1)
     text = printable(decode(data[:DISPLAY_LIMIT]))
     if len(data) > DISPLAY_LIMIT:
         where = f" (all of it in r.output_bytes, on disk at {result.output_path})" if result.output_path else " (all of it in r.output_bytes)"
