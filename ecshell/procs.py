@@ -11,10 +11,13 @@ and to recognise its own sshd by command line before signalling a pid; the
 tests and benchmarks use them to find the processes a machine runs.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Iterable, Mapping
 
 
-def cmdline(pid):
+def cmdline(pid: int) -> bytes:
     """The command line of ``pid`` as bytes, arguments joined by spaces; b"" when there is no such process."""
     # sshd rewrites its process title ("sshd: /usr/sbin/sshd -D -f ... [listener]"),
     # so the arguments may no longer be NUL-separated: compare as one string.
@@ -25,9 +28,9 @@ def cmdline(pid):
         return b""
 
 
-def children_map():
+def children_map() -> dict[int, list[int]]:
     """``{ppid: [pid, ...]}`` for every process, read from /proc once."""
-    tree = {}
+    tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -42,7 +45,7 @@ def children_map():
     return tree
 
 
-def descendants(pid, tree):
+def descendants(pid: int, tree: Mapping[int, Iterable[int]]) -> list[int]:
     """Every pid below ``pid`` in ``tree`` (a :func:`children_map`): children, theirs, and so on."""
     found, stack = [], list(tree.get(pid, ()))
     while stack:

@@ -12,14 +12,20 @@ LocalFabric authorizes it on its machines and Ec2Fabric gives it to
 cloud-init. paramiko and cryptography load only when a key is read or made.
 """
 
+from __future__ import annotations
+
 import os
 import threading
+from typing import TYPE_CHECKING
 
-_key_cache = {}
+if TYPE_CHECKING:
+    from paramiko import PKey
+
+_key_cache: dict[str, tuple[float, PKey | None, str]] = {}
 _key_cache_lock = threading.Lock()
 
 
-def load_key(path):
+def load_key(path: str) -> tuple[PKey | None, str]:
     """(PKey or None, why not) for a private key file; cached by path and mtime."""
     try:
         mtime = os.stat(path).st_mtime
@@ -42,7 +48,7 @@ def load_key(path):
     return key, why
 
 
-def generate_ed25519():
+def generate_ed25519() -> tuple[bytes, str]:
     """(private key in OpenSSH PEM, public key line), made here without ssh-keygen."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -59,14 +65,14 @@ def generate_ed25519():
     return private, public
 
 
-def write_private_file(path, data):
+def write_private_file(path: str, data: bytes) -> None:
     """A new file holding ``data``, 0600 from its creation; FileExistsError if ``path`` exists."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
 
-def client_key(path):
+def client_key(path: str) -> str:
     """Create the operator's ecshell client key (0600) at ``path`` unless it exists."""
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
