@@ -18,6 +18,8 @@ keeps Debian's bash from sourcing ``~/.bashrc`` for every command (a pyenv
 or conda init there costs ~100 ms per command).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import pwd
@@ -28,6 +30,8 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Dict, Float, Unicode, default
 
@@ -36,6 +40,9 @@ from ..errors import ArgumentError, FabricError
 from ..procs import children_map, cmdline, descendants
 from ..ssh.keys import client_key, generate_ed25519, write_private_file
 from .base import RUNNING, STOPPED, Fabric, Prototype
+
+if TYPE_CHECKING:
+    from ..states import MachineState
 
 SSHD_CONFIG = """\
 # Written by ecshell's LocalFabric for machine {name} ({id}).
@@ -63,7 +70,8 @@ SetEnv {env}
 """
 
 
-def sshd_config(name, id, port, directory, environment, authorized_keys=None, sftp="internal-sftp"):
+def sshd_config(name: str, id: str, port: int, directory: str, environment: Mapping[str, str],
+                authorized_keys: str | None = None, sftp: str = "internal-sftp") -> str:
     """The sshd_config of a local machine (LocalFabric's, and the tests' own sshd hosts).
 
     ``environment``: the variables sshd sets for every command. ``authorized_keys``
@@ -75,7 +83,7 @@ def sshd_config(name, id, port, directory, environment, authorized_keys=None, sf
         env=" ".join(f'"{k}={v}"' for k, v in environment.items()))
 
 
-def free_port():
+def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (another process may take it before it is bound)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,10 +112,10 @@ class LocalFabric(Fabric):
     def _default_directory(self):
         return os.path.join(ecshell_home(), "local")
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._lock = threading.Lock()
-        self._children = {}  # pid -> Popen, for the sshd this process started
+        self._children: dict[int, subprocess.Popen[bytes]] = {}  # the sshd this process started, by pid
 
     # -- paths and records ------------------------------------------------
 
@@ -165,7 +173,7 @@ class LocalFabric(Fabric):
 
     # -- the Fabric interface ---------------------------------------------
 
-    def discover(self):
+    def discover(self) -> list[Prototype]:
         found = []
         try:
             entries = sorted(os.listdir(self.directory))
@@ -179,7 +187,8 @@ class LocalFabric(Fabric):
             found.append(self._prototype(meta, state))
         return found
 
-    def launch(self, count, name="node", tags=None, **options):
+    def launch(self, count: int, name: str = "node", tags: Mapping[str, str] | None = None,
+               **options: Any) -> list[Prototype]:
         if options:
             raise ArgumentError(f"LocalFabric.launch takes no {', '.join(sorted(options))}; "
                                 "it accepts count, name and tags")
@@ -199,7 +208,8 @@ class LocalFabric(Fabric):
         with self._lock:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             taken = {p.name for p in self.discover()}
-            metas, index = [], 0
+            metas: list[dict[str, Any]] = []
+            index = 0
             while len(metas) < count:
                 machine_name = f"{name}-{index}"
                 index += 1
@@ -356,24 +366,24 @@ class LocalFabric(Fabric):
                 metas.append(meta)
         return metas
 
-    def stop(self, ids):
+    def stop(self, ids: Iterable[str]) -> None:
         with self._lock:
             self._kill(self._metas(ids))
 
-    def start(self, ids):
+    def start(self, ids: Iterable[str]) -> list[Prototype]:
         with self._lock:
             metas = [m for m in self._metas(ids) if not self._pid_if_running(m)]
             self._ensure_privsep_dir()
             return [self._prototype(m, RUNNING) for m in self._start_all(metas)]
 
-    def terminate(self, ids):
+    def terminate(self, ids: Iterable[str]) -> None:
         with self._lock:
             metas = self._metas(ids)
             self._kill(metas)
             for meta in metas:
                 shutil.rmtree(self._dir(meta["id"]), ignore_errors=True)
 
-    def states(self, ids):
+    def states(self, ids: Iterable[str]) -> dict[str, MachineState]:
         states = {}
         for meta in self._metas(ids):
             states[meta["id"]] = RUNNING if self._pid_if_running(meta) else STOPPED
