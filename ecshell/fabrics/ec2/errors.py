@@ -6,7 +6,10 @@ whose message ends with what to do about it, and a missing credential chain
 into one line that says what to set.
 """
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Iterable, Iterator
 
 from ...errors import FabricError
 
@@ -55,7 +58,8 @@ MISSING_CREDENTIALS = (
 class Ec2Error(FabricError):
     """An EC2 call failed. ``code`` is the AWS error code (or a short local one)."""
 
-    def __init__(self, message, code=None, remedy=None, action=None, created=(), terminated=()):
+    def __init__(self, message: str, code: str | None = None, remedy: str | None = None, action: str | None = None,
+                 created: Iterable[str] = (), terminated: Iterable[str] = ()) -> None:
         self.message = message
         self.code = code
         self.remedy = remedy
@@ -68,12 +72,12 @@ class Ec2Error(FabricError):
             text = f"{text}; {remedy}"
         super().__init__(text)
 
-    def _render_traceback_(self):
+    def _render_traceback_(self) -> list[str]:
         # IPython shows this instead of a traceback: the message is the whole story.
         return [f"{type(self).__name__}: {self}"]
 
 
-def translate(exc, action):
+def translate(exc: BaseException, action: str) -> Ec2Error | None:
     """An :class:`Ec2Error` for a boto3/botocore exception, or None if it is not one of theirs."""
     if isinstance(exc, Ec2Error):
         return exc
@@ -107,7 +111,7 @@ def translate(exc, action):
 
 
 @contextlib.contextmanager
-def aws_call(action):
+def aws_call(action: str) -> Iterator[None]:
     """Re-raise boto3/botocore failures inside the block as :class:`Ec2Error`."""
     try:
         yield

@@ -9,12 +9,16 @@ check still runs against the pinned host key; a phone-home that reports a
 different host key is logged as suspicious and changes nothing.
 """
 
+from __future__ import annotations
+
 import http.server
 import logging
 import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable
+from typing import cast
 
 log = logging.getLogger("ecshell")
 
@@ -25,7 +29,7 @@ MAX_BODY = 64 * 1024
 class PhoneHome:
     """An HTTP listener that records ``instance_id`` form posts (cloud-init's phone_home module)."""
 
-    def __init__(self, host="0.0.0.0", port=0, public_url=None):
+    def __init__(self, host: str = "0.0.0.0", port: int = 0, public_url: str | None = None) -> None:
         listener = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -49,9 +53,11 @@ class PhoneHome:
 
         self._server = http.server.ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        bound_host, bound_port = self._server.server_address[:2]
+        # bound, so getsockname()'s (host, port): the host is a str, never bytes
+        bound_host, bound_port = cast("tuple[str, int]", self._server.server_address[:2])
         self.url = public_url or f"http://{bound_host}:{bound_port}/"
-        self.arrived = {}
+        #: instance id -> (time of its call, the form fields it posted)
+        self.arrived: dict[str, tuple[float, dict[str, str]]] = {}
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._server.serve_forever, name="ecshell-phone-home", daemon=True)
         self._thread.start()
@@ -61,7 +67,7 @@ class PhoneHome:
             self.arrived[instance_id] = (time.time(), fields)
             self._changed.notify_all()
 
-    def wait(self, ids, timeout):
+    def wait(self, ids: Iterable[str], timeout: float | None) -> set[str]:
         """Wait until one of ``ids`` calls back that had not yet, or ``timeout``; the ids that have."""
         ids = set(ids)
         with self._changed:
@@ -69,7 +75,7 @@ class PhoneHome:
             self._changed.wait_for(lambda: (ids & set(self.arrived)) - before, timeout=timeout)
             return ids & set(self.arrived)
 
-    def close(self):
+    def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

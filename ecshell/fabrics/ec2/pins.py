@@ -7,14 +7,17 @@ is terminated, so that an address reused by another instance is never
 trusted on the strength of an old key.
 """
 
+from __future__ import annotations
+
 import os
 import re
+from collections.abc import Iterable
 
 _ID = re.compile(r"^i-[0-9a-f]{8,32}$")
 
 
 class PinStore:
-    def __init__(self, directory):
+    def __init__(self, directory: str) -> None:
         self.directory = directory
 
     def _path(self, instance_id):
@@ -22,7 +25,7 @@ class PinStore:
             raise ValueError(f"not an instance id: {instance_id!r}")
         return os.path.join(self.directory, instance_id + ".pub")
 
-    def save(self, instance_id, keys, source):
+    def save(self, instance_id: str, keys: Iterable[str], source: str) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         path = self._path(instance_id)
         tmp = f"{path}.{os.getpid()}.tmp"
@@ -32,20 +35,20 @@ class PinStore:
                 f.write(" ".join(key.split()[:2]) + "\n")
         os.replace(tmp, path)
 
-    def load(self, instance_id):
+    def load(self, instance_id: str) -> list[str]:
         try:
             with open(self._path(instance_id)) as f:
                 return [line.strip() for line in f if line.strip() and not line.startswith("#")]
         except FileNotFoundError:
             return []
 
-    def forget(self, instance_id):
+    def forget(self, instance_id: str) -> None:
         try:
             os.unlink(self._path(instance_id))
         except FileNotFoundError:
             pass
 
-    def ids(self):
+    def ids(self) -> list[str]:
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:

@@ -6,6 +6,10 @@ difference matters. A type that is in neither has no price: its cost shows
 as unknown rather than as zero.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+
 US_EAST_1 = {
     "t2.nano": 0.0058, "t2.micro": 0.0116, "t2.small": 0.023, "t2.medium": 0.0464,
     "t2.large": 0.0928, "t2.xlarge": 0.1856, "t2.2xlarge": 0.3712,
@@ -27,7 +31,7 @@ US_EAST_1 = {
 }
 
 
-def hourly_price(region, instance_type, overrides=None):
+def hourly_price(region: str | None, instance_type: str, overrides: Mapping[str, float | str] | None = None) -> float | None:
     """The hourly price of ``instance_type`` in ``region``, or None if unknown."""
     overrides = overrides or {}
     for key in (f"{region}/{instance_type}", instance_type):

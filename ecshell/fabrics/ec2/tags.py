@@ -12,7 +12,10 @@ here carry OWNER_TAG; discovery, listing and the TTL reaper look only at
 resources with this operator's owner value.
 """
 
+from __future__ import annotations
+
 import json
+from collections.abc import Iterable, Mapping
 
 #: Who launched it (``<user>@<host>`` by default): every resource ecshell creates.
 OWNER_TAG = "ecshell:owner"
@@ -38,24 +41,24 @@ MARKERS_TAG = "ecshell:markers"
 TAG_VALUE_MAX = 256
 
 
-def tag_dict(aws_tags):
+def tag_dict(aws_tags: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
     """``{key: value}`` from AWS's ``[{"Key": ..., "Value": ...}]`` (None: no tags)."""
     return {t["Key"]: t["Value"] for t in aws_tags or ()}
 
 
-def aws_tag_list(tags):
+def aws_tag_list(tags: Mapping[str, object]) -> list[dict[str, str]]:
     """AWS's ``[{"Key": ..., "Value": ...}]`` from ``{key: value}``, values as strings."""
     return [{"Key": k, "Value": str(v)} for k, v in tags.items()]
 
 
-def marker_tags(markers):
+def marker_tags(markers: Iterable[str]) -> dict[str, str]:
     """Marker names as tags: JSON in ecshell:markers, continued in -2, -3 ... when long."""
     text = json.dumps(sorted(markers), separators=(",", ":"))
     chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)] or ["[]"]
     return {MARKERS_TAG if n == 0 else f"{MARKERS_TAG}-{n + 1}": chunk for n, chunk in enumerate(chunks)}
 
 
-def markers_from_tags(tags):
+def markers_from_tags(tags: Mapping[str, str]) -> list[str]:
     """The marker names :func:`marker_tags` wrote; [] when there are none or they are garbled."""
     parts, n = [tags.get(MARKERS_TAG, "")], 2
     while f"{MARKERS_TAG}-{n}" in tags:

@@ -17,10 +17,13 @@ The operator's own user data, if any, is kept and sent alongside as a second
 part of a MIME multipart message, which cloud-init runs after ours.
 """
 
+from __future__ import annotations
+
 import email
 import email.mime.multipart
 import email.mime.text
 import re
+from collections.abc import Sequence
 
 from ...errors import ArgumentError
 
@@ -39,7 +42,8 @@ CONSOLE_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 CONSOLE_END = "-----END SSH HOST KEY KEYS-----"
 
 
-def cloud_config(host_private, host_public, authorized_keys=(), phone_home=None):
+def cloud_config(host_private: str | bytes, host_public: str, authorized_keys: Sequence[str] = (),
+                 phone_home: str | None = None) -> str:
     """The #cloud-config document that installs exactly this host key."""
     if isinstance(host_private, bytes):
         host_private = host_private.decode()
@@ -70,12 +74,13 @@ def _part_subtype(text):
                         f"'#cloud-boothook' or '#part-handler', not {text[:20]!r}")
 
 
-def check_user_data(text):
+def check_user_data(text: str) -> None:
     """Raise ArgumentError unless ``text`` is user data cloud-init can run next to ours."""
     _part_subtype(text)
 
 
-def build(host_private, host_public, authorized_keys=(), extra="", phone_home=None):
+def build(host_private: str | bytes, host_public: str, authorized_keys: Sequence[str] = (), extra: str = "",
+          phone_home: str | None = None) -> str:
     """User data (text) for one instance: our cloud-config, plus the operator's ``extra``."""
     ours = cloud_config(host_private, host_public, authorized_keys, phone_home)
     if extra:
@@ -103,7 +108,7 @@ def _cloud_config_of(text):
     return ""
 
 
-def host_key_from_user_data(text):
+def host_key_from_user_data(text: str) -> tuple[str, str] | None:
     """``(private PEM, public line)`` of the host key in user data :func:`build` wrote, or None."""
     config = _cloud_config_of(text)
     private = re.search(r"^  ed25519_private: \|\n((?:    .*\n)+)", config, re.M)
@@ -114,13 +119,13 @@ def host_key_from_user_data(text):
     return pem, public.group(1).strip()
 
 
-def authorized_keys_from_user_data(text):
+def authorized_keys_from_user_data(text: str) -> list[str]:
     config = _cloud_config_of(text)
     block = re.search(r"^ssh_authorized_keys:\n((?:  - .*\n)+)", config, re.M)
     return [line[4:] for line in block.group(1).splitlines()] if block else []
 
 
-def host_keys_from_console(output):
+def host_keys_from_console(output: str) -> list[str]:
     """Public host keys from the block cloud-init prints on the console, [] if there is none.
 
     With several blocks (one per boot), the last one is the current one.
