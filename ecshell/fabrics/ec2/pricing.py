@@ -31,7 +31,8 @@ US_EAST_1 = {
 }
 
 
-def hourly_price(region: str | None, instance_type: str, overrides: Mapping[str, float | str] | None = None) -> float | None:
+def hourly_price(region: str | None, instance_type: str,
+                 overrides: Mapping[str, float | str] | None = None) -> float | None:
     """The hourly price of ``instance_type`` in ``region``, or None if unknown."""
     overrides = overrides or {}
     for key in (f"{region}/{instance_type}", instance_type):
