@@ -5,11 +5,18 @@
 >>> ec2.deregister_image(image["id"])                # and its snapshots      # doctest: +SKIP
 """
 
+from __future__ import annotations
+
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from .errors import Ec2Error, aws_call
 from .tags import (CLUSTER_TAG, IMAGE_TAG, OWNER_TAG, SOURCE_NAME_TAG, SOURCE_TAG, aws_tag_list, marker_tags,
                    markers_from_tags, tag_dict)
+
+if TYPE_CHECKING:
+    from ...machine import Machine
 
 
 def _markers_of(machine):
@@ -36,7 +43,7 @@ def _image_row(image):
             "tags": tags}
 
 
-def describe_image(fabric, image_id):
+def describe_image(fabric: Images, image_id: str) -> dict[str, Any]:
     with aws_call(f"describing image {image_id}"):
         images = fabric.client.describe_images(ImageIds=[image_id])["Images"]
     if not images:
@@ -47,7 +54,14 @@ def describe_image(fabric, image_id):
 class Images:
     """Ec2Fabric's AMIs; mixed into the fabric, so ``self`` is the Ec2Fabric."""
 
-    def bundle(self, machine, name=None, markers=None, wait=True, reboot=False):
+    if TYPE_CHECKING:  # what the methods use of the Ec2Fabric
+        client: Any
+        owner: str
+        cluster: str
+        endpoint_url: str | None
+
+    def bundle(self, machine: Machine | str, name: str | None = None, markers: Iterable[str] | None = None,
+               wait: bool = True, reboot: bool = False) -> dict[str, Any]:
         """Make an AMI of a running machine, tagged with its source and markers.
 
         ``machine`` is a Machine or an instance id.
@@ -79,14 +93,14 @@ class Images:
                     {OWNER_TAG: self.owner, SOURCE_TAG: instance_id, IMAGE_TAG: image_id}))
         return image
 
-    def list_images(self):
+    def list_images(self) -> list[dict[str, Any]]:
         """Images this owner bundled, newest first."""
         with aws_call("listing images"):
             images = self.client.describe_images(
                 Owners=["self"], Filters=[{"Name": f"tag:{OWNER_TAG}", "Values": [self.owner]}])["Images"]
         return sorted((_image_row(i) for i in images), key=lambda r: r["created"] or "", reverse=True)
 
-    def deregister_image(self, image_id, delete_snapshots=True):
+    def deregister_image(self, image_id: str, delete_snapshots: bool = True) -> list[str]:
         """Deregister an image and (by default) delete its snapshots; the snapshot ids deleted."""
         image = describe_image(self, image_id)
         with aws_call(f"deregistering {image_id}"):

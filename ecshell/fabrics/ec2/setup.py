@@ -4,8 +4,11 @@
 >>> ec2.ensure_security_group()              # port 22 from this machine's public address only  # doctest: +SKIP
 """
 
+from __future__ import annotations
+
 import getpass
 import ipaddress
+from typing import TYPE_CHECKING, Any
 
 from .errors import Ec2Error, aws_call
 from .tags import OWNER_TAG, aws_tag_list
@@ -18,7 +21,7 @@ def _key_body(line):
     return " ".join(line.split()[:2])
 
 
-def operator_cidr(url=CHECKIP_URL, timeout=5.0):
+def operator_cidr(url: str = CHECKIP_URL, timeout: float = 5.0) -> str:
     """This machine's public IPv4 address as a /32, as AWS sees it."""
     import urllib.request  # with http.client and ssl, ~20 ms: not for every Ec2Fabric import
 
@@ -31,7 +34,7 @@ def operator_cidr(url=CHECKIP_URL, timeout=5.0):
                        remedy="pass cidr='203.0.113.7/32' to ensure_security_group") from None
 
 
-def _default_vpc(fabric):
+def _default_vpc(fabric: Setup) -> str:
     client = fabric.client
     with aws_call("finding the VPC"):
         if fabric.subnet_id:
@@ -47,7 +50,18 @@ def _default_vpc(fabric):
 class Setup:
     """Ec2Fabric's one-time setup in a region; mixed into the fabric, so ``self`` is the Ec2Fabric."""
 
-    def import_key_pair(self, name=None, public_key=None):
+    if TYPE_CHECKING:  # what the methods use of the Ec2Fabric
+        client: Any
+        region: str | None
+        owner: str
+        key_name: str | None
+        security_groups: list[str]
+        subnet_id: str | None
+        ssh_port: int
+
+        def operator_public_key(self) -> str: ...
+
+    def import_key_pair(self, name: str | None = None, public_key: str | None = None) -> str:
         """Import the operator's public key as an EC2 key pair (idempotent); its name.
 
         ``public_key`` defaults to identity_file's .pub, ``name`` to ``ecshell-<user>``.
@@ -80,7 +94,8 @@ class Setup:
             self.key_name = name
         return name
 
-    def ensure_security_group(self, name="ecshell-ssh", cidr=None, vpc_id=None):
+    def ensure_security_group(self, name: str = "ecshell-ssh", cidr: str | None = None,
+                              vpc_id: str | None = None) -> str:
         """A security group opening SSH only to the operator's address (idempotent); its id.
 
         The group allows TCP ``ssh_port`` from ``cidr`` only (default: this machine's
