@@ -19,6 +19,8 @@ retries); AWS failures surface as :class:`ecshell.fabrics.ec2.errors.Ec2Error` w
 the AWS error code and a remedy.
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import datetime
 import getpass
@@ -29,6 +31,8 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, default, validate
 
@@ -44,6 +48,10 @@ from ...ssh.endpoint import parse_target
 from ...ssh.keys import client_key, generate_ed25519
 from ...errors import ArgumentError
 from ..base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
+
+if TYPE_CHECKING:
+    from ...states import MachineState
+    from .phonehome import PhoneHome
 
 log = logging.getLogger("ecshell")
 
@@ -170,22 +178,22 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             raise ArgumentError(f"{proposal.trait.name} must be at least 1, not {proposal.value}")
         return proposal.value
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.name == self.kind and "name" not in kwargs and self.region:
             # Two regions attached to one cluster need two names.
             self.name = f"ec2-{self.region}"
         self._lock = threading.Lock()
-        self._session = None
-        self._client = None
-        self._console_checked = {}
-        self._reaper = None
-        self._phone_home = None
+        self._session: Any = None
+        self._client: Any = None
+        self._console_checked: dict[str, float] = {}  # instance id -> time.monotonic() of the last read
+        self._reaper: tuple[threading.Thread, threading.Event] | None = None
+        self._phone_home: PhoneHome | None = None
 
     # -- the boto3 session and client ----------------------------------------
 
     @property
-    def client(self):
+    def client(self) -> Any:  # boto3 makes the EC2 client's class at run time
         """The fabric's one EC2 client (thread-safe), made on first use."""
         if self._client is None:
             with self._lock:
@@ -219,7 +227,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
     # -- host keys ------------------------------------------------------------
 
     @property
-    def pins(self):
+    def pins(self) -> PinStore:
         """Pinned host keys of this endpoint and region, on disk."""
         scope = "aws"
         if self.endpoint_url:
@@ -227,7 +235,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         return PinStore(os.path.join(ecshell_home(), "ec2", "hostkeys", scope, self.region or "default"))
 
     @property
-    def known_hosts_file(self):
+    def known_hosts_file(self) -> str:
         """known_hosts for EC2 instances without a pin: empty unless the operator adds a verified key."""
         return os.path.join(ecshell_home(), "ec2", "known_hosts")
 
@@ -360,7 +368,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
 
     # -- the Fabric interface ---------------------------------------------------
 
-    def discover(self):
+    def discover(self) -> list[Prototype]:
         """This owner's instances of this cluster (pending, running, stopped), by tag."""
         instances = self._instances(self._describe("finding this cluster's instances", self._owned()))
         prototypes = sorted((self._prototype(i) for i in instances), key=lambda p: p.name)
@@ -379,28 +387,28 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
                   for i in self._instances(self._describe("checking pinned instances", ids=stale))}
         self._forget([i for i in stale if states.get(i) in ("terminated", "shutting-down")])
 
-    def prototypes(self, ids):
+    def prototypes(self, ids: Iterable[str]) -> list[Prototype]:
         """Fresh prototypes of these instances (address, state, host keys); gone ones are absent."""
         found = [self._prototype(i) for i in self._instances(self._describe("describing instances", ids=ids))]
         self._forget([p.id for p in found if p.state == TERMINATED])
         return found
 
-    def states(self, ids):
+    def states(self, ids: Iterable[str]) -> dict[str, MachineState]:
         return {p.id: p.state for p in self.prototypes(ids)}
 
-    def stop(self, ids):
+    def stop(self, ids: Iterable[str]) -> None:
         ids = list(ids)
         if ids:
             self._call(f"stopping {len(ids)} instance(s)", "stop_instances", InstanceIds=ids)
 
-    def start(self, ids):
+    def start(self, ids: Iterable[str]) -> list[Prototype]:
         ids = list(ids)
         if not ids:
             return []
         self._call(f"starting {len(ids)} instance(s)", "start_instances", InstanceIds=ids)
         return self.prototypes(ids)
 
-    def terminate(self, ids, wait=False):
+    def terminate(self, ids: Iterable[str], wait: bool = False) -> None:
         """Terminate instances and forget their host keys; ``wait`` for EC2 to confirm."""
         ids = list(ids)
         if not ids:
@@ -410,7 +418,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         if wait:
             self.wait(ids, "terminated")
 
-    def wait(self, ids, state="running", timeout=600):
+    def wait(self, ids: Collection[str], state: str = "running", timeout: float = 600) -> None:
         """One boto3 waiter call for all ``ids`` (instance_running, _stopped, _terminated)."""
         waiter = {"running": "instance_running", "stopped": "instance_stopped",
                   "terminated": "instance_terminated"}[state]
@@ -419,7 +427,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             self.client.get_waiter(waiter).wait(
                 InstanceIds=list(ids), WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(timeout / delay))})
 
-    def listen_for_phone_home(self, host="0.0.0.0", port=0, public_url=None):
+    def listen_for_phone_home(self, host: str = "0.0.0.0", port: int = 0, public_url: str | None = None) -> str:
         """Start a listener for instances' boot call-backs; instances launched after use it.
 
         ``public_url`` is the address instances can reach (this machine as the VPC sees
@@ -432,20 +440,20 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         self.phone_home_url = self._phone_home.url
         return self._phone_home.url
 
-    def stop_phone_home(self):
+    def stop_phone_home(self) -> None:
         if self._phone_home is not None:
             self._phone_home.close()
             self._phone_home = None
             self.phone_home_url = None
 
-    def wait_for_news(self, ids, timeout):
+    def wait_for_news(self, ids: Iterable[str], timeout: float) -> set[str]:
         """Sleep up to ``timeout`` between readiness polls, ending early when one of ``ids`` phones home."""
         if self._phone_home is None:
             time.sleep(timeout)
             return set()
         return self._phone_home.wait(ids, timeout)
 
-    def close(self):
+    def close(self) -> None:
         self.stop_reaper()
         self.stop_phone_home()
         self._client = None
@@ -453,7 +461,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
 
     # -- launching ----------------------------------------------------------------
 
-    def spot_price(self, instance_type=None):
+    def spot_price(self, instance_type: str | None = None) -> dict[str, float]:
         """``{availability zone: current hourly spot price}`` for Linux."""
         instance_type = instance_type or self.instance_type
         history = self._call("reading the spot price", "describe_spot_price_history",
@@ -464,7 +472,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             prices[entry["AvailabilityZone"]] = float(entry["SpotPrice"])
         return prices
 
-    def operator_public_key(self):
+    def operator_public_key(self) -> str:
         """The public key line of identity_file, given to cloud-init and to import_key_pair()."""
         path = self.identity_file
         if path == self._default_identity_file():
@@ -496,8 +504,9 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             params["SecurityGroups"] = names
         return params
 
-    def launch(self, count, name="node", tags=None, instance_type=None, image_id=None,
-               spot=None, ttl=None, user_data=None, **options):
+    def launch(self, count: int, name: str = "node", tags: Mapping[str, str] | None = None,
+               instance_type: str | None = None, image_id: str | None = None, spot: bool | None = None,
+               ttl: float | None = None, user_data: str | None = None, **options: Any) -> list[Prototype]:
         """Launch ``count`` instances named ``name-<i>``; their prototypes (state pending).
 
         One RunInstances call per instance, each with its own host key and its
@@ -549,7 +558,8 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
 
         taken = {p.name for p in self.discover()}
-        names, index = [], 0
+        names: list[str] = []
+        index = 0
         while len(names) < count:
             candidate = f"{name}-{index}"
             index += 1
@@ -632,7 +642,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
 
     # -- cost and TTL ----------------------------------------------------------------
 
-    def cost(self, prototypes=None, now=None):
+    def cost(self, prototypes: Iterable[Prototype] | None = None, now: float | None = None) -> dict[str, Any]:
         """Uptime and cost so far of each machine, and the total.
 
         ``{"machines": [{name, id, type, state, uptime, hourly, cost}], "total": float}``.
@@ -652,7 +662,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
                          "expires_at": p.extra.get("expires_at")})
         return {"machines": rows, "total": total}
 
-    def reap(self, warn_within=3600.0, now=None, dry_run=False):
+    def reap(self, warn_within: float = 3600.0, now: float | None = None, dry_run: bool = False) -> dict[str, list[str]]:
         """Terminate this owner's instances (every cluster) whose TTL has passed.
 
         Instances expiring within ``warn_within`` seconds are warned about.
@@ -678,7 +688,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             self.terminate(expired)
         return {"terminated": expired, "warned": warned}
 
-    def start_reaper(self, interval=300.0, warn_within=3600.0):
+    def start_reaper(self, interval: float = 300.0, warn_within: float = 3600.0) -> threading.Thread:
         """Run :meth:`reap` every ``interval`` seconds in a daemon thread until close()."""
         self.stop_reaper()
         stop = threading.Event()
@@ -695,14 +705,14 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         thread.start()
         return thread
 
-    def stop_reaper(self):
+    def stop_reaper(self) -> None:
         if self._reaper is not None:
             thread, stop = self._reaper
             stop.set()
             thread.join(timeout=5)
             self._reaper = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         where = self.region or "?"
         if self.endpoint_url:
             where += f" via {self.endpoint_url}"
