@@ -45,7 +45,7 @@ def _tune(sock, dead_peer_timeout):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-_key_cache = {}
+_key_cache: dict[str, tuple[float, paramiko.PKey | None, str]] = {}
 _key_cache_lock = threading.Lock()
 
 
