@@ -54,6 +54,44 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# What the lazy exports are, for type checkers (which read this block and never run it);
+# a name instead of typing.TYPE_CHECKING keeps `import ecshell` from importing typing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .adapters import apply as apply, once as once, retry as retry, sudo as sudo, timeout as timeout
+    from .cluster import Cluster as Cluster
+    from .commands import Command as Command, Get as Get, Noop as Noop, Put as Put, Shell as Shell
+    from .config import EcShell as EcShell
+    from .diagnostics import (
+        Diagnosis as Diagnosis,
+        Diagnostic as Diagnostic,
+        register_diagnostic as register_diagnostic,
+        service as service,
+    )
+    from .errors import (
+        ArgumentError as ArgumentError,
+        EcShellError as EcShellError,
+        ErrorKind as ErrorKind,
+        FabricError as FabricError,
+        NotSupported as NotSupported,
+        SelectionError as SelectionError,
+    )
+    from .fabrics.base import Fabric as Fabric, Prototype as Prototype
+    from .fabrics.ec2.fabric import Ec2Fabric as Ec2Fabric
+    from .fabrics.local import LocalFabric as LocalFabric
+    from .fabrics.static import StaticFabric as StaticFabric
+    from .freelist import FreeList as FreeList, FreeListEmpty as FreeListEmpty
+    from .machine import Machine as Machine
+    from .machineset import MachineSet as MachineSet, RecipeResult as RecipeResult
+    from .results import Result as Result, ResultSet as ResultSet
+    from .state import (
+        Lock as Lock,
+        LockHeld as LockHeld,
+        Marker as Marker,
+        StateCommand as StateCommand,
+        StateError as StateError,
+    )
+
 
 def __getattr__(name):
     module = _EXPORTS.get(name)

@@ -26,33 +26,44 @@ step: a machine that fails a step takes no further step.
   a lock left by a shell that died is reported, and broken only explicitly.
 """
 
+from __future__ import annotations
+
 import copy
 import secrets
 import shlex
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .commands import Command, Shell, as_command
 from .errors import ArgumentError, ErrorKind
 from .machineset import MachineSet
 from .state import LOCK_PREFIX, Op, StateCommand, age, check_name
 
+if TYPE_CHECKING:
+    from .engine import Attempt
+    from .machine import Machine
+    from .machineset import RecipeResult
+    from .results import Result
+    from .ssh.transport import Cancel
+
 
 class Wrapper(Command):
     """A Command around another one (``inner``)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner: Command | str) -> None:
         self.inner = as_command(inner)
 
     @property
-    def timeout(self):
+    def timeout(self) -> float | None:  # type: ignore[override]  # read-only here: the inner command's
         return self.inner.timeout
 
-    def __str__(self):
+    def __str__(self) -> str:
         return str(self.inner)
 
 
-def map_shell(command, change):
+def map_shell(command: Command, change: Callable[[str], str]) -> Command:
     """A copy of ``command`` whose shell strings went through ``change``; for sudo."""
     if isinstance(command, Wrapper):
         mapped = copy.copy(command)
@@ -67,29 +78,30 @@ def map_shell(command, change):
 class _Deadline:
     """A cancel flag that is also set when a deadline passes (what Shell looks at)."""
 
-    def __init__(self, parent, deadline):
+    def __init__(self, parent: Cancel, deadline: float) -> None:
         self.parent, self.deadline = parent, deadline
 
-    def expired(self):
+    def expired(self) -> bool:
         return time.monotonic() >= self.deadline
 
-    def is_set(self):
+    def is_set(self) -> bool:
         return self.parent.is_set() or self.expired()
 
-    def wait(self, seconds):
+    def wait(self, seconds: float) -> bool:
         return self.parent.wait(max(0.0, min(seconds, self.deadline - time.monotonic()))) or self.is_set()
 
-    def set(self):
+    def set(self) -> None:
         self.parent.set()
 
 
-def _wait(cancel, seconds):
+def _wait(cancel: Cancel, seconds: float) -> bool:
     """Sleep ``seconds`` unless cancelled; True if cancelled."""
     return bool(cancel.wait(seconds))
 
 
 class Retry(Wrapper):
-    def __init__(self, inner, tries=3, backoff=1.0, on=None):
+    def __init__(self, inner: Command | str, tries: int = 3, backoff: float = 1.0,
+                 on: ErrorKind | str | Iterable[ErrorKind | str] | None = None) -> None:
         super().__init__(inner)
         if not isinstance(tries, int) or tries < 1:
             raise ArgumentError(f"tries is how many runs in all (at least 1), not {tries!r}; e.g. retry(3)")
@@ -98,10 +110,10 @@ class Retry(Wrapper):
         self.tries, self.backoff = tries, backoff
         self.on = None if on is None else {ErrorKind(k) for k in ([on] if isinstance(on, str) else on)}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"retry({self.tries}, backoff={self.backoff:g}, {self.inner!r})"
 
-    def execute(self, attempt):
+    def execute(self, attempt: Attempt) -> Result:
         delay = self.backoff
         for number in range(1, self.tries + 1):
             result = self.inner.execute(attempt.fork())
@@ -120,20 +132,20 @@ class Retry(Wrapper):
 
 
 class Timeout(Wrapper):
-    def __init__(self, inner, seconds):
+    def __init__(self, inner: Command | str, seconds: float) -> None:
         super().__init__(inner)
         if not seconds or seconds <= 0:
             raise ArgumentError(f"timeout is a positive number of seconds, not {seconds!r}; e.g. timeout(30)")
         self.seconds = seconds
 
     @property
-    def timeout(self):
+    def timeout(self) -> float:  # type: ignore[override]  # read-only, as in Wrapper
         return self.seconds
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"timeout({self.seconds:g}, {self.inner!r})"
 
-    def execute(self, attempt):
+    def execute(self, attempt: Attempt) -> Result:
         cancel = _Deadline(attempt.cancel, time.monotonic() + self.seconds)
         result = self.inner.execute(attempt.fork(cancel))
         if result.error is ErrorKind.INTERRUPTED and cancel.expired() and not attempt.cancel.is_set():
@@ -151,7 +163,7 @@ _SUDO_ASKS = (b"a password is required", b"a terminal is required")
 
 
 class Sudo(Wrapper):
-    def __init__(self, inner, user="root"):
+    def __init__(self, inner: Command | str, user: str = "root") -> None:
         if not isinstance(user, str) or not user or user.startswith("-"):
             raise ArgumentError(f"sudo needs a user name, e.g. sudo('root'), not {user!r}")
         self.user = user
@@ -159,13 +171,13 @@ class Sudo(Wrapper):
         prefix = f"sudo -n -H -u {shlex.quote(user)} -- sh -c "
         super().__init__(map_shell(self.original, lambda text: prefix + shlex.quote(text)))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"sudo({self.user!r}, {self.original!r})"
 
-    def __str__(self):
+    def __str__(self) -> str:
         return str(self.original)
 
-    def execute(self, attempt):
+    def execute(self, attempt: Attempt) -> Result:
         result = self.inner.execute(attempt)
         if result.error is ErrorKind.EXIT and result.exit_code == 1:
             output = result.output_bytes
@@ -183,15 +195,15 @@ class Sudo(Wrapper):
 class Once(Wrapper):
     """Run where ``marker`` is absent, holding lock ``once.<marker>``; set the marker on success."""
 
-    def __init__(self, inner, marker):
+    def __init__(self, inner: Command | str, marker: str) -> None:
         super().__init__(inner)
         self.marker = check_name(marker)
         self.lock = LOCK_PREFIX + check_name("once." + marker)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"once({self.marker!r}, {self.inner!r})"
 
-    def execute(self, attempt):
+    def execute(self, attempt: Attempt) -> Result:
 
         token = secrets.token_hex(8)
         claim = StateCommand([Op("claim", self.lock, note=str(self.inner), token=token, unless=self.marker)],
@@ -248,31 +260,32 @@ class Once(Wrapper):
 
 # -- the adapter factories: retry(3)(cmd), composable in any order -----------------
 
-def _factory(make):
-    def wrap(command):
+def _factory(make: Callable[[Command | str], Command]) -> Callable[[Command | str], Command]:
+    def wrap(command: Command | str) -> Command:
         return make(command)
     return wrap
 
 
-def retry(tries=3, backoff=1.0, on=None):
+def retry(tries: int = 3, backoff: float = 1.0,
+          on: ErrorKind | str | Iterable[ErrorKind | str] | None = None) -> Callable[[Command | str], Command]:
     """``retry(3, backoff=1)(cmd)``: up to ``tries`` runs in all; ``on``: only for these error kinds."""
     Retry(Shell("true"), tries, backoff, on)  # check the arguments now, not at the first run
     return _factory(lambda command: Retry(command, tries, backoff, on))
 
 
-def timeout(seconds):
+def timeout(seconds: float) -> Callable[[Command | str], Command]:
     """``timeout(30)(cmd)``: stop and kill the wrapped command after ``seconds``."""
     Timeout(Shell("true"), seconds)
     return _factory(lambda command: Timeout(command, seconds))
 
 
-def sudo(user="root"):
+def sudo(user: str = "root") -> Callable[[Command | str], Command]:
     """``sudo("root")(cmd)``: run the shell commands inside with ``sudo -n -u user``."""
     Sudo(Shell("true"), user)
     return _factory(lambda command: Sudo(command, user))
 
 
-def once(marker):
+def once(marker: str) -> Callable[[Command | str], Command]:
     """``once("installed")(cmd)``: run only where the marker is absent, then set it."""
     check_name(marker)
     check_name("once." + marker)
@@ -281,6 +294,6 @@ def once(marker):
 
 # -- recipes ---------------------------------------------------------------------
 
-def apply(machines, recipe):
+def apply(machines: Machine | Iterable[Machine], recipe: Command | str | Iterable[Command | str]) -> RecipeResult:
     """Run ``recipe`` (Commands or shell strings) step by step on ``machines`` (or one Machine)."""
     return MachineSet.of(machines).apply(recipe)

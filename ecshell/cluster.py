@@ -11,8 +11,12 @@ The cluster keeps nothing it cannot rebuild: machines come from the fabrics'
 earlier one launched.
 """
 
+from __future__ import annotations
+
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .config import EcShell
 from .engine import Engine
@@ -22,11 +26,23 @@ from .machine import Machine
 from .machineset import MachineSet
 from .states import MachineState
 
+if TYPE_CHECKING:
+    from traitlets.config import Config, Configurable
+
+    from .commands import Command
+    from .fabrics.base import Fabric, Prototype
+    from .freelist import FreeList
+    from .results import ResultSet
+
+    #: What a call takes as its target: a MachineSet (or machines), a Machine, a name pattern
+    #: like ``web-[0-3]``, or None / "all" for every machine.
+    Target: TypeAlias = str | Machine | Iterable[Machine] | None
+
 log = logging.getLogger("ecshell")
 
 
 
-def _default_fabric(settings):
+def _default_fabric(settings: EcShell) -> Fabric:
     kind = settings.default_fabric
     if kind == "local":
         from .fabrics.local import LocalFabric
@@ -41,21 +57,27 @@ def _default_fabric(settings):
 
 
 class Cluster:
-    """Fabrics and the machines they supplied."""
+    """Fabrics and the machines they supplied.
 
-    def __init__(self, *fabrics, config=None, parent=None, **settings):
+    ``settings`` is the :class:`~ecshell.config.EcShell` configuration,
+    ``fabrics`` the attached fabrics by name, ``history`` the ResultSets of
+    its ``run`` calls, ``free_lists`` the free lists made by ``free_list``.
+    """
+
+    def __init__(self, *fabrics: Fabric, config: Config | None = None, parent: Configurable | None = None,
+                 **settings: Any) -> None:
         self.settings = EcShell(config=config, parent=parent, **settings)
         self.engine = Engine(self.settings)
-        self.fabrics = {}
-        self.history = []
-        self._machines = {}
-        self.free_lists = {}
+        self.fabrics: dict[str, Fabric] = {}
+        self.history: list[ResultSet] = []
+        self._machines: dict[str, Machine] = {}
+        self.free_lists: dict[str, FreeList] = {}
         for fabric in fabrics or (_default_fabric(self.settings),):
             self.attach(fabric)
 
     # -- fabrics and discovery ----------------------------------------------
 
-    def attach(self, fabric):
+    def attach(self, fabric: Fabric) -> Fabric:
         """Add a fabric and take in the machines it already has."""
         if fabric.name in self.fabrics and self.fabrics[fabric.name] is not fabric:
             raise ArgumentError(f"a fabric named {fabric.name!r} is attached already; "
@@ -64,7 +86,7 @@ class Cluster:
         self._take(fabric, fabric.discover())
         return fabric
 
-    def _take(self, fabric, prototypes):
+    def _take(self, fabric: Fabric, prototypes: Iterable[Prototype]) -> list[Machine]:
         taken = []
         for prototype in prototypes:
             machine = self._machines.get(prototype.name)
@@ -80,7 +102,7 @@ class Cluster:
             taken.append(machine)
         return taken
 
-    def refresh(self):
+    def refresh(self) -> MachineSet:
         """Ask every fabric what it has now: new machines appear, gone ones leave."""
         for fabric in self.fabrics.values():
             prototypes = fabric.discover()
@@ -92,7 +114,7 @@ class Cluster:
             self._take(fabric, prototypes)
         return self.machines
 
-    def _fabric(self, name):
+    def _fabric(self, name: str | None) -> Fabric:
         if name is None:
             return next(iter(self.fabrics.values()))
         try:
@@ -103,36 +125,38 @@ class Cluster:
     # -- selection ----------------------------------------------------------
 
     @property
-    def machines(self):
+    def machines(self) -> MachineSet:
         """Every known machine, in name order."""
         return MachineSet(self._machines.values(), sort=True)
 
-    def machine(self, name):
+    def machine(self, name: str) -> Machine:
         try:
             return self._machines[name]
         except KeyError:
             raise SelectionError(f"no machine named {name!r}; machines are: "
                                  f"{fold(self._machines) or '(none: launch some with cluster.launch(3))'}") from None
 
-    def __getitem__(self, pattern):
+    def __getitem__(self, pattern: str) -> MachineSet:
         return self.machines[pattern]
 
-    def _ipython_key_completions_(self):
+    def _ipython_key_completions_(self) -> list[str]:
         """Machine names, for tab completion of ``cluster["..."]`` in IPython."""
         return list(self._machines)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Machine]:
         return iter(self.machines)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._machines)
 
-    def select(self, **tags):
+    def select(self, **tags: Any) -> MachineSet:
         if "marker" in tags:  # markers are read from the machines: only running ones can answer
             return self.machines.reachable().select(**tags)
         return self.machines.select(**tags)
 
-    def free_list(self, name, size=2, recipe=(), last=None, **options):
+    def free_list(self, name: str, size: int = 2, recipe: Iterable[Command | str] = (),
+                  last: Command | str | Callable[[str | None], Command | str] | None = None,
+                  **options: Any) -> FreeList:
         """The free list ``name`` (made on first call): machines kept configured ahead by ``recipe``."""
         from .freelist import FreeList
 
@@ -140,7 +164,7 @@ class Cluster:
             self.free_lists[name] = FreeList(self, name, size=size, recipe=recipe, last=last, **options)
         return self.free_lists[name]
 
-    def _target(self, target):
+    def _target(self, target: Target) -> MachineSet:
         if target is None or target == "all":
             return self.machines
         if isinstance(target, str):
@@ -149,7 +173,7 @@ class Cluster:
             return MachineSet([target])
         return MachineSet(target)
 
-    def _live(self, target):
+    def _live(self, target: Target) -> MachineSet:
         chosen = self._target(target)
         live = chosen.reachable()
         if not live:
@@ -160,7 +184,8 @@ class Cluster:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def launch(self, count=1, name="node", fabric=None, wait=True, timeout=120.0, **options):
+    def launch(self, count: int = 1, name: str = "node", fabric: str | None = None, wait: bool = True,
+               timeout: float = 120.0, **options: Any) -> MachineSet:
         """Launch ``count`` machines named ``name-<i>``; by default wait until really ready."""
         if not isinstance(count, int) or count < 1:
             raise ArgumentError(f"count must be a positive whole number, not {count!r}; e.g. cluster.launch(3)")
@@ -171,7 +196,7 @@ class Cluster:
             self.ready(machines, timeout=timeout)
         return machines
 
-    def ready(self, target=None, timeout=120.0):
+    def ready(self, target: Target = None, timeout: float = 120.0) -> MachineSet:
         """The two-stage check: the fabric says running, then ``true`` over SSH succeeds.
 
         Polls with backoff until ``timeout``; machines that never get there
@@ -204,7 +229,7 @@ class Cluster:
         return chosen.in_state(MachineState.READY)
 
     @staticmethod
-    def _pause(pending, seconds):
+    def _pause(pending: list[Machine], seconds: float) -> None:
         """Wait between readiness polls; a fabric with ``wait_for_news`` (EC2's phone-home) may end it early."""
         for fabric in {id(m.fabric): m.fabric for m in pending}.values():
             wait = getattr(fabric, "wait_for_news", None)
@@ -213,8 +238,8 @@ class Cluster:
                 return
         time.sleep(seconds)
 
-    def _refresh_states(self, machines):
-        by_fabric = {}
+    def _refresh_states(self, machines: Iterable[Machine]) -> None:
+        by_fabric: dict[Fabric, list[Machine]] = {}
         for machine in machines:
             by_fabric.setdefault(machine.fabric, []).append(machine)
         for fabric, members in by_fabric.items():
@@ -233,16 +258,17 @@ class Cluster:
             for machine in members:
                 machine.state = machine.state.after(states.get(machine.id, MachineState.TERMINATED))
 
-    def _by_fabric(self, target):
+    def _by_fabric(self, target: Target) -> tuple[MachineSet, dict[Fabric, list[Machine]]]:
         chosen = self._target(target)
         if not chosen:
             raise SelectionError("nothing selected")
-        groups = {}
+        groups: dict[Fabric, list[Machine]] = {}
         for machine in chosen:
             groups.setdefault(machine.fabric, []).append(machine)
         return chosen, groups
 
-    def _close_and_tell_fabrics(self, target, action, then=None):
+    def _close_and_tell_fabrics(self, target: Target, action: str,
+                                then: Callable[[list[Machine]], None] | None = None) -> MachineSet:
         """Per fabric: close the chosen machines' connections, ``fabric.<action>(ids)``, then ``then(members)``."""
         chosen, groups = self._by_fabric(target)
         for fabric, members in groups.items():
@@ -253,21 +279,21 @@ class Cluster:
                 then(members)
         return chosen
 
-    def terminate(self, target):
+    def terminate(self, target: Target) -> MachineSet:
         """Terminate machines (a MachineSet, a Machine, a pattern or 'all'); they are gone after."""
         return self._close_and_tell_fabrics(target, "terminate", then=self._forget)
 
-    def _forget(self, machines):
+    def _forget(self, machines: list[Machine]) -> None:
         for machine in machines:
             machine.state = MachineState.TERMINATED
             self._machines.pop(machine.name, None)
 
-    def stop(self, target):
+    def stop(self, target: Target) -> MachineSet:
         chosen = self._close_and_tell_fabrics(target, "stop")
         self._refresh_states(chosen)
         return chosen
 
-    def start(self, target, wait=True, timeout=120.0):
+    def start(self, target: Target, wait: bool = True, timeout: float = 120.0) -> MachineSet:
         chosen, groups = self._by_fabric(target)
         for fabric, members in groups.items():
             self._take(fabric, fabric.start([m.id for m in members]))
@@ -277,33 +303,33 @@ class Cluster:
 
     # -- broadcasts -----------------------------------------------------------
 
-    def run(self, command, target=None, **options):
+    def run(self, command: str, target: Target = None, **options: Any) -> ResultSet:
         """Run a shell command on every running machine (or ``target``); a ResultSet."""
         results = self._live(target).run(command, **options)
         self.history.append(results)
         return results
 
-    def put(self, local, remote, target=None, mode=None):
+    def put(self, local: str, remote: str, target: Target = None, mode: int | None = None) -> ResultSet:
         return self._live(target).put(local, remote, mode=mode)
 
-    def get(self, remote, local, target=None):
+    def get(self, remote: str, local: str, target: Target = None) -> ResultSet:
         return self._live(target).get(remote, local)
 
     # -- the login shell (ecshell.loginshell) ---------------------------------
 
-    def install_login_shell(self, target, user, **options):
+    def install_login_shell(self, target: Target, user: str, **options: Any) -> ResultSet:
         """Make ecshell-login ``user``'s login shell on ``target``, verified by fresh logins; a ResultSet."""
         from .loginshell import install_login_shell
 
         return install_login_shell(self._live(target), user, **options)
 
-    def uninstall_login_shell(self, target, user, **options):
+    def uninstall_login_shell(self, target: Target, user: str, **options: Any) -> ResultSet:
         """Give ``user`` back the login shell they had before ecshell-login; a ResultSet."""
         from .loginshell import uninstall_login_shell
 
         return uninstall_login_shell(self._live(target), user, **options)
 
-    def close(self):
+    def close(self) -> None:
         """Close every pooled connection (machines keep running)."""
         for pool in self.free_lists.values():
             pool.close()
@@ -311,12 +337,12 @@ class Cluster:
         for fabric in self.fabrics.values():
             fabric.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Cluster:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fabrics = ", ".join(self.fabrics)
         return f"<Cluster fabrics=[{fabrics}] machines={fold(self._machines) or '(none)'} ({len(self)})>"

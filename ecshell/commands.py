@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import ArgumentError, ErrorKind
 from .ssh.transport import Exit, Lost, Request, Stopped, run_token
@@ -111,7 +111,7 @@ class Shell(Command):
         return attempt.result(self, exit_code=exit.code, error=ErrorKind.EXIT if exit.code else None)
 
 
-def _remote_path(path):
+def _remote_path(path: str) -> str:
     # SFTP paths are relative to the login directory; "~/x" means just that.
     if path == "~":
         return "."
@@ -125,16 +125,16 @@ class Put(Command):
     share a filesystem or want their copy named after themselves.
     """
 
-    def __init__(self, local, remote, mode=None):
+    def __init__(self, local: str, remote: str, mode: Optional[int] = None):
         local = os.path.expanduser(local)
         if not os.path.isfile(local):
             raise ArgumentError(f"no local file {local!r} to put; give the path of a file")
         self.local, self.remote, self.mode = local, remote, mode
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Put({self.local!r}, {self.remote!r})"
 
-    def execute(self, attempt):
+    def execute(self, attempt: Attempt) -> Result:
         connection = attempt.connect()
         remote = _remote_path(self.remote.replace("{name}", attempt.machine.name))
         with connection.sftp_lock:
@@ -154,13 +154,13 @@ class Put(Command):
 class Get(Command):
     """Copy ``remote`` from each machine to ``<local>/<machine name>/<file name>``."""
 
-    def __init__(self, remote, local):
+    def __init__(self, remote: str, local: str):
         self.remote, self.local = remote, os.path.expanduser(local)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Get({self.remote!r}, {self.local!r})"
 
-    def execute(self, attempt):
+    def execute(self, attempt: Attempt) -> Result:
         connection = attempt.connect()
         remote = _remote_path(self.remote)
         directory = os.path.join(self.local, attempt.machine.name)
@@ -177,7 +177,7 @@ class Get(Command):
         return attempt.result(self, exit_code=0, detail={"path": target, "size": size})
 
 
-def _is_dir(sftp, path):
+def _is_dir(sftp: Any, path: str) -> bool:
     import stat
 
     try:
@@ -189,17 +189,17 @@ def _is_dir(sftp, path):
 class Noop(Shell):
     """The readiness check: ``true`` over SSH."""
 
-    def __init__(self, timeout=None):
+    def __init__(self, timeout: Optional[float] = None):
         super().__init__("true", timeout=timeout)
 
     # Readiness is about SSH itself, and should not start an executor on every new machine.
     via_executor = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Noop()"
 
 
-def as_command(command):
+def as_command(command: Union[Command, str]) -> Command:
     """A Command from a Command or a shell string."""
     if isinstance(command, Command):
         return command

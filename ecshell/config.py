@@ -5,15 +5,21 @@
 8
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 from traitlets import Bool, Float, Integer, Unicode, default, validate
 from traitlets.config import Configurable
 
 from .errors import ArgumentError
 
+if TYPE_CHECKING:
+    from traitlets import Bunch
 
-def ecshell_home():
+
+def ecshell_home() -> str:
     """The operator's ecshell directory: ``$ECSHELL_HOME`` or ``~/.ecshell``."""
     return os.path.abspath(os.path.expanduser(os.environ.get("ECSHELL_HOME") or "~/.ecshell"))
 
@@ -86,17 +92,17 @@ class EcShell(Configurable):
         dollars) in the terminal prompt's bottom toolbar while any run.""").tag(config=True)
 
     @default("home")
-    def _default_home(self):
+    def _default_home(self) -> str:
         return ecshell_home()
 
     @validate("fanout")
-    def _check_fanout(self, proposal):
+    def _check_fanout(self, proposal: Bunch) -> int:
         if proposal.value < 1:
             raise ArgumentError(f"fanout must be at least 1, not {proposal.value}; e.g. c.EcShell.fanout = 64")
         return proposal.value
 
     @validate("connect_timeout", "dead_peer_timeout")
-    def _check_positive(self, proposal):
+    def _check_positive(self, proposal: Bunch) -> float:
         if proposal.value <= 0:
             raise ArgumentError(f"{proposal.trait.name} must be a positive number of seconds, not {proposal.value}")
         return proposal.value
@@ -120,23 +126,24 @@ class EcShell(Configurable):
         command (for their side effects).""").tag(config=True)
 
     @default("executor")
-    def _default_executor(self):
+    def _default_executor(self) -> str:
         return os.environ.get("ECSHELL_EXECUTOR") or "auto"
 
     @validate("executor")
-    def _check_executor(self, proposal):
+    def _check_executor(self, proposal: Bunch) -> str:
         if proposal.value not in ("auto", "executor", "channel"):
             raise ArgumentError(f"executor must be 'auto', 'executor' or 'channel', not {proposal.value!r}; "
                                 "e.g. c.EcShell.executor = 'auto'")
         return proposal.value
 
     @validate("strict_host_key_checking")
-    def _check_policy(self, proposal):
+    def _check_policy(self, proposal: Bunch) -> str | None:
         allowed = (None, "yes", "no", "ask", "accept-new")
         if proposal.value not in allowed:
             raise ArgumentError(f"strict_host_key_checking must be one of 'yes', 'accept-new', 'ask', 'no', not {proposal.value!r}")
         return proposal.value
 
     @property
-    def spill_dir(self):
+    def spill_dir(self) -> str:
+        """``<home>/spill``: where a host's output past ``output_memory_limit`` continues."""
         return os.path.join(self.home, "spill")

@@ -14,27 +14,37 @@ the same script lists the machine's markers, and both land in
 ``load``, ``memory``, and ``service(name)`` for any service.
 """
 
+from __future__ import annotations
+
 import base64
 import shlex
 import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeAlias, cast, overload
 
 from .commands import Command, Shell
 from .errors import ArgumentError, ErrorKind
 from .state import LISTING, PREAMBLE, PerMachine, parse_listing, remember, state_dir_expr, whoami
 
+if TYPE_CHECKING:
+    from .engine import Attempt
+    from .machineset import MachineSet
+    from .results import Result
+
 
 class Diagnostic:
     """A named check: ``script`` (sh), ``parse(text) -> value``, ``healthy(value) -> bool``."""
 
-    def __init__(self, name, script, parse=None, healthy=None, help=""):
+    def __init__(self, name: str, script: str, parse: Callable[[str], Any] | None = None,
+                 healthy: Callable[[Any], object] | None = None, help: str = "") -> None:
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
             raise ArgumentError(f"a diagnostic needs a name without spaces, e.g. 'disk', not {name!r}")
         if not isinstance(script, str) or not script.strip():
             raise ArgumentError(f"diagnostic {name!r} needs a shell snippet, e.g. 'df -P /'")
         self.name, self.script, self.parse, self.healthy, self.help = name, script, parse, healthy, help
 
-    def judge(self, text, exit_code):
-        value = text.strip()
+    def judge(self, text: str, exit_code: int) -> Diagnosis:
+        value: Any = text.strip()
         if self.parse is not None:
             try:
                 value = self.parse(text)
@@ -48,61 +58,76 @@ class Diagnostic:
                 return Diagnosis(self.name, False, value, text, exit_code, f"health test failed: {exc!r}")
         return Diagnosis(self.name, ok, value, text, exit_code)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Diagnostic({self.name!r})"
 
 
+if TYPE_CHECKING:
+    #: The checks diagnose() takes: names, Diagnostics, one per argument or one list of them.
+    Names: TypeAlias = str | Diagnostic | list[str | Diagnostic] | tuple[str | Diagnostic, ...]
+
+
 class Diagnosis:
-    """One check's outcome on one machine: ``ok``, ``value`` (parsed), ``output``, ``exit_code``."""
+    """One check's outcome on one machine: ``ok``, ``value`` (parsed), ``output``, ``exit_code``.
+
+    ``message`` says why the parser or the health test failed, when one did.
+    """
 
     __slots__ = ("name", "ok", "value", "output", "exit_code", "message")
 
-    def __init__(self, name, ok, value, output, exit_code, message=""):
+    name: str
+    ok: bool
+    value: Any
+    output: str
+    exit_code: int
+    message: str
+
+    def __init__(self, name: str, ok: bool, value: Any, output: str, exit_code: int, message: str = "") -> None:
         self.name, self.ok, self.value, self.output, self.exit_code, self.message = (
             name, ok, value, output, exit_code, message)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Diagnosis({self.name} {'ok' if self.ok else 'BAD'} {self.value!r})"
 
 
-def _df(text):
+def _df(text: str) -> dict[str, Any]:
     fields = text.strip().splitlines()[-1].split()
     size, used, avail = (int(x) for x in fields[1:4])
     return {"path": fields[5], "size_kb": size, "used_kb": used, "avail_kb": avail,
             "use_pct": int(fields[4].rstrip("%"))}
 
 
-def _load(text):
+def _load(text: str) -> dict[str, Any]:
     one, five, fifteen, cores = text.split()[:4]
     return {"1m": float(one), "5m": float(five), "15m": float(fifteen), "cores": int(cores)}
 
 
-def _memory(text):
+def _memory(text: str) -> dict[str, Any]:
     values = dict(line.split() for line in text.strip().splitlines())
     total, available = int(values["MemTotal"]), int(values["MemAvailable"])
     return {"total_kb": total, "available_kb": available,
             "used_pct": round(100 * (total - available) / total, 1) if total else 0.0}
 
 
-def disk(path="/", max_use_pct=90):
+def disk(path: str = "/", max_use_pct: float = 90) -> Diagnostic:
     """Use of the file system holding ``path``; unhealthy above ``max_use_pct``."""
     return Diagnostic("disk" if path == "/" else f"disk:{path}", f"df -Pk {shlex.quote(path)}", _df,
                       lambda v: v["use_pct"] <= max_use_pct, "file system use")
 
 
-def load(per_core=2.0):
+def load(per_core: float = 2.0) -> Diagnostic:
     """Load averages and cores; unhealthy when the 1-minute load passes ``per_core`` per core."""
     return Diagnostic("load", "read a b c rest < /proc/loadavg; echo $a $b $c $(nproc 2>/dev/null || echo 1)",
                       _load, lambda v: v["1m"] <= per_core * max(1, v["cores"]), "load averages")
 
 
-def memory(max_used_pct=95):
+def memory(max_used_pct: float = 95) -> Diagnostic:
     """Memory in use (MemTotal - MemAvailable); unhealthy above ``max_used_pct``."""
     return Diagnostic("memory", "awk '/^(MemTotal|MemAvailable):/ {sub(\":\", \"\", $1); print $1, $2}' /proc/meminfo",
                       _memory, lambda v: v["used_pct"] <= max_used_pct, "memory use")
 
 
-def service(name):
+def service(name: str) -> Diagnostic:
     """Whether service ``name`` is up: systemd says active, or a process of that name runs."""
     quoted = shlex.quote(name)
     script = (f"if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet {quoted} 2>/dev/null; "
@@ -111,24 +136,33 @@ def service(name):
     return Diagnostic(f"service:{name}", script, None, lambda v: v in ("active", "running"), f"service {name} up")
 
 
-_registry = {}
+_registry: dict[str, Diagnostic] = {}
 _registry_lock = threading.Lock()
 
 
-def register_diagnostic(name, script=None, parse=None, healthy=None, help=""):
+@overload
+def register_diagnostic(name: Diagnostic) -> Diagnostic: ...
+@overload
+def register_diagnostic(name: str, script: str, parse: Callable[[str], Any] | None = None,
+                        healthy: Callable[[Any], object] | None = None, help: str = "") -> Diagnostic: ...
+
+def register_diagnostic(name: str | Diagnostic, script: str | None = None,
+                        parse: Callable[[str], Any] | None = None, healthy: Callable[[Any], object] | None = None,
+                        help: str = "") -> Diagnostic:
     """Add a named check that ``diagnose()`` runs by default (a Diagnostic, or its parts)."""
-    diagnostic = name if isinstance(name, Diagnostic) else Diagnostic(name, script, parse, healthy, help)
+    diagnostic = name if isinstance(name, Diagnostic) else Diagnostic(
+        name, script, parse, healthy, help)  # type: ignore[arg-type]  # Diagnostic refuses a missing script
     with _registry_lock:
         _registry[diagnostic.name] = diagnostic
     return diagnostic
 
 
-def unregister_diagnostic(name):
+def unregister_diagnostic(name: str | Diagnostic) -> None:
     with _registry_lock:
-        _registry.pop(getattr(name, "name", name), None)
+        _registry.pop(cast(str, getattr(name, "name", name)), None)
 
 
-def registered():
+def registered() -> dict[str, Diagnostic]:
     with _registry_lock:
         return dict(_registry)
 
@@ -137,7 +171,7 @@ for _builtin in (disk(), load(), memory()):
     register_diagnostic(_builtin)
 
 
-def _resolve(names):
+def _resolve(names: tuple[Names, ...]) -> list[Diagnostic]:
     if len(names) == 1 and isinstance(names[0], (list, tuple)):
         names = tuple(names[0])
     known = registered()
@@ -160,14 +194,14 @@ def _resolve(names):
 class Diagnose(Command):
     """Run several diagnostics and list the markers, in one round trip; ``detail["diagnostics"]``."""
 
-    def __init__(self, diagnostics, timeout=None):
+    def __init__(self, diagnostics: Iterable[Diagnostic], timeout: float | None = None) -> None:
         self.diagnostics = list(diagnostics)
         self.timeout = timeout
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Diagnose({', '.join(d.name for d in self.diagnostics)})"
 
-    def script(self, settings):
+    def script(self, settings: object) -> str:
         lines = [PREAMBLE.format(state_dir=state_dir_expr(settings),
                                  by=base64.b64encode(whoami().encode()).decode())]
         for index, diagnostic in enumerate(self.diagnostics):
@@ -178,14 +212,15 @@ class Diagnose(Command):
         lines.append(LISTING)
         return "\n".join(lines)
 
-    def execute(self, attempt):
+    def execute(self, attempt: Attempt) -> Result:
         quiet = attempt.fork()
         quiet.on_output = None
         result = Shell(self.script(attempt.settings), timeout=self.timeout).execute(quiet)
         result.command = self
         text = result.output
         outcomes = {}
-        current, chunks = None, []
+        current: tuple[Diagnostic, int] | None = None
+        chunks: list[str] = []
         for line in text.split("\n") + ["\x1eEND"]:
             if line.startswith("\x1e"):
                 if current is not None:
@@ -195,8 +230,8 @@ class Diagnose(Command):
                 current, chunks = None, []
                 kind, _, rest = line[1:].partition(" ")
                 if kind == "DIAG":
-                    index, _, code = rest.partition(" ")
-                    current = (self.diagnostics[int(index)], int(code))
+                    index, _, status = rest.partition(" ")
+                    current = (self.diagnostics[int(index)], int(status))
             elif current is not None:
                 chunks.append(line.strip())
         _, markers, now, error, _ = parse_listing(text)
@@ -214,7 +249,7 @@ class Diagnose(Command):
         return result
 
 
-def diagnose(machines, *names, timeout=None):
+def diagnose(machines: MachineSet, *names: Names, timeout: float | None = None) -> PerMachine[dict[str, Diagnosis]]:
     """``{machine name: {diagnostic name: Diagnosis}}``, one round trip per machine; None where unreachable.
 
     ``timeout``: seconds for all the checks on one machine; past it they are killed there.

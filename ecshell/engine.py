@@ -24,7 +24,7 @@ from typing import Callable, Optional
 from .errors import ConnectError, ErrorKind
 from .output import OutputBuffer
 from .results import Result, ResultSet
-from .ssh.transport import NOT_STARTED, Broken, Process, Request, Transport
+from .ssh.transport import NOT_STARTED, Broken, Cancel, Process, Request, Transport
 
 #: Seconds after a Ctrl-C that workers get to kill their commands and report.
 CANCEL_GRACE = 3.0
@@ -45,7 +45,7 @@ def _transports():
 class Attempt:
     """One machine's run of one command: its clock, connection, transport and output."""
 
-    def __init__(self, machine, engine: "Engine", cancel: threading.Event,
+    def __init__(self, machine, engine: "Engine", cancel: Cancel,
                  on_output: Optional[Callable] = None):
         self.machine = machine
         self.engine = engine
@@ -57,7 +57,7 @@ class Attempt:
         self.reconnected = False
         self.early: Optional[Process] = None  # what start_early sent, for the worker to take over
 
-    def fork(self, cancel: Optional[threading.Event] = None) -> "Attempt":
+    def fork(self, cancel: Optional[Cancel] = None) -> "Attempt":
         """A fresh Attempt (own buffer and clock) on the same machine, for a step inside a command."""
         return Attempt(self.machine, self.engine, cancel if cancel is not None else self.cancel, self.on_output)
 

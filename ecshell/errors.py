@@ -20,7 +20,7 @@ class ErrorKind(str, enum.Enum):
     LOST = "lost"  # the connection died while the command ran
     INTERRUPTED = "interrupted"  # Ctrl-C (or a broadcast deadline) cut it short
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.value
 
 
@@ -51,7 +51,7 @@ class ConnectError(EcShellError):
     from single-machine calls that ask for a connection directly.
     """
 
-    def __init__(self, kind, message, **detail):
+    def __init__(self, kind: ErrorKind, message: str, **detail: object) -> None:
         super().__init__(message)
         self.kind = kind
         self.detail = detail

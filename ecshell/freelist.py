@@ -20,16 +20,26 @@ claims ``taken.<name>`` atomically, so two shells never hand out the same
 machine.
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 from .adapters import apply, as_command
 from .errors import ArgumentError, EcShellError
 from .machineset import MachineSet
 from .state import Op, StateCommand, StateError, check_name, markers
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .commands import Command
+    from .machine import Machine
+    from .state import Marker
 
 log = logging.getLogger("ecshell")
 
@@ -48,7 +58,9 @@ class FreeList:
     ``cluster.launch`` (fabric, type, image, ...).
     """
 
-    def __init__(self, cluster, name, size=2, recipe=(), last=None, launch=None, timeout=300.0):
+    def __init__(self, cluster: Cluster, name: str, size: int = 2, recipe: Iterable[Command | str] = (),
+                 last: Command | str | Callable[[str | None], Command | str] | None = None,
+                 launch: dict[str, Any] | None = None, timeout: float = 300.0) -> None:
         check_name(name)
         if not isinstance(size, int) or size < 0:
             raise ArgumentError(f"size is how many machines to keep warm (0 or more), not {size!r}")
@@ -62,18 +74,18 @@ class FreeList:
         self.timeout = timeout
         self.member, self.free = f"pool.{name}", f"free.{name}"
         self.taken, self.broken = f"taken.{name}", f"broken.{name}"
-        self.problems = {}  # machine name -> message, from the last fill
-        self.errors = []  # exceptions from background refills
+        self.problems: dict[str, str] = {}  # machine name -> message, from the last fill
+        self.errors: list[Exception] = []  # exceptions from background refills
         self._changed = threading.Condition()
         self._fill_lock = threading.Lock()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._closed = False
-        self._configuring = set()
-        self._seen = {}
+        self._configuring: set[str] = set()
+        self._seen: dict[str, dict[str, Marker] | None] = {}
 
     # -- what the machines say -------------------------------------------------
 
-    def scan(self):
+    def scan(self) -> dict[str, MachineSet]:
         """Read the pool's markers from every running machine: ``{"free": MachineSet, ...}``.
 
         Keys: ``free`` (warm, ready to hand out), ``configuring`` (members
@@ -81,7 +93,7 @@ class FreeList:
         died), ``taken`` and ``broken``.
         """
         live = self.cluster.machines.reachable()
-        groups = {"free": [], "configuring": [], "taken": [], "broken": []}
+        groups: dict[str, list[Machine]] = {"free": [], "configuring": [], "taken": [], "broken": []}
         if not live:
             return {k: MachineSet(v) for k, v in groups.items()}
         seen = self._seen = markers(live)
@@ -99,18 +111,18 @@ class FreeList:
                 groups["configuring"].append(machine)
         return {k: MachineSet(v) for k, v in groups.items()}
 
-    def status(self):
+    def status(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.scan().items()}
 
     @staticmethod
-    def discover(cluster):
+    def discover(cluster: Cluster) -> dict[str, MachineSet]:
         """``{free list name: MachineSet of members}`` found in the markers of the running machines.
 
         What a new shell calls to learn which free lists exist before it
         attaches to one with ``cluster.free_list(name, recipe=...)``.
         """
         live = cluster.machines.reachable()
-        found = {}
+        found: dict[str, list[Machine]] = {}
         for name, have in (markers(live) if live else {}).items():
             for marker in have or ():
                 if marker.startswith("pool."):
@@ -119,7 +131,7 @@ class FreeList:
 
     # -- filling ---------------------------------------------------------------
 
-    def fill(self):
+    def fill(self) -> MachineSet:
         """Bring the warm machines up to ``size`` now: resume half-configured members, launch the rest.
 
         Returns the warm machines. Machines whose recipe fails are marked
@@ -142,7 +154,7 @@ class FreeList:
             self._configure(resume | fresh)
             return self.scan()["free"]
 
-    def _same_recipe(self, machine):
+    def _same_recipe(self, machine: Machine) -> bool:
         note = ((self._seen.get(machine.name) or {}).get(self.member) or None)
         found = re.search(r"recipe (\w+)", getattr(note, "note", "") or "")
         if found is None or found.group(1) == self.fingerprint:
@@ -152,7 +164,7 @@ class FreeList:
             f"{self.fingerprint}); finish it with that recipe, or terminate it")
         return False
 
-    def _configure(self, machines):
+    def _configure(self, machines: MachineSet) -> None:
         if not machines:
             return
         self._configuring.update(machines.names)
@@ -177,7 +189,7 @@ class FreeList:
             with self._changed:
                 self._changed.notify_all()
 
-    def refill(self):
+    def refill(self) -> threading.Thread | None:
         """Fill in a background thread (unless one is filling already); returns at once."""
         with self._changed:
             if self._closed or (self._thread is not None and self._thread.is_alive()):
@@ -187,7 +199,7 @@ class FreeList:
             self._thread.start()
             return self._thread
 
-    def _background(self):
+    def _background(self) -> None:
         try:
             self.fill()
         except Exception as exc:  # a background thread has nobody to raise to: keep it for the operator
@@ -197,7 +209,7 @@ class FreeList:
             with self._changed:
                 self._changed.notify_all()
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         """Wait for a running background refill to finish; True if none is running now."""
         thread = self._thread
         if thread is not None:
@@ -207,7 +219,7 @@ class FreeList:
 
     # -- handing out -------------------------------------------------------------
 
-    def take(self, user=None, timeout=None, refill=True):
+    def take(self, user: str | None = None, timeout: float | None = None, refill: bool = True) -> Machine:
         """A warm machine, claimed for ``user`` on the machine itself, after running only ``last``.
 
         Waits for a refill up to ``timeout`` seconds (default: the free
@@ -233,14 +245,15 @@ class FreeList:
             self.refill()
         step = self.last(user) if callable(self.last) and not hasattr(self.last, "execute") else self.last
         if step is not None:
-            result = machine.execute(as_command(step))
+            # a callable with an execute method is a Command, not a per-user factory
+            result = machine.execute(as_command(cast("Command | str", step)))
             machine.facts["handed_out"] = result
             if not result.ok:
                 raise StateError(f"{machine.name} was taken from free list {self.name!r}, but its last step "
                                  f"failed: {result.status} {result.message}".rstrip(), result)
         return machine
 
-    def _claim(self, user):
+    def _claim(self, user: str | None) -> Machine | None:
         warm = self.scan()["free"]
         note = f"handed out to {user}" if user else "handed out"
         for machine in warm:
@@ -251,11 +264,11 @@ class FreeList:
                 return machine
         return None
 
-    def close(self):
+    def close(self) -> None:
         """Stop refilling (waits for a refill in progress); the machines stay as they are."""
         with self._changed:
             self._closed = True
         self.wait()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<FreeList {self.name} size={self.size}>"

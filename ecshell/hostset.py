@@ -12,8 +12,11 @@ Range syntax is ClusterShell's NodeSet (without its group resolver, so that
 globs, applied after the ranges are expanded.
 """
 
+from __future__ import annotations
+
 import fnmatch
 import re
+from collections.abc import Iterable
 
 from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetParseError
 
@@ -22,7 +25,7 @@ from .errors import SelectionError
 _GLOB = re.compile(r"[*?]")
 
 
-def fold(names):
+def fold(names: Iterable[str]) -> str:
     """The compact form of ``names``: ``web-[0-2,5]``."""
     names = list(names)
     if not names:
@@ -33,7 +36,7 @@ def fold(names):
         return ",".join(names)
 
 
-def expand(pattern):
+def expand(pattern: str) -> list[str]:
     """The patterns that ``web-[0-2]*,db-0`` stands for: one per range element."""
     pattern = pattern.strip()
     if not pattern:
@@ -53,7 +56,7 @@ def expand(pattern):
     return [n.replace("\x00", "*").replace("\x01", "?") for n in nodes]
 
 
-def match(names, pattern):
+def match(names: Iterable[str], pattern: str) -> list[str]:
     """Names (in their given order) matched by ``pattern``.
 
     A plain name that does not exist raises; a glob or a range selects the
@@ -61,7 +64,7 @@ def match(names, pattern):
     """
     names = list(names)
     known = set(names)
-    wanted = set()
+    wanted: set[str] = set()
     ranged = "[" in pattern
     for piece in expand(pattern):
         if _GLOB.search(piece):
@@ -79,6 +82,6 @@ def match(names, pattern):
     return [n for n in names if n in wanted]
 
 
-def natural_key(name):
+def natural_key(name: str) -> list[int | str]:
     """Sort key that puts web-2 before web-10."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

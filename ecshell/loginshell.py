@@ -69,7 +69,7 @@ class InstallError(EcShellError):
 
 # -- building what is shipped -------------------------------------------------
 
-_built = {}
+_built: dict[tuple[str, str, bool, str], tuple[str, list[str]]] = {}
 
 
 def _source_root():

@@ -24,6 +24,8 @@ again from the machines. Values from the controller (who, notes) cross the
 wire base64-encoded; marker names are restricted to a shell-safe alphabet.
 """
 
+from __future__ import annotations
+
 import base64
 import datetime
 import getpass
@@ -34,9 +36,22 @@ import secrets
 import shlex
 import socket
 import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from .commands import Command, Shell
 from .errors import ArgumentError, EcShellError, ErrorKind, SelectionError
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from .engine import Attempt
+    from .machine import Machine
+    from .machineset import MachineSet
+    from .results import Result, ResultSet
+
+    #: Marker names as mark() and unmark() take them: one per argument, or one list of them.
+    Names: TypeAlias = str | list[str] | tuple[str, ...] | set[str]
 
 log = logging.getLogger("ecshell")
 
@@ -46,31 +61,41 @@ NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
 LOCK_PREFIX = "lock."
 RECORD = "\x1e"
 
+_V = TypeVar("_V")
+
 
 class StateError(EcShellError):
-    """A machine could not be asked about its state (unreachable, no state directory, ...)."""
+    """A machine could not be asked about its state (unreachable, no state directory, ...).
 
-    def __init__(self, message, result=None):
+    ``result`` is the machine's Result that says why, when there is one.
+    """
+
+    def __init__(self, message: str, result: Result | None = None) -> None:
         super().__init__(message)
         self.result = result
 
 
 class LockHeld(StateError):
-    """``lock()`` waited its timeout and the lock is still someone else's."""
+    """``lock()`` waited its timeout and the lock is still someone else's.
 
-    def __init__(self, message, machine=None, name=None, holder=None, result=None):
+    ``machine`` is a Machine where it is held, ``name`` the lock's name and
+    ``holder`` its Marker there (who took it, and when).
+    """
+
+    def __init__(self, message: str, machine: Machine | None = None, name: str | None = None,
+                 holder: Marker | None = None, result: Result | None = None) -> None:
         super().__init__(message, result)
         self.machine, self.name, self.holder = machine, name, holder
 
 
-def check_name(name):
+def check_name(name: object) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise ArgumentError(f"marker names are letters, digits and _ . : @ + - (not starting with a dot), "
                             f"e.g. 'configured' or 'app:v2'; not {name!r}")
     return name
 
 
-def whoami():
+def whoami() -> str:
     """Who sets a marker from this shell: ``user@host pid N``."""
     try:
         user = getpass.getuser()
@@ -79,7 +104,7 @@ def whoami():
     return f"{user}@{socket.gethostname()} pid {os.getpid()}"
 
 
-def _oneline(text):
+def _oneline(text: object) -> str:
     return " ".join(str(text).split())
 
 
@@ -90,36 +115,43 @@ class Marker(float):
     is that time, and says who set it too.
     """
 
-    def __new__(cls, at, by="", note="", token="", name=""):
+    #: Who set it: ``user@host pid N`` of the shell that did.
+    by: str
+    note: str
+    #: The setter's secret for a lock, so that only it releases it.
+    token: str
+    name: str
+
+    def __new__(cls, at: float, by: str = "", note: str = "", token: str = "", name: str = "") -> Marker:
         self = super().__new__(cls, at)
         self.by, self.note, self.token, self.name = by, note, token, name
         return self
 
     @property
-    def at(self):
+    def at(self) -> float:
         return float(self)
 
     @property
-    def when(self):
+    def when(self) -> str:
         return datetime.datetime.fromtimestamp(float(self)).strftime("%Y-%m-%d %H:%M:%S")
 
-    def holder_gone(self):
+    def holder_gone(self) -> bool | None:
         """True when the setter was a shell on this host whose pid no longer runs; else None (cannot tell)."""
         match = re.match(r"^\S+@(\S+) pid (\d+)$", self.by)
         if not match or match.group(1) != socket.gethostname():
             return None
         return not os.path.exists(f"/proc/{match.group(2)}")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         note = f", note={self.note!r}" if self.note else ""
         return f"Marker({float(self)!r}, by={self.by!r}{note})"
 
-    def describe(self, now=None):
+    def describe(self, now: float | None = None) -> str:
         since = f" ({age((now or time.time()) - float(self))} ago)"
         return f"set {self.when}{since} by {self.by or 'unknown'}" + (f": {self.note}" if self.note else "")
 
 
-def age(seconds):
+def age(seconds: float) -> str:
     """A duration as a person says it: ``45s``, ``12m``, ``3h05m``."""
     seconds = max(0, int(seconds))
     if seconds < 120:
@@ -131,11 +163,11 @@ def age(seconds):
 
 # -- the machine-side script ----------------------------------------------------
 
-def _b64(text):
+def _b64(text: object) -> str:
     return base64.b64encode(_oneline(text).encode()).decode()
 
 
-def state_dir_expr(settings):
+def state_dir_expr(settings: object) -> str:
     """Shell expression for the state directory on the machine."""
     default = getattr(settings, "state_dir", None) or "~/.ecshell-state"
     if default == "~":
@@ -167,12 +199,13 @@ exit 0
 class Op:
     """One state operation inside a StateCommand's script. ``status`` values are per op."""
 
-    def __init__(self, kind, name, note="", token="", unless=None, only_if_ok=False):
+    def __init__(self, kind: str, name: str, note: str = "", token: str = "", unless: str | None = None,
+                 only_if_ok: bool = False) -> None:
         self.kind, self.name, self.note, self.token = kind, check_name(name), note, token
         self.unless = check_name(unless) if unless else None
         self.only_if_ok = only_if_ok
 
-    def script(self, index):
+    def script(self, index: int) -> str:
         f = f'"$D"/{shlex.quote(self.name)}'
         # mv and ln put a file *into* a directory of that name: refuse, rather than succeed wrongly
         if self.kind == "mark":
@@ -196,14 +229,19 @@ class Op:
             body = f'if [ "$r" = ok ]; then {body}; else r=skipped; fi'
         return f"{body}; _op {index} $r"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{self.kind}({self.name!r})"
 
 
-def parse_listing(text):
+def parse_listing(text: str) -> tuple[list[str | None], dict[str, Marker], float | None, str | None,
+                                      dict[str, Marker]]:
     """``(ops, markers, now, error, removed)`` from a state script's output."""
-    ops, markers, now, error, removed = {}, {}, None, None, {}
-    current = None
+    ops: dict[int, str] = {}
+    markers: dict[str, dict[str, str]] = {}
+    now: float | None = None
+    error: str | None = None
+    removed: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
     for line in text.split("\n"):  # not splitlines(): it splits at \x1e too
         if line.startswith(RECORD):
             current = None
@@ -227,7 +265,7 @@ def parse_listing(text):
             _markers(removed))
 
 
-def _markers(records):
+def _markers(records: dict[str, dict[str, str]]) -> dict[str, Marker]:
     parsed = {}
     for name, fields in records.items():
         try:
@@ -238,7 +276,7 @@ def _markers(records):
     return parsed
 
 
-def render_markers(markers, now=None):
+def render_markers(markers: Mapping[str, Marker], now: float | None = None) -> str:
     if not markers:
         return "(no markers)\n"
     width = max(len(n) for n in markers)
@@ -254,21 +292,21 @@ class StateCommand(Command):
     markers, readable.
     """
 
-    def __init__(self, ops=(), by=None, label=None):
+    def __init__(self, ops: Iterable[Op] = (), by: str | None = None, label: str | None = None) -> None:
         self.ops = list(ops)
         self.by = by or whoami()
         self.label = label
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return self.label or f"StateCommand({', '.join(map(repr, self.ops)) or 'markers'})"
 
-    def script(self, settings):
+    def script(self, settings: object) -> str:
         lines = [PREAMBLE.format(state_dir=state_dir_expr(settings), by=_b64(self.by)), "r=ok"]
         lines += [op.script(i) for i, op in enumerate(self.ops)]
         lines.append(LISTING)
         return "\n".join(lines)
 
-    def execute(self, attempt):
+    def execute(self, attempt: Attempt) -> Result:
         shell = Shell(self.script(attempt.settings))
         quiet = attempt.fork()
         quiet.on_output = None  # the raw records are not for the operator's screen
@@ -296,7 +334,7 @@ class StateCommand(Command):
         return result
 
 
-def remember(machine, **facts):
+def remember(machine: Machine, **facts: Any) -> None:
     """Fold what a machine just told us into ``machine.facts`` (a cache, rebuilt on demand)."""
     known = getattr(machine, "facts", None)
     if known is None:
@@ -307,7 +345,7 @@ def remember(machine, **facts):
 
 # -- operations on machine sets ---------------------------------------------------
 
-def _names(names):
+def _names(names: tuple[Names, ...]) -> list[str]:
     if len(names) == 1 and isinstance(names[0], (list, tuple, set)):
         names = tuple(names[0])
     if not names:
@@ -315,36 +353,36 @@ def _names(names):
     return [check_name(n) for n in names]
 
 
-def mark(machines, *names, note=""):
+def mark(machines: MachineSet, *names: Names, note: str = "") -> ResultSet:
     """Set markers on every machine (overwriting their time and setter); a ResultSet."""
     ops = [Op("mark", n, note=note) for n in _names(names)]
     return machines.execute(StateCommand(ops, label=f"mark {' '.join(o.name for o in ops)}"))
 
 
-def unmark(machines, *names):
+def unmark(machines: MachineSet, *names: Names) -> ResultSet:
     ops = [Op("unmark", n) for n in _names(names)]
     return machines.execute(StateCommand(ops, label=f"unmark {' '.join(o.name for o in ops)}"))
 
 
-class PerMachine(dict):
+class PerMachine(dict[str, _V | None]):
     """``{machine name: value}``; ``None`` for a machine that could not answer, ``.results`` says why."""
 
-    def __init__(self, values, results):
+    def __init__(self, values: Mapping[str, _V | None], results: ResultSet) -> None:
         super().__init__(values)
         self.results = results
 
     @property
-    def failed(self):
+    def failed(self) -> ResultSet:
         return self.results.failed
 
 
-def markers(machines):
+def markers(machines: MachineSet) -> PerMachine[dict[str, Marker]]:
     """``{machine name: {marker: Marker}}``, read from the machines now (one round trip each)."""
     results = machines.execute(StateCommand(label="markers"))
     return PerMachine({r.name: (r.detail.get("markers") if r.ok else None) for r in results.results()}, results)
 
 
-def machine_markers(machine):
+def machine_markers(machine: Machine) -> dict[str, Marker]:
     result = machine.execute(StateCommand(label="markers"))
     if not result.ok:
         raise StateError(f"could not read the markers of {machine.name}: {result.status} {result.message}".rstrip(),
@@ -352,7 +390,7 @@ def machine_markers(machine):
     return result.detail["markers"]
 
 
-def select_marker(machines, wanted):
+def select_marker(machines: MachineSet, wanted: str | Iterable[str]) -> list[Machine]:
     """Machines that have a marker matching ``wanted`` (a name or glob; ``!name``: that do not)."""
     import fnmatch
 
@@ -381,7 +419,7 @@ def select_marker(machines, wanted):
     return chosen
 
 
-def _matches(have, pattern, fnmatch):
+def _matches(have: Iterable[str], pattern: str, fnmatch: ModuleType) -> bool:
     if pattern.startswith("!"):
         return not any(fnmatch.fnmatchcase(m, pattern[1:]) for m in have)
     return any(fnmatch.fnmatchcase(m, pattern) for m in have)
@@ -403,7 +441,7 @@ class Lock:
     before it waits, so two shells locking overlapping sets never deadlock.
     """
 
-    def __init__(self, machines, name, timeout=30.0, note=""):
+    def __init__(self, machines: MachineSet, name: str, timeout: float | None = 30.0, note: str = "") -> None:
         check_name(name)
         if timeout is not None and timeout < 0:
             raise ArgumentError(f"timeout is seconds to wait (0: try once, None: forever), not {timeout!r}")
@@ -412,17 +450,17 @@ class Lock:
             raise ArgumentError("nothing to lock: the selection is empty")
         self.name, self.timeout, self.note = name, timeout, note
         self.marker = LOCK_PREFIX + name
-        self.token = None
+        self.token: str | None = None
 
     @property
-    def held(self):
+    def held(self) -> bool:
         return self.token is not None
 
     @property
-    def where(self):
+    def where(self) -> str:
         return str(self.machines)
 
-    def acquire(self):
+    def acquire(self) -> Lock:
         if self.held:
             raise ArgumentError(f"lock {self.name!r} on {self.where} is held by this Lock already")
         token = secrets.token_hex(8)
@@ -453,10 +491,10 @@ class Lock:
             time.sleep((pause if left is None else max(0.0, min(pause, left))) * (0.5 + secrets.randbelow(100) / 100))
             pause = min(pause * 1.5, 1.0)
 
-    def _give_back(self, machines, token):
+    def _give_back(self, machines: MachineSet, token: str) -> None:
         machines.execute(StateCommand([Op("unmark", self.marker, token=token)], label=f"unlock {self.name}"))
 
-    def _held_message(self, holders):
+    def _held_message(self, holders: dict[str, tuple[Marker, float | None]]) -> str:
         parts = []
         for name, (holder, now) in holders.items():
             gone = " (that process is no longer running here)" if holder.holder_gone() else ""
@@ -469,9 +507,9 @@ class Lock:
                 f".lock({self.name!r}, timeout=...), or if that holder is gone, break it with "
                 f"cluster.machine({first!r}).break_lock({self.name!r})")
 
-    def release(self):
+    def release(self) -> bool:
         """Remove the lock where it is still ours; False (and a warning) where someone broke it."""
-        if not self.held:
+        if self.token is None:  # not held
             return False
         token, self.token = self.token, None
         results = self.machines.execute(StateCommand([Op("unmark", self.marker, token=token)],
@@ -483,17 +521,17 @@ class Lock:
                         self.name, name, status)
         return not lost
 
-    def __enter__(self):
+    def __enter__(self) -> Lock:
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Lock {self.name} on {self.where} {'held' if self.held else 'not held'}>"
 
 
-def break_lock(machine, name):
+def break_lock(machine: Machine, name: str) -> Marker | None:
     """Remove lock ``name`` on ``machine`` whoever holds it; the Marker of the holder broken, or None."""
     marker = LOCK_PREFIX + check_name(name)
     result = machine.execute(StateCommand([Op("unmark", marker)], label=f"break lock {name}"))
@@ -506,7 +544,7 @@ def break_lock(machine, name):
     return holder
 
 
-def locks(machines):
+def locks(machines: MachineSet) -> PerMachine[dict[str, Marker]]:
     """``{machine name: {lock name: Marker}}`` of the locks held now."""
     seen = markers(machines)
     return PerMachine({n: ({k[len(LOCK_PREFIX):]: v for k, v in m.items() if k.startswith(LOCK_PREFIX)}

@@ -7,7 +7,8 @@ from which the cluster builds a :class:`ecshell.machine.Machine`.
 """
 
 import dataclasses
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from traitlets import Unicode
 from traitlets.config import Configurable
@@ -22,17 +23,24 @@ PENDING, RUNNING, STOPPED, TERMINATED = (MachineState.PENDING, MachineState.RUNN
 
 @dataclasses.dataclass
 class Prototype:
-    """Everything needed to reach one machine, and nothing about how it was made."""
+    """Everything needed to reach one machine, and nothing about how it was made.
+
+    ``id`` is the fabric's own name for the machine (unique in that fabric),
+    ``name`` the one the operator selects it by; ``host`` and ``port`` are
+    where SSH connects, ``user`` whom it logs in as (None: what ssh_config
+    says); ``tags`` are the fabric's labels (``role``, ...) that
+    ``select(role="web")`` matches; ``state`` what the fabric believes.
+    """
 
     id: str
     name: str
     host: str
     port: int = 22
     user: Optional[str] = None
-    identity_files: list = dataclasses.field(default_factory=list)
+    identity_files: list[str] = dataclasses.field(default_factory=list)
     #: Host keys known out of band ("ssh-ed25519 AAAA..."), pinned: only these are accepted.
-    host_keys: list = dataclasses.field(default_factory=list)
-    tags: dict = dataclasses.field(default_factory=dict)
+    host_keys: list[str] = dataclasses.field(default_factory=list)
+    tags: dict[str, Any] = dataclasses.field(default_factory=dict)
     state: MachineState = RUNNING
     #: The name this host is looked up by in ssh_config / known_hosts, when it differs from host.
     alias: Optional[str] = None
@@ -40,10 +48,10 @@ class Prototype:
     #: ssh_config file to resolve ``alias`` through, when not the cluster's default.
     ssh_config: Optional[str] = None
     strict_host_key_checking: Optional[str] = None
-    known_hosts_files: list = dataclasses.field(default_factory=list)
+    known_hosts_files: list[str] = dataclasses.field(default_factory=list)
     identities_only: bool = False
     launched_at: Optional[float] = None
-    extra: dict = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Fabric(Configurable):
@@ -53,34 +61,34 @@ class Fabric(Configurable):
 
     kind = "fabric"
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not self.name:
             self.name = self.kind
 
-    def launch(self, count, name, **options):
+    def launch(self, count: int, name: str, **options: Any) -> list[Prototype]:
         """Start ``count`` machines named ``name-<i>``; return their prototypes."""
         raise NotSupported(f"{type(self).__name__} cannot launch machines; attach a LocalFabric or an Ec2Fabric for that")
 
-    def discover(self):
+    def discover(self) -> list[Prototype]:
         """Prototypes of every machine this fabric has now (states refreshed)."""
         raise NotImplementedError
 
-    def stop(self, ids):
+    def stop(self, ids: Sequence[str]) -> None:
         raise NotSupported(f"{type(self).__name__} cannot stop machines")
 
-    def start(self, ids):
+    def start(self, ids: Sequence[str]) -> list[Prototype]:
         raise NotSupported(f"{type(self).__name__} cannot start machines")
 
-    def terminate(self, ids):
+    def terminate(self, ids: Sequence[str]) -> None:
         raise NotSupported(f"{type(self).__name__} cannot terminate machines")
 
-    def states(self, ids):
+    def states(self, ids: Sequence[str]) -> dict[str, MachineState]:
         """``{id: state}`` as the fabric sees it now."""
         return {p.id: p.state for p in self.discover() if p.id in set(ids)}
 
-    def close(self):
+    def close(self) -> None:
         """Release what the fabric holds (clients, sessions); machines keep running."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

@@ -10,11 +10,19 @@ Launching is not available; everything else is. Host keys follow the
 operator's known_hosts and StrictHostKeyChecking.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
 from traitlets import List, Unicode
 
 from ..ssh.endpoint import parse_target, ssh_config_lookup
 from ..errors import ArgumentError
 from .base import RUNNING, Fabric, Prototype
+
+if TYPE_CHECKING:
+    from ..states import MachineState
 
 
 class StaticFabric(Fabric):
@@ -27,16 +35,17 @@ class StaticFabric(Fabric):
 
     ssh_config = Unicode("~/.ssh/config", help="ssh_config file the names are resolved through.").tag(config=True)
 
-    def __init__(self, hosts=None, **kwargs):
+    def __init__(self, hosts: str | Iterable[str] | None = None, **kwargs: Any) -> None:
         if hosts is not None:
             if isinstance(hosts, str):
                 hosts = hosts.replace(",", " ").split()
             kwargs["hosts"] = list(hosts)
         super().__init__(**kwargs)
-        self._prototypes = None
+        self._prototypes: list[Prototype] | None = None
 
-    def _build(self):
-        prototypes, seen = [], set()
+    def _build(self) -> list[Prototype]:
+        prototypes: list[Prototype] = []
+        seen: set[tuple[str, int | None]] = set()
         for entry in self.hosts:
             try:
                 user, alias, port = parse_target(entry)
@@ -55,11 +64,11 @@ class StaticFabric(Fabric):
             ))
         return prototypes
 
-    def discover(self):
+    def discover(self) -> list[Prototype]:
         if self._prototypes is None:
             self._prototypes = self._build()
         return list(self._prototypes)
 
-    def states(self, ids):
+    def states(self, ids: Sequence[str]) -> dict[str, MachineState]:
         # An existing host is assumed up; the SSH no-op of the readiness check tells.
         return {i: RUNNING for i in ids}

@@ -21,7 +21,7 @@ import atexit
 import sys
 
 #: Per shell (by id): what load_ipython_extension set up, for unload to take down.
-_loaded = {}
+_loaded: dict[int, "Extension"] = {}
 
 #: Magic lines whose arguments ecshell completes.
 COMPLETED = ("%on", "%%on", "%terminate", "%ready", "%put", "%get")

@@ -392,8 +392,9 @@ def session_for(connection, timeout, cancel=None, wait=True):
                 if state.asked < START_AFTER:
                     return None, "not started: the first command on a connection uses its own channel"
             if state.unavailable is None and state.starts >= MAX_STARTS and state.starting is None:
+                last = state.session.why_dead if state.session is not None else "it never said hello"
                 state.unavailable = (f"the executor died {state.starts} times on this connection "
-                                     f"(last: {state.session.why_dead}); using one channel per command")
+                                     f"(last: {last}); using one channel per command")
             if state.unavailable is not None:
                 return None, state.unavailable
             starting = state.starting

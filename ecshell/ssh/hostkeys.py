@@ -67,7 +67,7 @@ class PinnedKeys:
         )
 
 
-_file_locks = {}
+_file_locks: dict[str, threading.Lock] = {}
 _file_locks_guard = threading.Lock()
 
 

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from ..errors import ErrorKind
 
@@ -60,6 +60,16 @@ class Exit:
     code: Optional[int]
 
 
+class Cancel(Protocol):
+    """A cancel flag: a ``threading.Event``, or what answers the same (``adapters.timeout``'s deadline)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float, /) -> bool: ...
+
+    def set(self) -> None: ...
+
+
 class Stopped(Exception):
     """Raised by :func:`next_chunk` and :class:`Process`: ``kind`` is TIMEOUT or INTERRUPTED."""
 
@@ -93,7 +103,7 @@ class Process:
     #: What the Result's ``detail`` gets (the run token, the process group, ...).
     detail: dict
 
-    def read(self, deadline: Optional[float], cancel: threading.Event) -> bytes:
+    def read(self, deadline: Optional[float], cancel: Cancel) -> bytes:
         """The next output (stdout and stderr combined), ``b""`` at EOF.
 
         Raises :class:`Stopped` when ``cancel`` is set or ``deadline`` passes
@@ -101,7 +111,7 @@ class Process:
         """
         raise NotImplementedError
 
-    def wait(self, deadline: Optional[float], cancel: threading.Event) -> Exit:
+    def wait(self, deadline: Optional[float], cancel: Cancel) -> Exit:
         """The exit, once the output reached EOF; raises like :meth:`read`."""
         raise NotImplementedError
 
@@ -126,7 +136,7 @@ class Transport:
         raise NotImplementedError
 
 
-def next_chunk(channel, deadline: Optional[float] = None, cancel: Optional[threading.Event] = None) -> bytes:
+def next_chunk(channel: Any, deadline: Optional[float] = None, cancel: Optional[Cancel] = None) -> bytes:
     """The next bytes from ``channel`` (``b""`` at EOF), never waiting past ``deadline``.
 
     ``deadline`` is a ``time.monotonic()`` value or None; ``cancel`` an Event
@@ -149,7 +159,7 @@ def next_chunk(channel, deadline: Optional[float] = None, cancel: Optional[threa
             continue
 
 
-def stopped(deadline: Optional[float], cancel: threading.Event) -> None:
+def stopped(deadline: Optional[float], cancel: Cancel) -> None:
     """Raise :class:`Stopped` if ``cancel`` is set or ``deadline`` has passed."""
     if cancel.is_set():
         raise Stopped(ErrorKind.INTERRUPTED)
@@ -177,7 +187,7 @@ def send_input(send: Callable[[bytes], None], finish: Callable[[], None], data: 
         finish()
         return
 
-    def feed():
+    def feed() -> None:
         try:
             send(data)
             finish()
