@@ -656,14 +656,17 @@ class Executor:
         self.groups.discard(pid)
         return b"".join(chunks) if status == 0 else None
 
+    def _watch(self, fd, event, job, want, watched):
+        """Register ``fd`` for ``event`` or unregister it, as ``want`` says; whether it is watched now."""
+        if want and not watched:
+            self.selector.register(fd, event, job)
+        elif not want and watched:
+            self.selector.unregister(fd)
+        return want
+
     def _want_read(self, job):
         want = job.out is not None and (job.window > 0 or job.cancelled)
-        if want and not job.reading:
-            self.selector.register(job.out, selectors.EVENT_READ, job)
-            job.reading = True
-        elif not want and job.reading:
-            self.selector.unregister(job.out)
-            job.reading = False
+        job.reading = self._watch(job.out, selectors.EVENT_READ, job, want, job.reading)
 
     def _want_write(self, job):
         if job.stdin is None:
@@ -675,11 +678,7 @@ class Executor:
             job.stdin = None
 
     def _input_registered(self, job, want):
-        if want and not job.writing:
-            self.selector.register(job.stdin, selectors.EVENT_WRITE, job)
-        elif not want and job.writing:
-            self.selector.unregister(job.stdin)
-        job.writing = want
+        job.writing = self._watch(job.stdin, selectors.EVENT_WRITE, job, want, job.writing)
 
     def write_input(self, job):
         if job.stdin is None:
