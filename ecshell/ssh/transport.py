@@ -19,8 +19,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 from ..errors import ErrorKind
 
@@ -36,8 +35,7 @@ KILL_TIMEOUT = 2.0
 INLINE_INPUT = 256 * 1024
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """What to start: the shell string, its ECSHELL_RUN token, its stdin, and how."""
 
     command: str
@@ -53,8 +51,7 @@ class Request:
         return self.command
 
 
-@dataclass(frozen=True)
-class Exit:
+class Exit(NamedTuple):
     """How a command ended: its exit code, or None if a signal killed it."""
 
     code: Optional[int]
