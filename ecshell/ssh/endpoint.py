@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import getpass
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from .hostkeys import KnownHosts, PinnedKeys
 
@@ -21,13 +21,28 @@ DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 
 @dataclasses.dataclass
 class Endpoint:
-    host: str
+    """Where and as whom to connect, and what to trust there: one host's effective ssh options."""
+
+    host: str  # the address connected to (HostName)
     port: int
     user: str
     identity_files: list
     identities_only: bool
-    verifier: object
-    proxy_jump: Optional["Endpoint"] = None
+    verifier: Any  # PinnedKeys or KnownHosts: .verify(host, port, key), .identity
+    proxy_jump: Optional["Endpoint"] = None  # the last hop before this host; hops chain through theirs
+    #: The name the host was asked for (``%n``; the known_hosts name unless HostKeyAlias says otherwise).
+    alias: Optional[str] = None
+    #: IdentityAgent: a socket path, ``"none"`` for no agent, None for ``$SSH_AUTH_SOCK``.
+    identity_agent: Optional[str] = None
+    #: CertificateFile entries, and ``<identity>-cert.pub`` files found next to identities.
+    certificate_files: list = dataclasses.field(default_factory=list)
+    #: ProxyCommand with its tokens expanded; None when there is none (or ``none``).
+    proxy_command: Optional[str] = None
+    #: ConnectTimeout in seconds (None: the cluster's connect_timeout).
+    connect_timeout: Optional[float] = None
+    #: ServerAliveInterval (0: off) and ServerAliveCountMax: how soon a silent peer is dead.
+    server_alive_interval: float = 0.0
+    server_alive_count_max: int = 3
 
     @property
     def key(self):

@@ -79,9 +79,15 @@ def _lock_for(path):
 class KnownHosts:
     """OpenSSH known_hosts semantics over one or more files (the first is written to)."""
 
-    def __init__(self, files, policy="ask"):
+    def __init__(self, files, policy="ask", global_files=(), host_key_alias=None, hash_known_hosts=False):
         self.files = [os.path.expanduser(f) for f in files]
         self.policy = policy or "ask"
+        #: GlobalKnownHostsFile: read, never written.
+        self.global_files = [os.path.expanduser(f) for f in global_files]
+        #: HostKeyAlias: the name keys are looked up and recorded under, instead of host[:port].
+        self.host_key_alias = host_key_alias
+        #: HashKnownHosts: record new names hashed, as ssh-keygen -H would.
+        self.hash_known_hosts = hash_known_hosts
 
     @property
     def identity(self):
