@@ -214,7 +214,9 @@ class Lab:
         return done.stdout.split()[1]
 
     def server(self, name: str, host_key_types=("ed25519",), authorized=(), extra: str = "",
-               port: int | None = None) -> Server:
+               port: int | None = None, user: str = "root") -> Server:
+        """A new sshd. Every account on it shares one AuthorizedKeysFile (``authorized``): ``user``
+        only documents whom the test means to log in as."""
         server = Server(self, name, host_key_types, authorized, extra, port)
         self.servers[name] = server
         return server
