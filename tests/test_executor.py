@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 
@@ -568,3 +569,45 @@ def test_the_shipped_executor_speaks_the_protocol_the_client_imports():
     kinds = [namespace[n] for n in ("RUN", "INPUT", "INPUT_EOF", "CANCEL", "GRANT")]
     events = [namespace[n] for n in ("HELLO", "STARTED", "OUTPUT", "EXIT", "FAILED", "KILLED")]
     assert len(set(kinds)) == 5 and len(set(events)) == 6  # no two frame kinds alike
+
+
+def _thread_starts(monkeypatch):
+    """The names of the threads started from now on."""
+    started = []
+    real = threading.Thread.start
+
+    def start(thread):
+        started.append(thread.name)
+        return real(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    return started
+
+
+def test_an_executor_channel_that_closes_starts_no_thread(cluster, machines, monkeypatch):
+    """Its close reaches the frame sink with the channel's lock held: no closer thread there.
+
+    At interpreter exit a Channel's ``__del__`` takes this path, and a thread
+    started then never runs: ``exit`` hung in ``Thread.start``.
+    """
+    cluster.settings.executor = "executor"
+    (m,) = machines(1)
+    assert m.run("true").ok
+    session = ready_executor(m)
+    started = _thread_starts(monkeypatch)
+    session.channel.close()
+    assert session.dead and "ecshell-executor-close" not in started
+
+
+def test_while_the_interpreter_exits_a_dying_executor_starts_no_thread(cluster, machines, monkeypatch):
+    cluster.settings.executor = "executor"
+    (m,) = machines(1)
+    assert m.run("true").ok
+    session = ready_executor(m)
+    monkeypatch.setattr(sys, "is_finalizing", lambda: True)
+    started = _thread_starts(monkeypatch)
+    os.kill(session.pid, signal.SIGKILL)  # its channel reaches EOF: the sink sees it in paramiko's thread
+    until = time.monotonic() + 10
+    while not session.dead and time.monotonic() < until:
+        time.sleep(0.02)
+    assert session.dead and "ecshell-executor-close" not in started

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import json
 import queue
+import sys
 import threading
 import time
 import zlib
@@ -246,7 +247,20 @@ class ExecutorSession:
             self.why_dead = why or _stderr_tail(self.channel) or "its channel closed"
         for process in running:
             process.events.put(_LOST)
-        # Closing sends a message: not from the transport thread, which may be the caller.
+        self._close_channel()
+
+    def _close_channel(self):
+        """Close our side of a channel the executor is gone from, unless it is closing already.
+
+        The sink calls :meth:`die` with the channel's lock held (on EOF, and
+        from the channel's own close): closing sends a message, which must not
+        happen there, so a short thread does it. A channel already marked
+        closed (its own close, the transport ending, a ``__del__``) needs
+        nothing; and while the interpreter shuts down no new thread ever runs
+        (``Thread.start`` would wait forever), so nothing is started then.
+        """
+        if self.channel.closed or sys.is_finalizing():
+            return
         threading.Thread(target=self.channel.close, name="ecshell-executor-close", daemon=True).start()
 
     def __repr__(self):
