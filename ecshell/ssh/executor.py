@@ -63,6 +63,8 @@ MAX_STARTS = 2
 START_AFTER = 2
 #: Seconds allowed, at least, for python3 to start on a machine and say hello.
 START_TIMEOUT = 10.0
+#: Bytes a hello may have (it is a small JSON object).
+MAX_HELLO = 65536
 
 _LOST = object()
 
@@ -333,8 +335,13 @@ def _stderr_tail(channel):
 
 
 def _read_hello(channel, deadline, cancel=None):
+    """The executor's hello, or ExecutorUnavailable as soon as the first bytes cannot be one."""
     buffer = b""
     while len(buffer) < HEADER.size or len(buffer) < HEADER.size + HEADER.unpack_from(buffer)[2]:
+        if len(buffer) >= HEADER.size:
+            kind, _, length = HEADER.unpack_from(buffer)
+            if kind != HELLO or length > MAX_HELLO:  # something else answers (a python3 that is not one)
+                raise ExecutorUnavailable(f"unexpected first bytes from the executor: {buffer[:60]!r}")
         try:
             data = next_chunk(channel, deadline, cancel)
         except Stopped as stop:
@@ -351,7 +358,13 @@ def _read_hello(channel, deadline, cancel=None):
     kind, _, length = HEADER.unpack_from(buffer)
     if kind != HELLO or len(buffer) != HEADER.size + length:
         raise ExecutorUnavailable(f"unexpected first bytes from the executor: {buffer[:60]!r}")
-    return json.loads(buffer[HEADER.size:])
+    try:
+        hello = json.loads(buffer[HEADER.size:])
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        hello = None
+    if not isinstance(hello, dict):
+        raise ExecutorUnavailable(f"an executor hello that is not one: {buffer[:60]!r}")
+    return hello
 
 
 class Slot:
