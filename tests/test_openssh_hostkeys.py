@@ -170,6 +170,43 @@ def test_patterns(patterns, name, expected):
 def test_unreadable_or_missing_files_read_as_empty(tmp_path):
     assert knownhosts.lookup(str(tmp_path / "missing"), "web.example") == []
     assert knownhosts.lookup(str(tmp_path), "web.example") == []  # a directory
+    assert knownhosts.lookup("bad\0path", "web.example") == []
+
+
+PARAMIKO_ORDER = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                  "rsa-sha2-512", "rsa-sha2-256")
+
+
+@pytest.mark.parametrize("known, expected", [
+    ((), PARAMIKO_ORDER),
+    (("ssh-ed25519", "ssh-rsa"), PARAMIKO_ORDER),  # the first is known: the list as it is
+    (("ssh-rsa",), ("rsa-sha2-512", "rsa-sha2-256") + PARAMIKO_ORDER[:4]),
+    (("ecdsa-sha2-nistp384", "ssh-rsa"),
+     ("ecdsa-sha2-nistp384", "rsa-sha2-512", "rsa-sha2-256", "ssh-ed25519", "ecdsa-sha2-nistp256",
+      "ecdsa-sha2-nistp521")),
+])
+def test_known_key_types_are_offered_first_as_ssh_orders_them(known, expected):
+    from ecshell.ssh.hostkeys import known_first
+
+    assert known_first(PARAMIKO_ORDER, known) == expected
+
+
+@pytest.mark.parametrize("files", [["/proc/nowhere/known_hosts"], ["bad\0path"], ["{dir}"], ["none"], []])
+@pytest.mark.parametrize("policy", ["yes", "accept-new", "no", "ask", "nonsense"])
+def test_no_known_hosts_setting_makes_the_verifier_raise_anything_but_a_refusal(tmp_path, keys, files, policy):
+    from ecshell.errors import ConnectError
+    from ecshell.ssh.hostkeys import KnownHosts, parse_public_key
+
+    files = [f.format(dir=tmp_path) for f in files]
+    trust = KnownHosts(files, policy, ["bad\0path", str(tmp_path)], hash_known_hosts=True)
+    assert trust.order_key_types("web.example", 22, ("ssh-ed25519", "rsa-sha2-256")) == ("ssh-ed25519",
+                                                                                          "rsa-sha2-256")
+    try:
+        trust.verify("web.example", 2222, parse_public_key(keys["ed25519"]))
+    except ConnectError as exc:
+        assert exc.kind == "hostkey" and exc.detail["reason"] in ("unknown", "unrecordable")
+    else:
+        assert policy in ("accept-new", "no") and files  # accepted, even where it could not be recorded
 
 
 # -- decisions, against ssh ----------------------------------------------------------------------

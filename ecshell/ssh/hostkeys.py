@@ -274,7 +274,7 @@ class KnownHosts:
     def _record(self, name: str, key: PKey, warn: bool) -> None:
         try:
             written = self._append(name, key)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a path with a NUL in it
             # ssh connects all the same, saying so.
             log.warning("could not add %s's %s host key to %s: %s", name, _key_type(key), self.files[0], exc)
             return
@@ -295,7 +295,7 @@ class KnownHosts:
         """Record ``key`` for ``host:port`` (under HostKeyAlias if set) in the first known_hosts file.
 
         Raises OSError when the file cannot be written, ValueError when
-        there is no file to write to.
+        there is no file to write to (or its path cannot be one).
         """
         if not self.files:
             raise ValueError("no UserKnownHostsFile to record the key in")
