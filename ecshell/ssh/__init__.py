@@ -2,6 +2,7 @@
 
 - :mod:`.keys`: private keys (loading, generating ecshell's own).
 - :mod:`.hostkeys`: known_hosts and pinned host keys; the accept-or-refuse decision.
+- :mod:`.knownhosts`: the known_hosts file format (markers, patterns, hashed names).
 - :mod:`.endpoint`: where and as whom to connect (ssh_config, ProxyJump).
 - :mod:`.connection`: authenticated paramiko transports, pooled one per endpoint.
 - :mod:`.transport`: the interface a shell command is started through, and
