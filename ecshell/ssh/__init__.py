@@ -9,3 +9,7 @@
   its two implementations, :mod:`.channel` (a channel per command) and
   :mod:`.executor` (a persistent executor on the machine).
 """
+
+from ..logs import quiet_libraries
+
+quiet_libraries()  # paramiko's tracebacks never reach the operator's screen unasked (see ecshell.logs)
