@@ -26,7 +26,7 @@ from typing import Callable, Optional
 from .errors import ConnectError, ErrorKind
 from .output import OutputBuffer
 from .results import Result, ResultSet
-from .ssh.transport import NOT_STARTED, Broken, Cancel, Process, Request, Transport
+from .ssh.transport import NOT_STARTED, Broken, Cancel, Process, Request, Silent, Transport
 
 #: Seconds after a Ctrl-C that workers get to kill their commands and report.
 CANCEL_GRACE = 3.0
@@ -58,14 +58,26 @@ class Attempt:
         self.buffer = OutputBuffer(self.settings.output_memory_limit, self.settings.spill_dir)
         self.reconnected = False
         self.early: Optional[Process] = None  # what start_early sent, for the worker to take over
+        #: When the whole attempt must be over (``time.monotonic()``): a command's timeout bounds
+        #: connecting and starting too, so that a frozen host costs that timeout, not more.
+        self.deadline: Optional[float] = None
 
     def fork(self, cancel: Optional[Cancel] = None) -> "Attempt":
         """A fresh Attempt (own buffer and clock) on the same machine, for a step inside a command."""
         return Attempt(self.machine, self.engine, cancel if cancel is not None else self.cancel, self.on_output)
 
+    def waiting_limit(self) -> float:
+        """Seconds a step may wait on the machine now: the connect timeout, within the attempt's deadline."""
+        limit = self.settings.connect_timeout
+        if self.deadline is not None:
+            limit = min(limit, self.deadline - time.monotonic())
+        if limit <= 0:
+            raise ConnectError(ErrorKind.TIMEOUT, "the command's time ran out before it could start; it was not run")
+        return limit
+
     def connect(self):
-        """The machine's pooled connection, opened now if needed, within the connect timeout."""
-        deadline = time.monotonic() + self.settings.connect_timeout
+        """The machine's pooled connection, opened now if needed, within :meth:`waiting_limit`."""
+        deadline = time.monotonic() + self.waiting_limit()
         endpoint = self.machine.endpoint
         previous = self.engine.pool.peek(endpoint)
         connection = self.engine.pool.get(endpoint, deadline)
@@ -90,7 +102,7 @@ class Attempt:
         """(connection, a new session channel), for a command that drives its channel itself."""
         channel_transport = _transports()[0]
         return self._on_connection(
-            lambda connection: (connection, channel_transport(connection, self.settings.connect_timeout).open()))
+            lambda connection: (connection, channel_transport(connection, self.waiting_limit()).open()))
 
     def _on_connection(self, use):
         """``use(connection)`` on the pooled connection.
@@ -102,6 +114,11 @@ class Attempt:
             connection = self.connect()
             try:
                 return use(connection)
+            except Silent as silent:
+                # A peer that stops answering is dead: declared so once, not re-handshaken in this command's time.
+                self.engine.pool.discard(self.machine.endpoint, connection)
+                raise ConnectError(ErrorKind.TIMEOUT, f"{silent}; its connection is closed (a frozen host?) and "
+                                   "the command was not run") from None
             except Broken as broken:
                 if not broken.reconnect:
                     continue  # the transport changes (the executor restarts, or the channel path)
@@ -200,7 +217,7 @@ class Engine:
         """The transport for the attempt's machine, per ``mode`` (``c.EcShell.executor``)."""
         ChannelTransport, ExecutorTransport = _transports()
         if mode != CHANNEL:
-            executor, why = ExecutorTransport.find(connection, self.settings.connect_timeout, attempt.cancel,
+            executor, why = ExecutorTransport.find(connection, attempt.waiting_limit(), attempt.cancel,
                                                    wait=mode == EXECUTOR)
             if executor is not None:
                 return executor
@@ -208,7 +225,7 @@ class Engine:
                 raise ConnectError(ErrorKind.UNREACHABLE, (
                     f"no executor on {attempt.machine.name}: {why}; "
                     "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
-        return ChannelTransport(connection, self.settings.connect_timeout)
+        return ChannelTransport(connection, attempt.waiting_limit())
 
     def run_one(self, machine, command, cancel, on_output=None, attempt=None):
         """Run ``command`` on ``machine`` in this thread; never raises for the host's failure."""

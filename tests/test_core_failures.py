@@ -12,7 +12,7 @@ import pytest
 
 from procs import remote_processes
 
-from ecshell import Cluster, ErrorKind, StaticFabric
+from ecshell import Cluster, ErrorKind, LocalFabric, StaticFabric
 from ecshell.procs import children_map, descendants
 from ecshell.ssh.keys import generate_ed25519
 
@@ -294,6 +294,36 @@ def test_library_tracebacks_stay_off_the_screen_unless_asked(isolated_home):
     quiet = stderr_of()  # the default
     assert "Traceback" not in quiet and "paramiko" not in quiet, quiet
     assert "paramiko.transport" in stderr_of("DEBUG")  # asked for: everything shows
+
+
+@pytest.mark.parametrize("executor", ["channel", "executor"])
+def test_a_frozen_host_costs_its_command_timeout_plus_the_kill_grace(isolated_home, executor):
+    """Every process of one sshd stopped (a frozen machine) after its connection (and executor) were up."""
+    from ecshell.ssh.transport import KILL_TIMEOUT
+
+    fabric = LocalFabric()
+    cluster = Cluster(fabric, executor=executor)
+    try:
+        frozen, fine, other = cluster.launch(3)
+        for _ in range(2):
+            assert cluster.run("true").all_ok
+        tree = children_map()
+        stopped = [frozen.prototype.extra["pid"]] + descendants(frozen.prototype.extra["pid"], tree)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):  # the first finds the pooled connection silent; the second connects anew
+                rs = cluster.run("echo hi", timeout=2)
+                r = rs[frozen.name]
+                assert rs[fine.name].ok and rs[other.name].ok
+                assert r.error == "timeout", r
+                assert r.duration < 2 + KILL_TIMEOUT + 1, r  # not a reconnect and a new 10 s handshake
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        cluster.close()
+        fabric.terminate([p.id for p in fabric.discover()])
 
 
 # -- connections dying ---------------------------------------------------------
