@@ -1,6 +1,7 @@
 """Every failure a fleet produces, on real sshd: each a named error kind, never an exception."""
 
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -324,6 +325,24 @@ def test_a_frozen_host_costs_its_command_timeout_plus_the_kill_grace(isolated_ho
     finally:
         cluster.close()
         fabric.terminate([p.id for p in fabric.discover()])
+
+
+def test_a_host_without_sftp_fails_put_and_get_alone(cluster, machines, tmp_path):
+    """No sftp subsystem on one machine: its put and get are its results; the others' transfers happen."""
+    plain, fine = machines(2)
+    config = pathlib.Path(os.environ["ECSHELL_HOME"]) / "local" / plain.id / "sshd_config"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.startswith("Subsystem")))
+    plain.close()
+    os.kill(plain.prototype.extra["pid"], signal.SIGHUP)  # sshd re-reads its config
+    time.sleep(0.5)
+    payload = tmp_path / "payload"
+    payload.write_text("x\n")
+    for rs in (cluster.machines.put(str(payload), "/tmp/ecshell-nosftp"),
+               cluster.machines.get("/etc/hostname", str(tmp_path / "got"))):
+        assert rs[fine.name].ok, rs[fine.name]
+        r = rs[plain.name]
+        assert r.error == "unreachable" and "sftp subsystem" in r.message, r
 
 
 # -- connections dying ---------------------------------------------------------

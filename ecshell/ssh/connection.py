@@ -86,9 +86,19 @@ class Connection:
         return self.transport.open_session(timeout=timeout)
 
     def sftp(self):
-        """The connection's SFTP client; callers hold ``sftp_lock`` while using it."""
+        """The connection's SFTP client; callers hold ``sftp_lock`` while using it.
+
+        Raises ConnectError (that machine's result) when the server gives no SFTP session.
+        """
         if self._sftp is None or self._sftp.sock.closed:
-            self._sftp = paramiko.SFTPClient.from_transport(self.transport)
+            try:
+                self._sftp = paramiko.SFTPClient.from_transport(self.transport)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if not self.alive:
+                    raise ConnectError(ErrorKind.LOST, f"connection lost while opening SFTP ({exc})") from None
+                raise ConnectError(ErrorKind.UNREACHABLE, (
+                    f"{self.endpoint} gives no SFTP session ({exc or type(exc).__name__}): file transfers need "
+                    "sshd's sftp subsystem ('Subsystem sftp internal-sftp' in its sshd_config)")) from None
         return self._sftp
 
     @property
