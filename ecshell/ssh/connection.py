@@ -55,6 +55,27 @@ def _tune(sock, dead_peer_timeout):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+class _HopChannel:
+    """A jump host's direct-tcpip channel as the socket of the transport it carries.
+
+    When the jump's connection dies first, paramiko's reader thread of the
+    carried transport closes this channel over the dead jump, which raises
+    in that thread (a traceback on stderr); here closing never raises.
+    """
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def __getattr__(self, name):
+        return getattr(self.channel, name)
+
+    def close(self):
+        try:
+            self.channel.close()
+        except (EOFError, OSError, paramiko.SSHException):
+            pass
+
+
 def _remaining(deadline):
     return max(0.001, deadline - time.monotonic())
 
@@ -175,7 +196,7 @@ def _socket(endpoint, settings, deadline, pool, within=None):
                                f"{endpoint.host}:{endpoint.port}: {exc.text}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectError(ErrorKind.UNREACHABLE, f"through jump host {jump.endpoint}: {exc}") from None
-        return channel, jump
+        return _HopChannel(channel), jump
     if endpoint.proxy_command is not None:
         try:
             return proxycommand.start(endpoint.proxy_command), None
@@ -305,7 +326,8 @@ class ConnectionPool:
         with self._guard:
             connections = list(self._connections.values())
             self._connections.clear()
-        for connection in connections:
+        # A jump host's connection is pooled before the ones through it: close those first.
+        for connection in reversed(connections):
             connection.close()
 
     def connections(self):

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 from typing import IO, Optional
 
 #: Seconds a hung-up command gets to exit before it is killed.
@@ -30,6 +31,17 @@ class ProxySocket(socket.socket):
     command: str = ""
     process: Optional[subprocess.Popen] = None
     stderr: Optional[IO[bytes]] = None
+    said: str = ""  # the end of the command's stderr, once it is done
+    _done: Optional[threading.Lock] = None
+
+    def _stderr_tail(self) -> str:
+        if self.stderr is None or self.stderr.closed:
+            return self.said
+        try:
+            self.stderr.seek(0)
+            return self.stderr.read()[-2000:].decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return self.said
 
     def why(self, wait: float = HANGUP_GRACE) -> str:
         """What the command said and how it ended (given ``wait`` seconds to end), for a failed connection's message."""
@@ -40,32 +52,29 @@ class ProxySocket(socket.socket):
             status: Optional[int] = process.wait(wait)
         except subprocess.TimeoutExpired:
             status = None
-        said = ""
-        if self.stderr is not None:
-            try:
-                self.stderr.seek(0)
-                said = self.stderr.read()[-2000:].decode(errors="replace").strip()
-            except (OSError, ValueError):
-                pass
+        said = self._stderr_tail()
         ended = "is still running" if status is None else (
             f"exited {status}" if status >= 0 else f"was killed by signal {-status}")
         return f"ProxyCommand {self.command!r} {ended}" + (f": {said}" if said else " (it wrote nothing on stderr)")
 
     def close(self) -> None:
         super().close()
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
+        # Called by paramiko's reader thread and by ours, maybe at once: the command is ended once.
+        if self._done is None or not self._done.acquire(blocking=False):
+            return
+        process = self.process
+        if process is not None:
             try:
-                process.send_signal(signal.SIGHUP)  # what ssh sends its proxy command when it is done
+                if process.poll() is None:
+                    process.send_signal(signal.SIGHUP)  # what ssh sends its proxy command when it is done
                 process.wait(HANGUP_GRACE)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
             except ProcessLookupError:
                 pass
-        elif process is not None:
-            process.wait()
         if self.stderr is not None:
+            self.said = self._stderr_tail()
             self.stderr.close()
 
 
@@ -86,5 +95,5 @@ def start(command: str) -> ProxySocket:
     finally:
         theirs.close()
     sock = ProxySocket(ours.family, ours.type, ours.proto, ours.detach())
-    sock.command, sock.process, sock.stderr = command, process, stderr
+    sock.command, sock.process, sock.stderr, sock._done = command, process, stderr, threading.Lock()
     return sock
