@@ -187,9 +187,7 @@ class EcShellStaticTool(EcShellTool):
         return cluster.machines[:n]
 
     def prepare_cold(self, n):
-        forget = _forget_resolutions()
-        if forget is not None:
-            forget()
+        _forget_resolutions()()
         t = time.perf_counter()
         cluster = self._static_cluster(n)
         self.build_seconds.setdefault(n, []).append(time.perf_counter() - t)
@@ -198,13 +196,9 @@ class EcShellStaticTool(EcShellTool):
 
 def _forget_resolutions():
     """ecshell's cache of resolved ssh_config names, emptied before a cold static round."""
-    try:
-        from ecshell.ssh import options
-    except ImportError:
-        from ecshell.ssh import endpoint  # before ssh -G: paramiko's parsed file, cached by mtime
+    from ecshell.ssh import options
 
-        return endpoint._load_config.cache_clear
-    return getattr(options, "forget", None)
+    return options.forget
 
 
 class ParamikoTool:

@@ -110,10 +110,11 @@ def test_include_of_a_directory_glob(lab):
 
 
 def test_include_with_a_relative_path(lab):
-    # Relative to ~/.ssh. ssh takes ~ from the password database, ecshell from $HOME: here they
-    # differ (the harness), and ecshell hands ssh a copy whose Include points under $HOME.
-    lab.config(web_block(lab, "rel-web") + "  IdentityFile ~/.ssh/alt_ed25519\n",
-               path=lab.ssh_dir / "extra" / "web.conf")
+    # Relative to ~/.ssh, from a nested file too. ssh takes ~ from the password database, ecshell
+    # from $HOME: here they differ (the harness), and ecshell hands ssh a copy whose Includes
+    # point under $HOME.
+    lab.config(web_block(lab, "rel-web") + "  Include extra/key.conf\n", path=lab.ssh_dir / "extra" / "web.conf")
+    lab.config("IdentityFile ~/.ssh/alt_ed25519\n", path=lab.ssh_dir / "extra" / "key.conf")
     lab.config("Include extra/web.conf\n")
     theirs, _ = both(lab, "rel-web")
     assert theirs.connected and theirs.key_fingerprint == lab.fingerprint(lab.alt)

@@ -39,7 +39,9 @@ class StaticFabric(Fabric):
     hosts = List(Unicode(), help="""Hosts: names from ssh_config, or user@host:port.
         Each becomes a machine named after the entry (without user and port).""").tag(config=True)
 
-    ssh_config = Unicode("~/.ssh/config", help="ssh_config file the names are resolved through.").tag(config=True)
+    ssh_config = Unicode("~/.ssh/config", help="""ssh_config file the names are resolved
+        through, by OpenSSH's `ssh -G` (your own ~/.ssh/config: as `ssh NAME` reads it,
+        with /etc/ssh/ssh_config; another file: `ssh -F FILE`). Empty: none.""").tag(config=True)
 
     def __init__(self, hosts: str | Iterable[str] | None = None, **kwargs: Any) -> None:
         if hosts is not None:

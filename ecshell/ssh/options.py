@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import threading
@@ -215,13 +216,14 @@ def _parse(output: str) -> dict[str, list[str]]:
     return values
 
 
-def _message(query: Query, stderr: str, originals: dict[str, str]) -> str:
+def _message(query: Query, plan: _Plan, stderr: str, originals: dict[str, str]) -> str:
     for copy, original in originals.items():
         stderr = stderr.replace(copy, original)
     lines = [line for line in stderr.splitlines()
              if line.strip() and not line.startswith("Pseudo-terminal will not be allocated")]
-    said = "; ".join(lines[-3:]) or "no message"
-    return f"ssh refuses the config for {query.name!r}: {said} (`ssh -G {query.name}` shows the same)"
+    said = "; ".join(lines[-3:]) or "nothing"
+    command = shlex.join(_argv("ssh", query, plan.argument))
+    return f"ssh says: {said} (as `{command}` shows)"
 
 
 def _rebase_home(values: dict[str, list[str]], plan: _Plan) -> None:
@@ -266,7 +268,7 @@ def _finish(run: _Run, until: float) -> Answer:
         return ConfigError(f"`ssh -G {run.query.name}` did not answer within {SSH_G_TIMEOUT:g}s "
                            "(a Match exec command that hangs?)")
     if run.process.returncode != 0:
-        return ConfigError(_message(run.query, err, run.originals))
+        return ConfigError(_message(run.query, run.plan, err, run.originals))
     values = _parse(out)
     _rebase_home(values, run.plan)
     return Options(values, "ssh -G")
@@ -307,7 +309,7 @@ def _resolve(queries: Sequence[Query]) -> list[Answer]:
             answers[index] = hit
         else:
             todo.append((index, query, plan))
-    ssh = ssh_binary()
+    ssh = ssh_binary() if todo else None
     for start in range(0, len(todo), CONCURRENCY):
         batch = todo[start:start + CONCURRENCY]
         if ssh is None:
