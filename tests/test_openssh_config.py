@@ -120,7 +120,8 @@ def test_include_with_a_relative_path(lab):
     assert theirs.connected and theirs.key_fingerprint == lab.fingerprint(lab.alt)
 
 
-def test_a_changed_included_file_is_read_again(lab):
+def test_a_changed_included_file_is_read_again(lab, monkeypatch):
+    monkeypatch.setenv("HOME", str(lab.home))
     included = lab.ssh_dir / "changing.conf"
     lab.config(web_block(lab, "chg"), path=included)
     lab.config(f"Include {included}\n")

@@ -339,7 +339,7 @@ def lookup(name: str, config: str, user: Optional[str] = None, port: Optional[in
     with _lock((query.name, query.user, query.port, query.config)):
         answer = _resolve([query])[0]
     if isinstance(answer, ConfigError):
-        raise answer
+        raise ConfigError(str(answer))  # a fresh one: the cached error may be raised in many threads at once
     return answer
 
 
