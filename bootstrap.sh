@@ -1,43 +1,75 @@
 #!/usr/bin/env bash
-# Install everything ecshell and its tests need on a Debian machine, then start ecshell.
-#   ./bootstrap.sh                 install, then open ecshell on a local cluster
-#   ./bootstrap.sh --install-only  install only (what .ci/run does)
-# Idempotent: a second run installs nothing new.
+# Set up ecshell on a Debian machine, then start it.
+#   ./bootstrap.sh                 check what the shell needs, make .venv, open ecshell on a local cluster
+#   ./bootstrap.sh --install-only  also what the test suite needs, then stop (what .ci/run does)
+#   ./bootstrap.sh --check         say what is missing, change nothing
+# Root is needed only to install a missing system package: with everything present,
+# an ordinary user installs nothing as root. Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-install_only=0
-[ "${1:-}" = "--install-only" ] && install_only=1
+mode=shell
+case "${1:-}" in
+    --install-only) mode=install ;;
+    --check) mode=check ;;
+    "") ;;
+    *) echo "usage: $0 [--install-only | --check]" >&2; exit 2 ;;
+esac
 
-SUDO=""
-[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+# Debian puts sshd, ip and iptables in /usr/sbin, which is not on an ordinary user's PATH.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-# System packages: OpenSSH server (the local machines), tmux (terminal tests),
-# rsync (login-shell tests), iproute2/iptables (network-fault tests), venv.
-need=()
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)
-command -v ssh >/dev/null || need+=(openssh-client)
-command -v tmux >/dev/null || need+=(tmux)
-command -v rsync >/dev/null || need+=(rsync)
-command -v ip >/dev/null || need+=(iproute2)
-command -v iptables >/dev/null || need+=(iptables)
-command -v sudo >/dev/null || need+=(sudo)
-command -v python3 >/dev/null || need+=(python3)
-python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
-if [ "${#need[@]}" -gt 0 ]; then
-    echo "bootstrap: installing ${need[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# package <- the command that shows it is there
+have() { command -v "$1" >/dev/null 2>&1; }
+shell_missing=()   # what the shell itself needs: Python with venv, the OpenSSH server and client
+have python3 || shell_missing+=(python3)
+have python3 && { python3 -c "import venv, ensurepip" 2>/dev/null || shell_missing+=(python3-venv); }
+have sshd || shell_missing+=(openssh-server)
+{ have ssh && have ssh-keygen; } || shell_missing+=(openssh-client)
+test_missing=()    # what only the test suite needs
+have tmux || test_missing+=(tmux)
+have rsync || test_missing+=(rsync)
+have ip || test_missing+=(iproute2)
+have iptables || test_missing+=(iptables)
+have sudo || test_missing+=(sudo)
+have unshare || test_missing+=(util-linux)
+
+need=("${shell_missing[@]}")
+[ "$mode" = install ] && need+=("${test_missing[@]}")
+
+if [ "$mode" = check ]; then
+    echo "bootstrap: the shell needs: ${shell_missing[*]:-nothing more}"
+    echo "bootstrap: the tests also need: ${test_missing[*]:-nothing more}"
+    [ "${#shell_missing[@]}" -eq 0 ]
+    exit
 fi
 
-# Python packages, in a virtual environment of the project's own.
+if [ "${#need[@]}" -gt 0 ]; then
+    install=(apt-get install -y -qq --no-install-recommends "${need[@]}")
+    if [ "$(id -u)" -eq 0 ]; then
+        SUDO=()
+    elif have sudo && { sudo -n true 2>/dev/null || [ -t 0 ]; }; then
+        SUDO=(sudo)   # passwordless, or it can ask on this terminal
+    else
+        echo "bootstrap: missing ${need[*]}; as root, run: apt-get update && ${install[*]}" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${need[*]}"
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" "${install[@]}" >/dev/null
+fi
+if [ "$mode" = shell ] && [ "${#test_missing[@]}" -gt 0 ]; then
+    echo "bootstrap: not installed, only the tests use them: ${test_missing[*]} (./bootstrap.sh --install-only as root installs them)"
+fi
+
+# Python packages, in a virtual environment of the project's own: no root needed.
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 
-if [ "$install_only" -eq 1 ]; then
+if [ "$mode" = install ]; then
     exit 0
 fi
 if [ -x .venv/bin/ecshell ]; then

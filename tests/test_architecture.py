@@ -177,7 +177,8 @@ def test_the_core_imports_without_ipython():
             f"for name in {core!r}: importlib.import_module(name)\n"
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(SHELL_ONLY)!r}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(PACKAGE.parent)))
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                              p for p in (str(PACKAGE.parent), os.environ.get("PYTHONPATH")) if p)))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

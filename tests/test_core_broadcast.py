@@ -69,6 +69,9 @@ def test_stdin_is_closed_unless_input_given(machines):
 def test_no_pty_unless_asked(machines):
     (m,) = machines(1)
     assert m.run("tty").output == "not a tty\n"
+    if os.geteuid() != 0:
+        pytest.skip("an sshd run by an ordinary user cannot give a session a PTY (it must chown the "
+                    "terminal to group tty, and aborts)")
     r = m.run("tty", pty=True)
     assert r.ok and r.output.startswith("/dev/pts/")
 

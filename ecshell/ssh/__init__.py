@@ -2,6 +2,7 @@
 
 - :mod:`.keys`: private keys (loading, generating ecshell's own).
 - :mod:`.hostkeys`: known_hosts and pinned host keys; the accept-or-refuse decision.
+- :mod:`.knownhosts`: the known_hosts file format (markers, patterns, hashed names).
 - :mod:`.options`: a host's effective ssh_config options, from OpenSSH's ``ssh -G``;
   :mod:`.configfiles` (the files a config reads, a reader without ssh) and
   :mod:`.tokens` (``~``, ``%h``, ``${VAR}``) around it.
@@ -12,3 +13,7 @@
   its two implementations, :mod:`.channel` (a channel per command) and
   :mod:`.executor` (a persistent executor on the machine).
 """
+
+from ..logs import quiet_libraries
+
+quiet_libraries()  # paramiko's tracebacks never reach the operator's screen unasked (see ecshell.logs)

@@ -108,8 +108,8 @@ def kill_run(connection, token: str) -> str:
         f"p=$(grep -ls -e '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null "
         "| cut -d/ -f3 | sort -u); "
         '[ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done; '
-        'for q in $p; do kill -TERM -- -$q $q 2>/dev/null; done; '
-        '(sleep 1; for q in $p; do kill -KILL -- -$q $q 2>/dev/null; done) >/dev/null 2>&1 </dev/null & '
+        'for q in $p; do kill -TERM -$q $q 2>/dev/null; done; '
+        '(sleep 1; for q in $p; do kill -KILL -$q $q 2>/dev/null; done) >/dev/null 2>&1 </dev/null & '
         'echo $p'
     )
     try:

@@ -45,6 +45,22 @@ def _prefer_aead(transport):
     options.ciphers = first + tuple(c for c in offered if c not in first)
 
 
+def _prefer_known_host_keys(transport, endpoint):
+    """Offer first the host key types known for the endpoint, as ssh does (order_hostkeyalgs)."""
+    options = transport.get_security_options()
+    ordered = endpoint.verifier.order_key_types(endpoint.host, endpoint.port, tuple(options.key_types))
+    options.key_types = ordered
+
+
+def _verify_host_key(transport, endpoint):
+    try:
+        endpoint.verifier.verify(endpoint.host, endpoint.port, transport.get_remote_server_key())
+    except ConnectError as exc:
+        # The endpoint whose key this is: a jump host's, when its connection is the one refused.
+        exc.detail.setdefault("endpoint", endpoint)
+        raise
+
+
 def _tune(sock, dead_peer_timeout):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -235,6 +251,7 @@ def connect(endpoint, settings, deadline, pool):
         transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
                                        default_max_packet_size=MAX_PACKET)
         _prefer_aead(transport)
+        _prefer_known_host_keys(transport, endpoint)
         transport.banner_timeout = _remaining(deadline)
         transport.handshake_timeout = _remaining(deadline)
 
@@ -244,6 +261,16 @@ def connect(endpoint, settings, deadline, pool):
 
         try:
             transport.start_client(timeout=_remaining(deadline))
+        except paramiko.IncompatiblePeer as exc:
+            if "host key" not in str(exc):
+                raise ConnectError(ErrorKind.UNREACHABLE, f"SSH handshake with {endpoint.host}:{endpoint.port} "
+                                   f"failed: {exc}") from None
+            raise ConnectError(
+                ErrorKind.HOSTKEY,
+                f"{endpoint.host}:{endpoint.port} offers no host key type ecshell (paramiko) can use; it knows "
+                f"{', '.join(transport.get_security_options().key_types)} (and their certificates). "
+                "Give the host an ed25519, ECDSA or RSA (SHA-2) host key.",
+                reason="unsupported", host=endpoint.host, port=endpoint.port, endpoint=endpoint) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if time.monotonic() >= deadline - 0.05:
                 raise hung() from None
@@ -251,7 +278,7 @@ def connect(endpoint, settings, deadline, pool):
                                f"failed: {exc or type(exc).__name__}{_proxy_said(sock)}") from None
         if not (transport.is_active() and transport.initial_kex_done):
             raise hung()  # start_client returns quietly when its timeout passes
-        endpoint.verifier.verify(endpoint.host, endpoint.port, transport.get_remote_server_key())
+        _verify_host_key(transport, endpoint)
         try:
             _auth(transport, endpoint, deadline)
         except (paramiko.SSHException, EOFError, OSError) as exc:
