@@ -1,5 +1,6 @@
 """Every failure a fleet produces, on real sshd: each a named error kind, never an exception."""
 
+import io
 import os
 import pathlib
 import signal
@@ -13,7 +14,7 @@ import pytest
 
 from procs import remote_processes
 
-from ecshell import Cluster, ErrorKind, LocalFabric, StaticFabric
+from ecshell import Cluster, ErrorKind, LocalFabric, Shell, StaticFabric
 from ecshell.procs import children_map, descendants
 from ecshell.ssh.keys import generate_ed25519
 
@@ -83,6 +84,37 @@ def known_hosts_line(machine, key=None):
 
 
 # -- connecting ---------------------------------------------------------------
+
+
+def test_an_encrypted_key_no_agent_holds(isolated_home, machines, tmp_path):
+    """From code: an auth result naming ssh-add. In the shell: its passphrase asked once, then it runs, once."""
+    from ecshell.shell.session import Session
+
+    (m,) = machines(1)
+    with open(os.path.expanduser("~/.ssh/known_hosts"), "w") as f:
+        f.write(known_hosts_line(m))
+    key = os.path.expanduser("~/.ssh/locked_ed25519")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "right horse", "-f", key], check=True)
+    authorized = pathlib.Path(os.environ["ECSHELL_HOME"]) / "local" / m.id / "authorized_keys"
+    with open(authorized, "a") as f:
+        f.write(pathlib.Path(key + ".pub").read_text())
+    write_ssh_config(f"Host box\n  HostName 127.0.0.1\n  Port {m.port}\n  IdentityFile {key}\n  IdentitiesOnly yes\n")
+    ran = tmp_path / "ran"
+    cluster = Cluster(StaticFabric(["box"]))
+    try:
+        r = cluster.run(f"echo once >> {ran}")[0]
+        assert r.error == "auth" and f"ssh-add {key}" in r.message and r.detail["locked"] == [key], r
+        asked = []
+        answers = iter(["wrong horse", "right horse"])
+        session = Session(cluster, ask=lambda question: False,
+                          passphrase=lambda prompt: asked.append(prompt) or next(answers), stream=io.StringIO())
+        rs = session.broadcast(cluster.machines, Shell(f"echo once >> {ran}"), live=False)
+        assert rs.all_ok, rs
+        assert len(asked) == 2 and key in asked[0] and "box" in asked[0]
+        assert ran.read_text() == "once\n"
+        assert cluster.run("true")[0].ok  # the key stays open for this process
+    finally:
+        cluster.close()
 
 
 def test_refused_port_is_unreachable(isolated_home):

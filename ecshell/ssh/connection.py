@@ -27,6 +27,7 @@ import paramiko
 from ..errors import ConnectError, ErrorKind
 from . import proxycommand
 from .identities import OPENSSH_DEFAULT_IDENTITIES, offered, open_agent, signer
+from .keys import is_locked
 
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET = 32768
@@ -194,12 +195,14 @@ def _auth(transport, endpoint, deadline):
     try:
         candidates = offered(endpoint.identity_files, agent_keys, endpoint.identities_only,
                              endpoint.certificate_files, skipped)
-        tried, closed = [], False
+        tried, closed, locked = [], False, []
         for identity in candidates:
             key, why = signer(identity, candidates, agent)
             if key is None:
                 if _worth_saying(identity):
                     skipped.append(why)
+                if identity.path is not None and is_locked(why):
+                    locked.append(identity.path)
                 continue
             transport.auth_timeout = _remaining(deadline)
             try:
@@ -218,7 +221,9 @@ def _auth(transport, endpoint, deadline):
                 continue
             # partial success: the server wants another method we do not do
             raise ConnectError(ErrorKind.AUTH, f"{endpoint} asks for more than a key (multi-factor); not supported")
-        raise ConnectError(ErrorKind.AUTH, _refusal(endpoint, tried, skipped, closed, agent is not None))
+        # ``locked``: encrypted key files no agent holds, which the shell can ask the passphrase of
+        raise ConnectError(ErrorKind.AUTH, _refusal(endpoint, tried, skipped, closed, agent is not None),
+                           locked=locked)
     finally:
         if agent is not None:
             agent.close()
