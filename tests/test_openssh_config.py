@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from openssh_support import Lab, via_ecshell, via_ssh
+from openssh_support import Lab, same_decision, via_ecshell, via_ssh
 
 from ecshell import Cluster, StaticFabric
 from ecshell.ssh import options
@@ -64,12 +64,6 @@ def lab():
         world.close()
 
 
-def both(lab, target, **settings):
-    """(ssh's outcome, ecshell's), after checking that they decided the same."""
-    theirs, mine = via_ssh(lab, target), via_ecshell(lab, target, **settings)
-    assert mine.decision() == theirs.decision(), (theirs, mine)
-    return theirs, mine
-
 
 def web_block(lab, name="web"):
     return f"Host {name}\n  HostName 127.0.0.1\n  Port {lab.web.port}\n"
@@ -80,7 +74,7 @@ def web_block(lab, name="web"):
 
 def test_alias_with_hostname_user_and_port(lab):
     lab.config(web_block(lab) + "  User root\n")
-    theirs, _ = both(lab, "web")
+    theirs, _ = same_decision(lab, "web")
     assert theirs.connected and theirs.user == "root" and theirs.hops == ["web"]
     assert theirs.key_fingerprint == lab.fingerprint(lab.key)
 
@@ -89,14 +83,14 @@ def test_first_value_wins_in_host_order(lab):
     # The second block matches too: its Port comes too late; its IdentityFile is added after.
     lab.config(f"Host web-first\n  HostName 127.0.0.1\n  Port {lab.web.port}\n  IdentityFile ~/.ssh/alt_ed25519\n"
                "Host web-*\n  Port 1\n  IdentityFile ~/.ssh/id_ed25519\n")
-    theirs, _ = both(lab, "web-first")
+    theirs, _ = same_decision(lab, "web-first")
     assert theirs.connected and theirs.key_fingerprint == lab.fingerprint(lab.alt)
 
 
 def test_host_star_defaults_after_specific_blocks(lab):
     lab.config("Host hd\n  HostName 127.0.0.1\n"
                f"Host *\n  Port {lab.web.port}\n  User root\n  IdentityFile ~/.ssh/alt_ed25519\n  IdentitiesOnly yes\n")
-    theirs, _ = both(lab, "hd")
+    theirs, _ = same_decision(lab, "hd")
     assert theirs.connected and theirs.key_fingerprint == lab.fingerprint(lab.alt)
 
 
@@ -105,7 +99,7 @@ def test_include_of_a_directory_glob(lab):
     lab.config(web_block(lab, "inc-web"), path=directory / "10-web.conf")
     lab.config("Host *\n  IdentityFile ~/.ssh/alt_ed25519\n  IdentitiesOnly yes\n", path=directory / "90-defaults.conf")
     lab.config(f"Include {directory}/*.conf\n")
-    theirs, _ = both(lab, "inc-web")
+    theirs, _ = same_decision(lab, "inc-web")
     assert theirs.connected and theirs.key_fingerprint == lab.fingerprint(lab.alt)
 
 
@@ -116,7 +110,7 @@ def test_include_with_a_relative_path(lab):
     lab.config(web_block(lab, "rel-web") + "  Include extra/key.conf\n", path=lab.ssh_dir / "extra" / "web.conf")
     lab.config("IdentityFile ~/.ssh/alt_ed25519\n", path=lab.ssh_dir / "extra" / "key.conf")
     lab.config("Include extra/web.conf\n")
-    theirs, _ = both(lab, "rel-web")
+    theirs, _ = same_decision(lab, "rel-web")
     assert theirs.connected and theirs.key_fingerprint == lab.fingerprint(lab.alt)
 
 
@@ -130,7 +124,7 @@ def test_a_changed_included_file_is_read_again(lab, monkeypatch):
     time.sleep(0.02)
     lab.config(f"Host chg\n  HostName 127.0.0.1\n  Port {lab.bastion.port}\n", path=included)
     assert options.lookup("chg", str(lab.config_path)).get("port") == str(lab.bastion.port)
-    theirs, _ = both(lab, "chg")
+    theirs, _ = same_decision(lab, "chg")
     assert theirs.hops == ["bastion"]
 
 
@@ -139,22 +133,22 @@ def test_a_changed_included_file_is_read_again(lab, monkeypatch):
 
 def test_match_host_sees_the_hostname(lab):
     lab.config(f"Host mh\n  HostName 127.0.0.1\nMatch host 127.0.0.1\n  Port {lab.web.port}\n")
-    theirs, _ = both(lab, "mh")
+    theirs, _ = same_decision(lab, "mh")
     assert theirs.connected and theirs.hops == ["web"]
 
 
 def test_match_originalhost(lab):
     lab.config(f"Match originalhost orig\n  HostName 127.0.0.1\n  Port {lab.web.port}\n")
-    theirs, _ = both(lab, "orig")
+    theirs, _ = same_decision(lab, "orig")
     assert theirs.connected
 
 
 def test_match_user_with_a_user_in_the_target(lab):
     user = lab.user(f"ecr{os.getpid() % 100000}")
     lab.config(web_block(lab) + f"Match user {user}\n  IdentityFile ~/.ssh/alt_ed25519\n  IdentitiesOnly yes\n")
-    theirs, _ = both(lab, f"{user}@web")
+    theirs, _ = same_decision(lab, f"{user}@web")
     assert theirs.connected and theirs.user == user and theirs.key_fingerprint == lab.fingerprint(lab.alt)
-    theirs, _ = both(lab, "web")  # root: the Match does not apply, the default key does
+    theirs, _ = same_decision(lab, "web")  # root: the Match does not apply, the default key does
     assert theirs.user == "root" and theirs.key_fingerprint == lab.fingerprint(lab.key)
 
 
@@ -166,7 +160,7 @@ def test_tokens_in_identity_file(lab):
     with open(lab.web.authorized_keys, "a") as f:
         f.write(pathlib.Path(f"{key}.pub").read_text())
     lab.config(web_block(lab, "tokhost") + "  IdentityFile ~/.ssh/tok-%h-%p-%r-%n\n  IdentitiesOnly yes\n")
-    theirs, _ = both(lab, "tokhost")
+    theirs, _ = same_decision(lab, "tokhost")
     assert theirs.connected and theirs.key_fingerprint == lab.fingerprint(key)
 
 
@@ -174,7 +168,7 @@ def test_tokens_in_proxy_command(lab):
     log = lab.root / "relay.log"
     lab.config(web_block(lab, "relayed")
                + f"  ProxyCommand /usr/bin/python3 {lab.relay} %h %p {log} %r %n %%\n")
-    theirs, _ = both(lab, "relayed")
+    theirs, _ = same_decision(lab, "relayed")
     assert theirs.connected and theirs.hops == ["web"]
     lines = log.read_text().splitlines()
     assert lines == [f"127.0.0.1 {lab.web.port} {log} root relayed %"] * 2, lines
@@ -190,13 +184,13 @@ def bastions(lab):
 
 def test_proxy_jump_one_hop(lab):
     lab.config(bastions(lab) + web_block(lab) + "  ProxyJump root@bastion\n")
-    theirs, _ = both(lab, "web")
+    theirs, _ = same_decision(lab, "web")
     assert theirs.connected and theirs.hops == ["bastion", "web"]
 
 
 def test_proxy_jump_two_hops(lab):
     lab.config(bastions(lab) + web_block(lab) + "  ProxyJump bastion,bastion2\n")
-    theirs, _ = both(lab, "web")
+    theirs, _ = same_decision(lab, "web")
     assert theirs.connected and theirs.hops == ["bastion", "bastion2", "web"]
 
 
@@ -204,7 +198,7 @@ def test_proxy_jump_hop_as_ssh_uri(lab):
     # The hop's own user and port come from the URI; its own key from its own Host block.
     lab.config(f"Host 127.0.0.1\n  IdentityFile ~/.ssh/alt_ed25519\n  IdentitiesOnly yes\n"
                + web_block(lab) + f"  ProxyJump ssh://root@127.0.0.1:{lab.bastion.port}\n")
-    theirs, _ = both(lab, "web")
+    theirs, _ = same_decision(lab, "web")
     assert theirs.connected and theirs.hops == ["bastion", "web"]
     assert theirs.accepted[0].fingerprint == lab.fingerprint(lab.alt)
 
@@ -213,7 +207,7 @@ def test_a_later_hop_ignores_its_own_proxy_jump(lab):
     # `ProxyJump bastion,bastion2` reaches bastion2 as `ssh -J bastion bastion2` would: bastion2's
     # own ProxyJump gives way to the chain.
     lab.config(bastions(lab) + "  ProxyJump web\n" + web_block(lab) + "  ProxyJump bastion,bastion2\n")
-    theirs, _ = both(lab, "web")
+    theirs, _ = same_decision(lab, "web")
     assert theirs.hops == ["bastion", "bastion2", "web"]
 
 
@@ -223,13 +217,13 @@ def test_proxy_command_through_ssh_w(lab):
     lab.config(f"Host bastion\n  HostName 127.0.0.1\n  Port {lab.bastion.port}\n  IdentityFile {lab.key}\n"
                f"  UserKnownHostsFile {lab.ssh_dir}/known_hosts\n"
                + web_block(lab) + f"  ProxyCommand ssh -F {lab.config_path} -o BatchMode=yes -W %h:%p bastion\n")
-    theirs, _ = both(lab, "web")
+    theirs, _ = same_decision(lab, "web")
     assert theirs.connected and theirs.hops == ["bastion", "web"]
 
 
 def test_a_failing_proxy_command_is_unreachable_with_its_stderr(lab):
     lab.config(web_block(lab, "badproxy") + "  ProxyCommand sh -c 'echo no route to the moon >&2; exit 3'\n")
-    theirs, mine = both(lab, "badproxy")
+    theirs, mine = same_decision(lab, "badproxy")
     assert not theirs.connected and "no route to the moon" in theirs.message
     assert mine.error == "unreachable"
     assert "exited 3: no route to the moon" in mine.message, mine.message
@@ -244,7 +238,7 @@ def test_connect_timeout_against_a_stopped_sshd(lab):
     lab.config(f"Host stopped\n  HostName 127.0.0.1\n  Port {stopped.port}\n  ConnectTimeout 2\n")
     os.kill(stopped.process.pid, signal.SIGSTOP)  # the kernel still accepts; no banner comes
     try:
-        theirs, mine = both(lab, "stopped")
+        theirs, mine = same_decision(lab, "stopped")
     finally:
         os.kill(stopped.process.pid, signal.SIGCONT)
     assert "timed out" in theirs.message
@@ -254,7 +248,7 @@ def test_connect_timeout_against_a_stopped_sshd(lab):
 
 def test_a_syntax_error_is_refused_with_ssh_own_message(lab):
     lab.config(web_block(lab) + "  Bogus yes\n")
-    theirs, mine = both(lab, "web")
+    theirs, mine = same_decision(lab, "web")
     assert not theirs.connected and "Bad configuration option: bogus" in theirs.message
     assert mine.error == "unreachable" and "line 4: Bad configuration option: bogus" in mine.message
     assert str(lab.config_path) in mine.message
