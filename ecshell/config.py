@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from traitlets import Bool, Float, Integer, Unicode, default, validate
+from traitlets import Bool, Float, Integer, Unicode, default, observe, validate
 from traitlets.config import Configurable
 
+from . import logs
 from .errors import ArgumentError
 
 if TYPE_CHECKING:
@@ -94,6 +95,23 @@ class EcShell(Configurable):
 
     toolbar = Bool(True, help="""Show running machines and their cost per hour (US
         dollars) in the terminal prompt's bottom toolbar while any run.""").tag(config=True)
+
+    log_level = Unicode(logs.DEFAULT, help="""What log records reach stderr: 'WARNING' (the
+        default) shows ecshell's own warnings only; 'DEBUG' or 'INFO' also shows
+        paramiko's, tracebacks included (a host's failure is its Result either
+        way).""").tag(config=True)
+
+    @validate("log_level")
+    def _check_log_level(self, proposal: Bunch) -> str:
+        level = str(proposal.value).upper()
+        if level not in logs.LEVELS:
+            raise ArgumentError(f"log_level is one of {', '.join(logs.LEVELS)}, not {proposal.value!r}; "
+                                "e.g. c.EcShell.log_level = 'DEBUG'")
+        return level
+
+    @observe("log_level")
+    def _apply_log_level(self, change: Bunch) -> None:
+        logs.show(change["new"])
 
     @default("home")
     def _default_home(self) -> str:

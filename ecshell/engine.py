@@ -15,10 +15,12 @@ machine's persistent executor or a channel of its own, per
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import functools
 import threading
 import time
+import weakref
 from typing import Callable, Optional
 
 from .errors import ConnectError, ErrorKind
@@ -147,6 +149,22 @@ class Attempt:
                       time.monotonic() - self.started, self.reconnected, detail)
 
 
+#: Every live Engine: their connections are closed at exit, while threads still run.
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close every pool before the interpreter shuts down, in an order we choose.
+
+    Left to the interpreter's finalization, paramiko's channels would close
+    from ``__del__`` and its transport threads in no particular order, at a
+    time when no new thread can run.
+    """
+    for engine in list(_ENGINES):
+        engine.close()
+
+
 class Engine:
     """Holds the connection pool and the workers; runs broadcasts."""
 
@@ -156,6 +174,7 @@ class Engine:
         self._threads = None
         self._threads_size = 0
         self._lock = threading.Lock()
+        _ENGINES.add(self)
 
     @property
     def pool(self):

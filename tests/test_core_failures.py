@@ -259,6 +259,43 @@ def test_hung_host_costs_at_most_its_connect_timeout(cluster, machines):
     assert elapsed < 10
 
 
+HUNG_HOST = """
+import os, signal, sys
+from ecshell import Cluster, LocalFabric
+fabric = LocalFabric()
+cluster = Cluster(fabric, connect_timeout=1.0, **({"log_level": sys.argv[1]} if sys.argv[1:] else {}))
+try:
+    (hung,) = cluster.launch(1)
+    cluster.close()
+    listener = hung.prototype.extra["pid"]
+    os.kill(listener, signal.SIGSTOP)
+    try:
+        print(cluster.run("true")[hung.name].error)
+    finally:
+        os.kill(listener, signal.SIGCONT)
+finally:
+    cluster.close()
+    fabric.terminate([p.id for p in fabric.discover()])
+"""
+
+
+def test_library_tracebacks_stay_off_the_screen_unless_asked(isolated_home):
+    """paramiko logs a hung host's banner error with a traceback; ecshell shows it only at log_level DEBUG.
+
+    In a process of its own: pytest's log capture would hide what Python's
+    last-resort handler prints.
+    """
+    def stderr_of(*level):
+        done = subprocess.run([sys.executable, "-c", HUNG_HOST, *level], capture_output=True, text=True,
+                              timeout=60)
+        assert done.stdout.strip() == "timeout", done.stdout + done.stderr
+        return done.stderr
+
+    quiet = stderr_of()  # the default
+    assert "Traceback" not in quiet and "paramiko" not in quiet, quiet
+    assert "paramiko.transport" in stderr_of("DEBUG")  # asked for: everything shows
+
+
 # -- connections dying ---------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 
@@ -568,3 +569,75 @@ def test_the_shipped_executor_speaks_the_protocol_the_client_imports():
     kinds = [namespace[n] for n in ("RUN", "INPUT", "INPUT_EOF", "CANCEL", "GRANT")]
     events = [namespace[n] for n in ("HELLO", "STARTED", "OUTPUT", "EXIT", "FAILED", "KILLED")]
     assert len(set(kinds)) == 5 and len(set(events)) == 6  # no two frame kinds alike
+
+
+def _thread_starts(monkeypatch):
+    """The names of the threads started from now on."""
+    started = []
+    real = threading.Thread.start
+
+    def start(thread):
+        started.append(thread.name)
+        return real(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    return started
+
+
+def test_an_executor_channel_that_closes_starts_no_thread(cluster, machines, monkeypatch):
+    """Its close reaches the frame sink with the channel's lock held: no closer thread there.
+
+    At interpreter exit a Channel's ``__del__`` takes this path, and a thread
+    started then never runs: ``exit`` hung in ``Thread.start``.
+    """
+    cluster.settings.executor = "executor"
+    (m,) = machines(1)
+    assert m.run("true").ok
+    session = ready_executor(m)
+    started = _thread_starts(monkeypatch)
+    session.channel.close()
+    assert session.dead and "ecshell-executor-close" not in started
+
+
+def test_while_the_interpreter_exits_a_dying_executor_starts_no_thread(cluster, machines, monkeypatch):
+    cluster.settings.executor = "executor"
+    (m,) = machines(1)
+    assert m.run("true").ok
+    session = ready_executor(m)
+    monkeypatch.setattr(sys, "is_finalizing", lambda: True)
+    started = _thread_starts(monkeypatch)
+    os.kill(session.pid, signal.SIGKILL)  # its channel reaches EOF: the sink sees it in paramiko's thread
+    until = time.monotonic() + 10
+    while not session.dead and time.monotonic() < until:
+        time.sleep(0.02)
+    assert session.dead and "ecshell-executor-close" not in started
+
+
+@pytest.mark.parametrize("greeting", [
+    "echo 'Python 4.0 (not the one you expected)'",  # something else answers as python3
+    r"printf 'H\000\000\000\000\000\000\000\005abcde'",  # a hello frame whose JSON is garbage
+])
+def test_a_garbled_executor_greeting_is_that_machines_result_never_an_exception(isolated_home, tmp_path,
+                                                                                greeting, capfd):
+    bin_dir = tmp_path / "oddbin"
+    bin_dir.mkdir()
+    for tool in ("sh", "cat", "echo", "printf", "true"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    (bin_dir / "python3").write_text(f"#!/bin/sh\n{greeting}\ncat >/dev/null\n")
+    (bin_dir / "python3").chmod(0o755)
+    fabric = LocalFabric(environment={"SHLVL": "1", "PATH": str(bin_dir)})
+    try:
+        cluster = Cluster(fabric, executor="executor")
+        (m,) = cluster.launch(1)
+        for _ in range(2):  # the second asks the same connection again: answered at once, no hang
+            r = m.run("true", timeout=5)
+            assert r.error == "unreachable" and "executor" in r.message, r
+            assert r.duration < 5, r  # known as soon as the first bytes came, not after a start timeout
+        cluster.close()
+        cluster = Cluster(fabric, executor="auto")  # the channel path serves such a machine
+        assert all(cluster.machine(m.name).run("true").ok for _ in range(3))
+        time.sleep(0.5)  # a background start that failed would have printed by now
+        cluster.close()
+    finally:
+        _stop_everything(fabric)
+    assert "Traceback" not in capfd.readouterr().err

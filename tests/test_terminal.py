@@ -117,3 +117,40 @@ def test_launch_broadcast_fail_interrupt_and_leave(terminal, isolated_home):
 
     terminal.type("exit")  # machines still run: the shell says so on the way out
     screen, at = terminal.wait_for(r"3 machines still running \(node-\[0-2\]\)", at)
+
+
+def test_leaving_the_shell_never_hangs(terminal, isolated_home, tmp_path):
+    """``exit`` returns every time, after the executor, the pool, SFTP and a Ctrl-C were used.
+
+    A thread started while the interpreter shuts down never runs, and
+    ``Thread.start`` then waits forever (seen from a paramiko Channel's
+    ``__del__`` closing an executor's channel at exit).
+    """
+    env = {"HOME": os.environ["HOME"], "ECSHELL_HOME": os.environ["ECSHELL_HOME"], "TERM": "xterm-256color",
+           "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    payload = tmp_path / "payload.txt"
+    payload.write_text("payload\n")
+    for round in range(4):
+        terminal.kill()
+        terminal.start(ecshell_command() + ["--fabric", "local"], env)
+        _, at = terminal.wait_for(r"In \[1\]:")
+        if round == 0:
+            terminal.type("%launch 3")
+            _, at = terminal.wait_for(r"<MachineSet node-\[0-2\] \(3\)>.*?In \[2\]:", at)
+        for _ in range(3):  # the second command on a connection starts the executor; the third uses it
+            terminal.type("%on all hostname")
+            _, at = terminal.wait_for(r"3 ok, 0 failed -- hostname.*?In \[\d+\]:", at)
+        terminal.type(f"%put {payload} /tmp/ecshell-payload-{round}.txt")
+        _, at = terminal.wait_for(r"3 ok, 0 failed.*?In \[\d+\]:", at)
+        terminal.type(f"%get /tmp/ecshell-payload-{round}.txt {tmp_path}/got")
+        _, at = terminal.wait_for(r"3 ok, 0 failed.*?In \[\d+\]:", at)
+        terminal.type("%on all sleep 30")
+        terminal.wait_for(r"running: node-\[0-2\]", at)
+        terminal.tmux("send-keys", "C-c")
+        _, at = terminal.wait_for(r"0 ok, 3 failed -- sleep 30.*?In \[\d+\]:", at)
+        terminal.type("exit")
+        until = time.monotonic() + 30
+        while terminal.tmux("display-message", "-p", "#{pane_dead}").strip() != "1":
+            if time.monotonic() > until:
+                pytest.fail(f"round {round}: the shell did not exit within 30s; the screen:\n{terminal.screen()}")
+            time.sleep(0.2)

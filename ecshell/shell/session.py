@@ -105,34 +105,83 @@ class Session:
             return machines.execute(operation, on_output=view.output, on_result=view.result)
 
     def _hostkeys(self, results, operation, live):
-        """Where the policy would ask: show every new key of the broadcast, ask once."""
-        unknown = [r for r in results.failed.results()
-                   if r.error == "hostkey" and r.detail.get("reason") == "unknown"
-                   and r.detail.get("offered") is not None and r.detail.get("verifier") is not None]
-        if not unknown or self.ask is None:
-            return results
+        """Where the policy would ask: show every new key of the broadcast, ask once, record, run again.
+
+        Each key is shown under the name of the host that offered it: a jump
+        host's own name and key when the bastion is the new one, once however
+        many machines sit behind it. Each is recorded under the name its own
+        verifier knows it by (HostKeyAlias, ``host`` or ``[host]:port``). Keys
+        that only show once the first ones are trusted (the machine behind a
+        new bastion) make a second question.
+        """
+        shown = set()
+        while self.ask is not None:
+            pending = self._new_host_keys(results, shown)
+            if not pending:
+                break
+            shown.update(pending)
+            if not self._ask_host_keys(results, pending):
+                break
+            machines = {m.name: m for _label, _detail, behind in pending.values() for m in behind}
+            from ..machineset import MachineSet
+
+            retried = self._execute(MachineSet(machines.values()), operation, live)
+            merged = [retried.get(r.name, r) for r in results.results()]
+            results = ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
+        return results
+
+    @staticmethod
+    def _new_host_keys(results, shown):
+        """``{(file, name, key): (label, detail, [machines])}`` for the new keys not asked about yet."""
+        pending = {}
+        for r in results.failed.results():
+            detail = r.detail
+            if not (r.error == "hostkey" and detail.get("reason") == "unknown"
+                    and detail.get("offered") is not None and detail.get("verifier") is not None):
+                continue
+            verifier = detail["verifier"]
+            ident = (tuple(verifier.files[:1]), detail.get("entry"), detail["offered"].asbytes())
+            if ident in shown:
+                continue
+            hop = detail.get("endpoint")
+            label = r.machine.name
+            if hop is not None and hop.key != r.machine.endpoint.key:
+                label = hop.alias or f"{hop.host}:{hop.port}"
+            pending.setdefault(ident, (label, detail, []))[2].append(r.machine)
+        return pending
+
+    def _ask_host_keys(self, results, pending):
         from ..ssh.hostkeys import fingerprint
 
-        width = max(len(r.machine.name) for r in unknown)
-        lines = [f"{len(unknown)} of {len(results)} hosts offered a host key that is not in known_hosts:"]
-        for r in unknown:
-            key = r.detail["offered"]
-            where = r.detail.get("entry") or f"{r.machine.host}:{r.machine.port}"
-            lines.append(f"  {r.machine.name:<{width}}  {where}  {key.get_name()} {fingerprint(key)}")
-        files = sorted({r.detail["verifier"].files[0] for r in unknown if r.detail["verifier"].files})
+        rows, behind = [], set()
+        for label, detail, machines in pending.values():
+            names = [m.name for m in machines]
+            behind.update(names)
+            if label not in names:
+                label = f"{label} (jump host for {', '.join(names)})"
+            key = detail["offered"]
+            where = detail.get("entry") or f"{detail.get('host')}:{detail.get('port')}"
+            rows.append((label, where, f"{key.get_name()} {fingerprint(key)}"))
+        width = max(len(label) for label, _w, _k in rows)
+        if len(behind) == len(rows):
+            header = f"{len(rows)} of {len(results)} hosts offered a host key that is not in known_hosts:"
+        else:
+            header = (f"{len(rows)} hosts on the way to {len(behind)} of {len(results)} machines offered a "
+                      "host key that is not in known_hosts:")
+        lines = [header]
+        lines += [f"  {label:<{width}}  {where}  {key}" for label, where, key in rows]
+        files = sorted({d["verifier"].files[0] for _l, d, _m in pending.values() if d["verifier"].files})
         lines.append(f"Check these fingerprints out of band. Trusting records them in {', '.join(files)}.")
         self.say("\n".join(lines))
-        if not self.ask(f"Trust these {len(unknown)} keys? [y/N] "):
+        if not self.ask(f"Trust these {len(rows)} keys? [y/N] "):
             self.say("not trusted: those hosts stay failed (hostkey)")
-            return results
-        for r in unknown:
-            endpoint = r.machine.endpoint
-            r.detail["verifier"].accept(endpoint.host, endpoint.port, r.detail["offered"])
-        from ..machineset import MachineSet
-
-        retried = self._execute(MachineSet(r.machine for r in unknown), operation, live)
-        merged = [retried.get(r.name, r) for r in results.results()]
-        return ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
+            return False
+        for _label, detail, _machines in pending.values():
+            try:
+                detail["verifier"].accept(detail["host"], detail["port"], detail["offered"])
+            except (OSError, ValueError) as exc:
+                self.say(f"could not record the key of {detail.get('entry')}: {exc}")
+        return True
 
     def put(self, local, remote, target="all", mode=None):
         from ..commands import Put

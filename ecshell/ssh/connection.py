@@ -5,7 +5,8 @@ each within one deadline that covers TCP connect, banner, key exchange and
 authentication. Sockets carry TCP_NODELAY (a command round trip on loopback
 costs ~4 ms instead of ~48 ms under Nagle with delayed ACKs) and TCP
 keepalive with TCP_USER_TIMEOUT, because paramiko's own keepalive never
-notices a peer that vanished. Only the configured keys are offered.
+notices a peer that vanished. Keys are offered as OpenSSH offers them
+(:mod:`.identities`).
 """
 
 import errno
@@ -17,7 +18,7 @@ import time
 import paramiko
 
 from ..errors import ConnectError, ErrorKind
-from .keys import load_key
+from .identities import OPENSSH_DEFAULT_IDENTITIES, offered, open_agent, signer
 
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET = 32768
@@ -34,6 +35,22 @@ def _prefer_aead(transport):
     offered = tuple(options.ciphers)
     first = tuple(c for c in AEAD_CIPHERS if c in offered)
     options.ciphers = first + tuple(c for c in offered if c not in first)
+
+
+def _prefer_known_host_keys(transport, endpoint):
+    """Offer first the host key types known for the endpoint, as ssh does (order_hostkeyalgs)."""
+    options = transport.get_security_options()
+    ordered = endpoint.verifier.order_key_types(endpoint.host, endpoint.port, tuple(options.key_types))
+    options.key_types = ordered
+
+
+def _verify_host_key(transport, endpoint):
+    try:
+        endpoint.verifier.verify(endpoint.host, endpoint.port, transport.get_remote_server_key())
+    except ConnectError as exc:
+        # The endpoint whose key this is: a jump host's, when its connection is the one refused.
+        exc.detail.setdefault("endpoint", endpoint)
+        raise
 
 
 def _tune(sock, dead_peer_timeout):
@@ -95,43 +112,62 @@ class Connection:
         return f"<Connection {self.endpoint} {state}>"
 
 
+def _worth_saying(identity):
+    """Whether a skipped key belongs in the message: OpenSSH too is silent about absent default files."""
+    if identity.path is None or os.path.exists(identity.path):
+        return True
+    return identity.path not in {os.path.expanduser(p) for p in OPENSSH_DEFAULT_IDENTITIES}
+
+
+def _refusal(endpoint, tried, skipped, closed, asked_agent):
+    said = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+    if closed:
+        return (f"{endpoint} closed the connection after refusing {len(tried)} key(s), "
+                f"{', '.join(tried)}: more than its MaxAuthTries allows{said}; name the right key "
+                "for this host with IdentityFile and IdentitiesOnly yes")
+    if tried:
+        return (f"{endpoint} refused the key(s) {', '.join(tried)}{said}; "
+                f"check authorized_keys for user {endpoint.user!r} on the host")
+    places = ", ".join(endpoint.identity_files) or "no identity file"
+    return (f"no usable key for {endpoint}: tried {places}{' and the agent' if asked_agent else ''}{said}; "
+            "set IdentityFile in ssh_config, load a key into ssh-agent (ssh-add), or pass identity_files")
+
+
 def _auth(transport, endpoint, deadline):
-    keys, notes = [], []
-    if not endpoint.identities_only and os.environ.get("SSH_AUTH_SOCK"):
-        try:
-            keys.extend(("agent", k) for k in paramiko.Agent().get_keys())
-        except paramiko.SSHException:
-            pass
-    for path in endpoint.identity_files:
-        key, why = load_key(path)
-        if key is not None:
-            keys.append((path, key))
-        elif why and "no such file" not in why:
-            notes.append(why)
-    if not keys:
-        raise ConnectError(ErrorKind.AUTH, f"no usable key for {endpoint}: tried "
-                           f"{', '.join(endpoint.identity_files) or 'none'}"
-                           + (f" ({'; '.join(notes)})" if notes else "")
-                           + "; set IdentityFile in ssh_config or pass identity_files")
-    transport.auth_timeout = _remaining(deadline)
-    tried = []
-    for source, key in keys:
-        try:
-            if not transport.auth_publickey(endpoint.user, key):
-                return  # fully authenticated
-        except paramiko.BadAuthenticationType as exc:
-            raise ConnectError(ErrorKind.AUTH, f"{endpoint} does not accept public keys "
-                               f"(it allows: {', '.join(exc.allowed_types)})") from None
-        except paramiko.AuthenticationException:
-            tried.append(source)
-            if not transport.is_active():
-                break
-            continue
-        # partial success: the server wants another method we do not do
-        raise ConnectError(ErrorKind.AUTH, f"{endpoint} asks for more than a key (multi-factor); not supported")
-    raise ConnectError(ErrorKind.AUTH, f"{endpoint} refused the key(s) {', '.join(tried)}"
-                       + (f"; {'; '.join(notes)}" if notes else "")
-                       + f"; check authorized_keys for user {endpoint.user!r} on the host")
+    """Public-key authentication as OpenSSH does it: its candidates, in its order (see identities.py)."""
+    agent, agent_keys, trouble = open_agent(endpoint.identity_agent, _remaining(deadline))
+    skipped = [trouble] if trouble else []
+    try:
+        candidates = offered(endpoint.identity_files, agent_keys, endpoint.identities_only,
+                             endpoint.certificate_files, skipped)
+        tried, closed = [], False
+        for identity in candidates:
+            key, why = signer(identity, candidates, agent)
+            if key is None:
+                if _worth_saying(identity):
+                    skipped.append(why)
+                continue
+            transport.auth_timeout = _remaining(deadline)
+            try:
+                if not transport.auth_publickey(endpoint.user, key):
+                    return  # fully authenticated
+            except paramiko.BadAuthenticationType as exc:
+                raise ConnectError(ErrorKind.AUTH, f"{endpoint} does not accept public keys "
+                                   f"(it allows: {', '.join(exc.allowed_types)})") from None
+            except (paramiko.SSHException, EOFError):
+                if time.monotonic() >= deadline - 0.05:
+                    raise  # connect() reports the deadline
+                tried.append(identity.source + (" (the agent would not sign)" if key.refused else ""))
+                if not transport.is_active():
+                    closed = True  # sshd hangs up once MaxAuthTries keys have failed
+                    break
+                continue
+            # partial success: the server wants another method we do not do
+            raise ConnectError(ErrorKind.AUTH, f"{endpoint} asks for more than a key (multi-factor); not supported")
+        raise ConnectError(ErrorKind.AUTH, _refusal(endpoint, tried, skipped, closed, agent is not None))
+    finally:
+        if agent is not None:
+            agent.close()
 
 
 def _socket(endpoint, settings, deadline, pool):
@@ -173,12 +209,23 @@ def connect(endpoint, settings, deadline, pool):
         transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
                                        default_max_packet_size=MAX_PACKET)
         _prefer_aead(transport)
+        _prefer_known_host_keys(transport, endpoint)
         transport.banner_timeout = _remaining(deadline)
         transport.handshake_timeout = _remaining(deadline)
         hung = ConnectError(ErrorKind.TIMEOUT, f"no SSH handshake from {endpoint.host}:{endpoint.port} "
                             f"within {settings.connect_timeout:g}s (host hung or overloaded)")
         try:
             transport.start_client(timeout=_remaining(deadline))
+        except paramiko.IncompatiblePeer as exc:
+            if "host key" not in str(exc):
+                raise ConnectError(ErrorKind.UNREACHABLE, f"SSH handshake with {endpoint.host}:{endpoint.port} "
+                                   f"failed: {exc}") from None
+            raise ConnectError(
+                ErrorKind.HOSTKEY,
+                f"{endpoint.host}:{endpoint.port} offers no host key type ecshell (paramiko) can use; it knows "
+                f"{', '.join(transport.get_security_options().key_types)} (and their certificates). "
+                "Give the host an ed25519, ECDSA or RSA (SHA-2) host key.",
+                reason="unsupported", host=endpoint.host, port=endpoint.port, endpoint=endpoint) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if time.monotonic() >= deadline - 0.05:
                 raise hung from None
@@ -186,7 +233,7 @@ def connect(endpoint, settings, deadline, pool):
                                f"failed: {exc or type(exc).__name__}") from None
         if not (transport.is_active() and transport.initial_kex_done):
             raise hung  # start_client returns quietly when its timeout passes
-        endpoint.verifier.verify(endpoint.host, endpoint.port, transport.get_remote_server_key())
+        _verify_host_key(transport, endpoint)
         try:
             _auth(transport, endpoint, deadline)
         except (paramiko.SSHException, EOFError, OSError) as exc:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import json
 import queue
+import sys
 import threading
 import time
 import zlib
@@ -62,6 +63,8 @@ MAX_STARTS = 2
 START_AFTER = 2
 #: Seconds allowed, at least, for python3 to start on a machine and say hello.
 START_TIMEOUT = 10.0
+#: Bytes a hello may have (it is a small JSON object).
+MAX_HELLO = 65536
 
 _LOST = object()
 
@@ -246,7 +249,20 @@ class ExecutorSession:
             self.why_dead = why or _stderr_tail(self.channel) or "its channel closed"
         for process in running:
             process.events.put(_LOST)
-        # Closing sends a message: not from the transport thread, which may be the caller.
+        self._close_channel()
+
+    def _close_channel(self):
+        """Close our side of a channel the executor is gone from, unless it is closing already.
+
+        The sink calls :meth:`die` with the channel's lock held (on EOF, and
+        from the channel's own close): closing sends a message, which must not
+        happen there, so a short thread does it. A channel already marked
+        closed (its own close, the transport ending, a ``__del__``) needs
+        nothing; and while the interpreter shuts down no new thread ever runs
+        (``Thread.start`` would wait forever), so nothing is started then.
+        """
+        if self.channel.closed or sys.is_finalizing():
+            return
         threading.Thread(target=self.channel.close, name="ecshell-executor-close", daemon=True).start()
 
     def __repr__(self):
@@ -319,8 +335,13 @@ def _stderr_tail(channel):
 
 
 def _read_hello(channel, deadline, cancel=None):
+    """The executor's hello, or ExecutorUnavailable as soon as the first bytes cannot be one."""
     buffer = b""
     while len(buffer) < HEADER.size or len(buffer) < HEADER.size + HEADER.unpack_from(buffer)[2]:
+        if len(buffer) >= HEADER.size:
+            kind, _, length = HEADER.unpack_from(buffer)
+            if kind != HELLO or length > MAX_HELLO:  # something else answers (a python3 that is not one)
+                raise ExecutorUnavailable(f"unexpected first bytes from the executor: {buffer[:60]!r}")
         try:
             data = next_chunk(channel, deadline, cancel)
         except Stopped as stop:
@@ -337,7 +358,13 @@ def _read_hello(channel, deadline, cancel=None):
     kind, _, length = HEADER.unpack_from(buffer)
     if kind != HELLO or len(buffer) != HEADER.size + length:
         raise ExecutorUnavailable(f"unexpected first bytes from the executor: {buffer[:60]!r}")
-    return json.loads(buffer[HEADER.size:])
+    try:
+        hello = json.loads(buffer[HEADER.size:])
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        hello = None
+    if not isinstance(hello, dict):
+        raise ExecutorUnavailable(f"an executor hello that is not one: {buffer[:60]!r}")
+    return hello
 
 
 class Slot:
