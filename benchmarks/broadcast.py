@@ -6,10 +6,13 @@ through LocalFabric, in a temporary ECSHELL_HOME and HOME), runs ``hostname``
 on 10, 50 and 100 of them, cold and warm, with every tool holding its own
 connections to the same machines, rounds interleaved between the tools, and
 terminates every machine it started at the end, whatever happened.
+``ecshell-static`` reaches the same machines as a StaticFabric whose names
+are resolved through an ssh_config file (OpenSSH's ``ssh -G``).
 
     python benchmarks/broadcast.py              # the full run (N = 10, 50, 100)
     python benchmarks/broadcast.py --quick      # smoke test: N = 10, 2 rounds
     python benchmarks/broadcast.py --scale 500  # 500 machines, ecshell warm broadcast, memory
+    python benchmarks/broadcast.py --sizes 50,100 --modes cold --peers asyncssh   # the StaticFabric case
 
 See benchmarks/README.md for what each figure means. JSON goes to
 benchmarks/results/ (gitignored).
@@ -37,7 +40,9 @@ sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without install
 COMMAND = "hostname"
 EXPECTED = socket.gethostname()
 PEERS = ("parallel-ssh", "asyncssh", "fabric", "paramiko+threads")
-TOOLS = ("ecshell",) + PEERS
+OPTIONAL_PEERS = ("asyncssh-config",)
+ECSHELLS = ("ecshell", "ecshell-static")
+TOOLS = ECSHELLS + PEERS
 
 
 # -- the machines -------------------------------------------------------------------
@@ -67,6 +72,15 @@ class Fleet:
                 for key in p.host_keys:
                     f.write(f"[{p.host}]:{p.port} {' '.join(key.split()[:2])}\n")
         self.ports = [p.port for p in self.prototypes]
+        # The same machines as names in an ssh_config file, for StaticFabric (and asyncssh's
+        # own config reader): one Host block per machine, the shared options under Host *.
+        self.aliases = [f"box-{i}" for i in range(len(self.prototypes))]
+        self.ssh_config = os.path.join(home, "ssh_config")
+        with open(self.ssh_config, "w") as f:
+            for alias, port in zip(self.aliases, self.ports):
+                f.write(f"Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n")
+            f.write(f"Host *\n  User {self.user}\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+                    f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n")
 
     def terminate(self):
         ids = [p.id for p in self.fabric.discover()]
@@ -120,7 +134,7 @@ class EcShellTool:
         rs = self._targets(self.cluster, n).run(COMMAND)
         return [r.output if r.ok else f"{r.status}: {r.message}" for r in rs.values()]
 
-    def prepare_cold(self):
+    def prepare_cold(self, n):
         # A cold round's clock starts at the fresh Cluster's first broadcast: building
         # the Cluster (finding the machines on disk) is measured apart, in discover_seconds.
         t = time.perf_counter()
@@ -145,6 +159,46 @@ class EcShellTool:
 
     def close(self):
         self.cluster.close()
+
+
+class EcShellStaticTool(EcShellTool):
+    """ecshell over a StaticFabric: the machines as names resolved through an ssh_config file.
+
+    A cold round builds ``Cluster(StaticFabric(names, ssh_config=...))`` with
+    ecshell's resolution cache emptied first, so that every name is resolved
+    afresh (by ``ssh -G``) as in a new process; that build is timed apart
+    (``build_seconds``, per N), the first broadcast is the cold figure.
+    """
+
+    name = "ecshell-static"
+
+    def __init__(self, fleet, fanout=None):
+        self.fleet, self.fanout = fleet, fanout
+        self.build_seconds = {}
+        self.cluster = self._static_cluster(len(fleet.aliases))
+
+    def _static_cluster(self, n):
+        from ecshell import Cluster, StaticFabric
+
+        return Cluster(StaticFabric(self.fleet.aliases[:n], ssh_config=self.fleet.ssh_config),
+                       **_settings(self.fanout))
+
+    def _targets(self, cluster, n):
+        return cluster.machines[:n]
+
+    def prepare_cold(self, n):
+        _forget_resolutions()()
+        t = time.perf_counter()
+        cluster = self._static_cluster(n)
+        self.build_seconds.setdefault(n, []).append(time.perf_counter() - t)
+        return cluster
+
+
+def _forget_resolutions():
+    """ecshell's cache of resolved ssh_config names, emptied before a cold static round."""
+    from ecshell.ssh import options
+
+    return options.forget
 
 
 class ParamikoTool:
@@ -302,6 +356,19 @@ class AsyncsshTool:
         self.loop.close()
 
 
+class AsyncsshConfigTool(AsyncsshTool):
+    """asyncssh connecting by name, resolved through the same ssh_config file by its own reader."""
+
+    name = "asyncssh-config"
+
+    async def _connect(self, port):
+        import asyncssh
+
+        alias = self.fleet.aliases[self.fleet.ports.index(port)]
+        return await asyncssh.connect(alias, config=[self.fleet.ssh_config], agent_path=None,
+                                      preferred_auth="publickey", connect_timeout=30)
+
+
 def asyncssh_devnull():
     import asyncssh
 
@@ -446,8 +513,8 @@ def median(xs):
 def _timed(tool, mode, n):
     """Seconds for one broadcast, or raises. Cleanup (closing cold clients) is untimed."""
     cleanup = None
-    if tool.name == "ecshell" and mode == "cold":
-        cluster = tool.prepare_cold()
+    if tool.name in ECSHELLS and mode == "cold":
+        cluster = tool.prepare_cold(n)
         gc.collect()
         t = time.perf_counter()
         try:
@@ -514,7 +581,8 @@ def fmt(x, width=9):
 
 
 def print_table(cases, tool_names, out=print):
-    header = f"{'case':<6}{'N':>5}" + "".join(f"{name:>18}" for name in tool_names) + f"{'fastest peer':>18}{'ratio':>8}"
+    header = (f"{'case':<6}{'N':>5}" + "".join(f"{name:>18}" for name in tool_names)
+              + f"{'fastest peer':>18}{'ratio':>8}{'static':>8}")
     out(header)
     out("-" * len(header))
     for case in cases:
@@ -523,16 +591,20 @@ def print_table(cases, tool_names, out=print):
         fastest = case.get("fastest_peer")
         ratio = case.get("ratio")
         row += f"{fastest or '—':>18}" + (f"{ratio:>8.2f}" if ratio is not None else f"{'—':>8}")
+        static = case.get("static_ratio")
+        row += f"{static:>8.2f}" if static is not None else f"{'—':>8}"
         out(row)
 
 
 def summarise(mode, n, samples, errors):
     med = {name: median(xs) for name, xs in samples.items()}
-    peers = {name: m for name, m in med.items() if name != "ecshell" and m is not None}
+    peers = {name: m for name, m in med.items() if name not in ECSHELLS and m is not None}
     fastest = min(peers, key=peers.get) if peers else None
     ratio = med["ecshell"] / peers[fastest] if fastest and med.get("ecshell") else None
+    static = med.get("ecshell-static")
+    static_ratio = static / peers[fastest] if fastest and static else None
     return {"mode": mode, "n": n, "median": med, "samples": samples, "errors": errors,
-            "fastest_peer": fastest, "ratio": ratio}
+            "fastest_peer": fastest, "ratio": ratio, "static_ratio": static_ratio}
 
 
 # -- the runs -----------------------------------------------------------------------
@@ -543,8 +615,9 @@ def broadcast_run(fleet, args, log):
     biggest = max(sizes)
     ecs = EcShellTool(fleet, args.fanout)
     peers = {"parallel-ssh": PsshTool, "asyncssh": AsyncsshTool, "fabric": FabricTool,
-             "paramiko+threads": ParamikoTool}
-    tools = [ecs] + [peers[name](fleet) for name in args.peers]
+             "paramiko+threads": ParamikoTool, "asyncssh-config": AsyncsshConfigTool}
+    static = EcShellStaticTool(fleet, args.fanout) if args.static else None
+    tools = [ecs] + ([static] if static else []) + [peers[name](fleet) for name in args.peers]
     cases = []
     try:
         log(f"opening warm pools to {biggest} machines for {len(tools)} tools")
@@ -553,7 +626,7 @@ def broadcast_run(fleet, args, log):
             tool.connect_all(fleet.ports[:biggest])
             log(f"  {tool.name}: {time.perf_counter() - t:.2f}s")
         for n in sizes:
-            for mode in ("warm", "cold"):
+            for mode in args.modes:
                 log(f"{mode} N={n}: {args.rounds} rounds + warm-up, {len(tools)} tools interleaved")
                 samples, errors = run_case(tools, mode, n, args.rounds, log)
                 case = summarise(mode, n, samples, errors)
@@ -565,7 +638,10 @@ def broadcast_run(fleet, args, log):
             interactive = interactive_run([t for t in tools if t.name in ("ecshell", "asyncssh", "paramiko+threads")],
                                           args.interactive, log)
         return {"cases": cases, "interactive": interactive, "fanout": ecs.cluster.settings.fanout,
-                "ecshell_discover_seconds": median(ecs.discover_seconds), "tools": [t.name for t in tools]}
+                "ecshell_discover_seconds": median(ecs.discover_seconds),
+                "static_build_seconds": {n: median(xs) for n, xs in static.build_seconds.items()} if static else None,
+                "static_build_samples": static.build_seconds if static else None,
+                "tools": [t.name for t in tools]}
     finally:
         for tool in tools:
             try:
@@ -664,6 +740,10 @@ def main(argv=None):
     parser.add_argument("--peers", default=",".join(PEERS),
                         help=f"comma-separated peers to run (default {','.join(PEERS)})")
     parser.add_argument("--fanout", type=int, default=None, help="ecshell fanout (default: ecshell's own)")
+    parser.add_argument("--modes", type=lambda s: [m for m in s.split(",") if m], default=["warm", "cold"],
+                        help="comma-separated: warm, cold (default both)")
+    parser.add_argument("--no-static", dest="static", action="store_false",
+                        help="leave out ecshell-static (the machines as ssh_config names, through StaticFabric)")
     parser.add_argument("--scale", type=int, default=None, metavar="N",
                         help="instead: N machines, ecshell warm broadcast, peak memory")
     parser.add_argument("--output", default=os.path.join(HERE, "results"), help="directory for the JSON")
@@ -675,9 +755,11 @@ def main(argv=None):
     args.rounds = args.rounds or 7
     args.interactive = 40 if args.interactive is None else args.interactive
     args.peers = [p for p in args.peers.split(",") if p]
-    unknown = set(args.peers) - set(PEERS)
+    unknown = set(args.peers) - set(PEERS + OPTIONAL_PEERS)
     if unknown:
-        parser.error(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS)}")
+        parser.error(f"unknown peers {sorted(unknown)}; choose from {', '.join(PEERS + OPTIONAL_PEERS)}")
+    if set(args.modes) - {"warm", "cold"}:
+        parser.error("--modes takes warm, cold or both")
 
     def log(message):
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -743,6 +825,10 @@ def main(argv=None):
         print(f"median seconds to broadcast {COMMAND!r} ({args.rounds} rounds after a warm-up; "
               f"ecshell fanout {report['fanout']}; load {report['machine']['loadavg_before']})")
         print_table(report["cases"], report["tools"])
+        builds = report.get("static_build_seconds")
+        if builds:
+            print("\necshell-static: building the cold Cluster (resolving N names through the ssh_config file, "
+                  "untimed above): " + ", ".join(f"N={n} {s:.3f}s" for n, s in builds.items()))
         inter = report.get("interactive")
         if inter:
             print(f"\ninteractive: median round trip of {inter['count']} sequential commands on one machine: "

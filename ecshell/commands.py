@@ -88,8 +88,10 @@ class Shell(Command):
         attempt.start_early(self.request(attempt), self.transport_mode(attempt))
 
     def execute(self, attempt: Attempt) -> Result:
-        process = attempt.early or attempt.start(self.request(attempt), self.transport_mode(attempt))
         timeout = self.timeout if self.timeout is not None else attempt.settings.command_timeout
+        if timeout:
+            attempt.deadline = attempt.started + timeout  # connecting and starting count too
+        process = attempt.early or attempt.start(self.request(attempt), self.transport_mode(attempt))
         deadline = process.sent_at + timeout if timeout else None  # the clock starts once it is sent
         try:
             while data := process.read(deadline, attempt.cancel):

@@ -39,7 +39,8 @@ class EcShell(Configurable):
         when a worker takes them.""").tag(config=True)
 
     connect_timeout = Float(10.0, help="""Seconds allowed to open an SSH connection:
-        TCP connect, SSH banner, key exchange and authentication together.""").tag(config=True)
+        TCP connect, SSH banner, key exchange and authentication together. A host
+        whose ssh_config sets a shorter ConnectTimeout gets that.""").tag(config=True)
 
     command_timeout = Float(None, allow_none=True, help="""Seconds a command may run
         on one host before it is killed there and reported as 'timeout'.
@@ -51,15 +52,19 @@ class EcShell(Configurable):
 
     dead_peer_timeout = Float(6.0, help="""Seconds after which a connection whose peer
         stopped answering (host gone, network cut) is declared dead, through TCP
-        keepalive and TCP_USER_TIMEOUT on the socket.""").tag(config=True)
+        keepalive and TCP_USER_TIMEOUT on the socket. A host whose ssh_config sets
+        ServerAliveInterval gets ServerAliveInterval x ServerAliveCountMax.""").tag(config=True)
 
     output_memory_limit = Integer(4 * 1024 * 1024, help="""Bytes of one host's output
         kept in memory; past this the output continues in a file under
         <home>/spill. Nothing is ever truncated.""").tag(config=True)
 
-    ssh_config = Unicode("~/.ssh/config", help="""OpenSSH client config file honoured for
-        host names, User, Port, IdentityFile, ProxyJump, StrictHostKeyChecking and
-        UserKnownHostsFile. Empty: read none.""").tag(config=True)
+    ssh_config = Unicode("~/.ssh/config", help="""OpenSSH client config file that hosts
+        ecshell did not launch are resolved through, by OpenSSH's own `ssh -G`
+        (Include, Match, tokens, ProxyJump, ProxyCommand, keys, known_hosts ...).
+        Your own ~/.ssh/config is read as `ssh NAME` reads it, with
+        /etc/ssh/ssh_config; another file as `ssh -F FILE NAME`. Empty: read
+        none (OpenSSH's defaults).""").tag(config=True)
 
     strict_host_key_checking = Unicode(None, allow_none=True, help="""Override for
         OpenSSH's StrictHostKeyChecking for hosts not launched by ecshell: 'yes'

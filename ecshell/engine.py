@@ -26,7 +26,7 @@ from typing import Callable, Optional
 from .errors import ConnectError, ErrorKind
 from .output import OutputBuffer
 from .results import Result, ResultSet
-from .ssh.transport import NOT_STARTED, Broken, Cancel, Process, Request, Transport
+from .ssh.transport import NOT_STARTED, Broken, Cancel, Process, Request, Silent, Transport
 
 #: Seconds after a Ctrl-C that workers get to kill their commands and report.
 CANCEL_GRACE = 3.0
@@ -58,14 +58,26 @@ class Attempt:
         self.buffer = OutputBuffer(self.settings.output_memory_limit, self.settings.spill_dir)
         self.reconnected = False
         self.early: Optional[Process] = None  # what start_early sent, for the worker to take over
+        #: When the whole attempt must be over (``time.monotonic()``): a command's timeout bounds
+        #: connecting and starting too, so that a frozen host costs that timeout, not more.
+        self.deadline: Optional[float] = None
 
     def fork(self, cancel: Optional[Cancel] = None) -> "Attempt":
         """A fresh Attempt (own buffer and clock) on the same machine, for a step inside a command."""
         return Attempt(self.machine, self.engine, cancel if cancel is not None else self.cancel, self.on_output)
 
+    def waiting_limit(self) -> float:
+        """Seconds a step may wait on the machine now: the connect timeout, within the attempt's deadline."""
+        limit = self.settings.connect_timeout
+        if self.deadline is not None:
+            limit = min(limit, self.deadline - time.monotonic())
+        if limit <= 0:
+            raise ConnectError(ErrorKind.TIMEOUT, "the command's time ran out before it could start; it was not run")
+        return limit
+
     def connect(self):
-        """The machine's pooled connection, opened now if needed, within the connect timeout."""
-        deadline = time.monotonic() + self.settings.connect_timeout
+        """The machine's pooled connection, opened now if needed, within :meth:`waiting_limit`."""
+        deadline = time.monotonic() + self.waiting_limit()
         endpoint = self.machine.endpoint
         previous = self.engine.pool.peek(endpoint)
         connection = self.engine.pool.get(endpoint, deadline)
@@ -90,7 +102,7 @@ class Attempt:
         """(connection, a new session channel), for a command that drives its channel itself."""
         channel_transport = _transports()[0]
         return self._on_connection(
-            lambda connection: (connection, channel_transport(connection, self.settings.connect_timeout).open()))
+            lambda connection: (connection, channel_transport(connection, self.waiting_limit()).open()))
 
     def _on_connection(self, use):
         """``use(connection)`` on the pooled connection.
@@ -102,6 +114,11 @@ class Attempt:
             connection = self.connect()
             try:
                 return use(connection)
+            except Silent as silent:
+                # A peer that stops answering is dead: declared so once, not re-handshaken in this command's time.
+                self.engine.pool.discard(self.machine.endpoint, connection)
+                raise ConnectError(ErrorKind.TIMEOUT, f"{silent}; its connection is closed (a frozen host?) and "
+                                   "the command was not run") from None
             except Broken as broken:
                 if not broken.reconnect:
                     continue  # the transport changes (the executor restarts, or the channel path)
@@ -173,6 +190,7 @@ class Engine:
         self._pool = None  # made on first use: it imports paramiko, which costs ~0.1 s
         self._threads = None
         self._threads_size = 0
+        self._threads_started = 0
         self._lock = threading.Lock()
         _ENGINES.add(self)
 
@@ -194,13 +212,33 @@ class Engine:
                 self._threads = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.settings.fanout, thread_name_prefix="ecshell-worker")
                 self._threads_size = self.settings.fanout
+                self._threads_started = 0
             return self._threads
+
+    def _start_workers(self, workers, count):
+        """Have ``count`` worker threads running before the broadcast's first task.
+
+        The pool starts a thread per task submitted while none is idle, and
+        ``Thread.start`` returns only once the new thread has run: with the
+        first hosts' handshakes holding both cores, that cost the submitting
+        thread ~0.1-0.7 s for 50 hosts, every later host starting that much
+        late. Started now, on idle cores, they cost ~50 us each, once.
+        """
+        count = min(count, self._threads_size)
+        if count <= self._threads_started:
+            return
+        go = threading.Event()
+        # Each placeholder task holds its thread until all are started, so every submit starts one.
+        held = [workers.submit(go.wait) for _ in range(count)]
+        go.set()
+        concurrent.futures.wait(held)
+        self._threads_started = count
 
     def transport(self, attempt: Attempt, connection, mode: str) -> Transport:
         """The transport for the attempt's machine, per ``mode`` (``c.EcShell.executor``)."""
         ChannelTransport, ExecutorTransport = _transports()
         if mode != CHANNEL:
-            executor, why = ExecutorTransport.find(connection, self.settings.connect_timeout, attempt.cancel,
+            executor, why = ExecutorTransport.find(connection, attempt.waiting_limit(), attempt.cancel,
                                                    wait=mode == EXECUTOR)
             if executor is not None:
                 return executor
@@ -208,7 +246,7 @@ class Engine:
                 raise ConnectError(ErrorKind.UNREACHABLE, (
                     f"no executor on {attempt.machine.name}: {why}; "
                     "c.EcShell.executor = 'auto' runs such machines over one channel per command"))
-        return ChannelTransport(connection, self.settings.connect_timeout)
+        return ChannelTransport(connection, attempt.waiting_limit())
 
     def run_one(self, machine, command, cancel, on_output=None, attempt=None):
         """Run ``command`` on ``machine`` in this thread; never raises for the host's failure."""
@@ -226,6 +264,7 @@ class Engine:
             total_timeout = self.settings.total_timeout
         cancel = threading.Event()
         workers = self._workers()
+        self._start_workers(workers, len(machines))
         # The first `fanout` machines start here, where that needs no waiting (a command to
         # a live executor is one frame): one tight loop, not one worker wake-up per frame.
         attempts = [Attempt(machine, self, cancel, on_output) for machine in machines[:self.settings.fanout]]

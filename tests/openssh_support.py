@@ -364,3 +364,10 @@ def via_ecshell(lab: Lab, target: str, command: str = "true", config: pathlib.Pa
     connected = result.error not in ("unreachable", "auth", "hostkey", "timeout")
     return Outcome("ecshell", connected, lab.accepted(), result.output, result.message,
                    None if result.error is None else str(result.error))
+
+
+def same_decision(lab: Lab, target: str, **settings) -> tuple[Outcome, Outcome]:
+    """(ssh's outcome, ecshell's) on ``target``, after checking that both decided the same."""
+    theirs, mine = via_ssh(lab, target), via_ecshell(lab, target, **settings)
+    assert mine.decision() == theirs.decision(), (theirs, mine)
+    return theirs, mine

@@ -9,6 +9,7 @@
 import ast
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -211,3 +212,34 @@ def test_no_private_name_crosses_modules():
                     and node.value.id in bound and _private(node.attr)):
                 offenders.append(f"{path.name}:{node.lineno} uses {node.value.id}.{node.attr}")
     assert not offenders, offenders
+
+
+def _message_texts(tree):
+    """The string literals of a module (f-strings' literal parts included): what its messages say."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
+
+
+def test_every_remedy_a_message_names_exists():
+    """A message that says to call ``cluster.x(...)`` or set ``c.EcShell.y`` names something real."""
+    import ecshell
+    from ecshell.machine import Machine
+
+    objects = {"cluster": ecshell.Cluster, "web": ecshell.MachineSet, "machines": ecshell.MachineSet,
+               "machine": Machine}
+    configurables = {name: getattr(ecshell, name) for name in ("EcShell", "LocalFabric", "StaticFabric",
+                                                               "Ec2Fabric")}
+    calls = re.compile(r"\b(cluster|web|machines|machine)\.([a-z_]+)\(")
+    settings = re.compile(r"\bc\.([A-Z][A-Za-z0-9]+)\.([a-z_]+)")
+    missing = []
+    for name, path in MODULES.items():
+        for line, text in _message_texts(ast.parse(path.read_text(), str(path))):
+            for owner, attribute in calls.findall(text):
+                if not hasattr(objects[owner], attribute):
+                    missing.append(f"{path.name}:{line}: {owner}.{attribute}()")
+            for owner, attribute in settings.findall(text):
+                cls = configurables.get(owner)
+                if cls is None or attribute not in cls.class_traits(config=True):
+                    missing.append(f"{path.name}:{line}: c.{owner}.{attribute}")
+    assert not missing, f"messages name remedies that do not exist: {missing}"

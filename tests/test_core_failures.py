@@ -1,6 +1,8 @@
 """Every failure a fleet produces, on real sshd: each a named error kind, never an exception."""
 
+import io
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -12,7 +14,7 @@ import pytest
 
 from procs import remote_processes
 
-from ecshell import Cluster, ErrorKind, StaticFabric
+from ecshell import Cluster, ErrorKind, LocalFabric, Shell, StaticFabric
 from ecshell.procs import children_map, descendants
 from ecshell.ssh.keys import generate_ed25519
 
@@ -82,6 +84,37 @@ def known_hosts_line(machine, key=None):
 
 
 # -- connecting ---------------------------------------------------------------
+
+
+def test_an_encrypted_key_no_agent_holds(isolated_home, machines, tmp_path):
+    """From code: an auth result naming ssh-add. In the shell: its passphrase asked once, then it runs, once."""
+    from ecshell.shell.session import Session
+
+    (m,) = machines(1)
+    with open(os.path.expanduser("~/.ssh/known_hosts"), "w") as f:
+        f.write(known_hosts_line(m))
+    key = os.path.expanduser("~/.ssh/locked_ed25519")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "right horse", "-f", key], check=True)
+    authorized = pathlib.Path(os.environ["ECSHELL_HOME"]) / "local" / m.id / "authorized_keys"
+    with open(authorized, "a") as f:
+        f.write(pathlib.Path(key + ".pub").read_text())
+    write_ssh_config(f"Host box\n  HostName 127.0.0.1\n  Port {m.port}\n  IdentityFile {key}\n  IdentitiesOnly yes\n")
+    ran = tmp_path / "ran"
+    cluster = Cluster(StaticFabric(["box"]))
+    try:
+        r = cluster.run(f"echo once >> {ran}")[0]
+        assert r.error == "auth" and f"ssh-add {key}" in r.message and r.detail["locked"] == [key], r
+        asked = []
+        answers = iter(["wrong horse", "right horse"])
+        session = Session(cluster, ask=lambda question: False,
+                          passphrase=lambda prompt: asked.append(prompt) or next(answers), stream=io.StringIO())
+        rs = session.broadcast(cluster.machines, Shell(f"echo once >> {ran}"), live=False)
+        assert rs.all_ok, rs
+        assert len(asked) == 2 and key in asked[0] and "box" in asked[0]
+        assert ran.read_text() == "once\n"
+        assert cluster.run("true")[0].ok  # the key stays open for this process
+    finally:
+        cluster.close()
 
 
 def test_refused_port_is_unreachable(isolated_home):
@@ -294,6 +327,54 @@ def test_library_tracebacks_stay_off_the_screen_unless_asked(isolated_home):
     quiet = stderr_of()  # the default
     assert "Traceback" not in quiet and "paramiko" not in quiet, quiet
     assert "paramiko.transport" in stderr_of("DEBUG")  # asked for: everything shows
+
+
+@pytest.mark.parametrize("executor", ["channel", "executor"])
+def test_a_frozen_host_costs_its_command_timeout_plus_the_kill_grace(isolated_home, executor):
+    """Every process of one sshd stopped (a frozen machine) after its connection (and executor) were up."""
+    from ecshell.ssh.transport import KILL_TIMEOUT
+
+    fabric = LocalFabric()
+    cluster = Cluster(fabric, executor=executor)
+    try:
+        frozen, fine, other = cluster.launch(3)
+        for _ in range(2):
+            assert cluster.run("true").all_ok
+        tree = children_map()
+        stopped = [frozen.prototype.extra["pid"]] + descendants(frozen.prototype.extra["pid"], tree)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):  # the first finds the pooled connection silent; the second connects anew
+                rs = cluster.run("echo hi", timeout=2)
+                r = rs[frozen.name]
+                assert rs[fine.name].ok and rs[other.name].ok
+                assert r.error == "timeout", r
+                assert r.duration < 2 + KILL_TIMEOUT + 1, r  # not a reconnect and a new 10 s handshake
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+    finally:
+        cluster.close()
+        fabric.terminate([p.id for p in fabric.discover()])
+
+
+def test_a_host_without_sftp_fails_put_and_get_alone(cluster, machines, tmp_path):
+    """No sftp subsystem on one machine: its put and get are its results; the others' transfers happen."""
+    plain, fine = machines(2)
+    config = pathlib.Path(os.environ["ECSHELL_HOME"]) / "local" / plain.id / "sshd_config"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.startswith("Subsystem")))
+    plain.close()
+    os.kill(plain.prototype.extra["pid"], signal.SIGHUP)  # sshd re-reads its config
+    time.sleep(0.5)
+    payload = tmp_path / "payload"
+    payload.write_text("x\n")
+    for rs in (cluster.machines.put(str(payload), "/tmp/ecshell-nosftp"),
+               cluster.machines.get("/etc/hostname", str(tmp_path / "got"))):
+        assert rs[fine.name].ok, rs[fine.name]
+        r = rs[plain.name]
+        assert r.error == "unreachable" and "sftp subsystem" in r.message, r
 
 
 # -- connections dying ---------------------------------------------------------

@@ -19,11 +19,9 @@ import subprocess
 import time
 
 import pytest
-from openssh_support import Lab, Outcome, via_ecshell, via_ssh
+from openssh_support import Lab, via_ecshell, via_ssh
 
 from ecshell.config import EcShell
-from ecshell.errors import ConnectError
-from ecshell.ssh.connection import ConnectionPool
 from ecshell.ssh.endpoint import resolve_alias
 from ecshell.ssh.identities import OPENSSH_DEFAULT_IDENTITIES, offered
 from ecshell.ssh.keys import PublicKey, load_certificate, load_key, public_key
@@ -118,53 +116,6 @@ def counted(lab, run):
     outcome = run()
     time.sleep(0.05)
     return outcome, failures(lab, since)
-
-
-def via_endpoint(lab, target, **fields):
-    """ecshell's pool connecting to ``target`` resolved from the lab's config, with ``fields``
-    set on the Endpoint as those ssh_config options say (for options the resolver on this
-    branch does not fill in yet)."""
-    lab.mark()
-    saved = {k: os.environ.get(k) for k in ("HOME", "SSH_AUTH_SOCK", "ECSHELL_HOME")}
-    os.environ["HOME"] = str(lab.home)
-    os.environ["ECSHELL_HOME"] = str(lab.root / "ecshell")
-    if lab.agent_socket:
-        os.environ["SSH_AUTH_SOCK"] = lab.agent_socket
-    else:
-        os.environ.pop("SSH_AUTH_SOCK", None)
-    settings = EcShell(ssh_config=str(lab.config_path))
-    pool = ConnectionPool(settings)
-    try:
-        endpoint = resolve_alias(target, settings)
-        for name, value in fields.items():
-            setattr(endpoint, name, value)
-        try:
-            pool.get(endpoint)
-            error, message = None, ""
-        except ConnectError as exc:
-            error, message = str(exc.kind), str(exc)
-    finally:
-        pool.close_all()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    time.sleep(0.05)
-    return Outcome("ecshell", error is None, lab.accepted(), "", message, error)
-
-
-def resolver_fills(lab, option, field, expected):
-    """Whether this branch's resolver sets Endpoint.``field`` from ssh_config ``option``."""
-    path = lab.root / "probe_config"
-    path.write_text(f"Host probe\n  {option}\n")
-    saved = os.environ.get("HOME")
-    os.environ["HOME"] = str(lab.home)
-    try:
-        endpoint = resolve_alias("probe", EcShell(ssh_config=str(path)))
-    finally:
-        os.environ["HOME"] = saved or ""
-    return getattr(endpoint, field) == expected
 
 
 def both(lab, target, mine=None):
@@ -297,10 +248,7 @@ def test_identity_agent_none_ignores_the_agent(world):
     install(world, "b")
     authorize(world.web, world, "a")
     world.config(host(world.web, "IdentityAgent none\nIdentityFile ~/.ssh/b"))
-    mine = None
-    if not resolver_fills(world, "IdentityAgent none", "identity_agent", "none"):
-        mine = lambda: via_endpoint(world, "web", identity_agent="none")  # noqa: E731
-    theirs, mine, _ = both(world, "web", mine)
+    theirs, mine, _ = both(world, "web")
     assert not theirs.connected and mine.error == "auth"
 
 
@@ -310,10 +258,7 @@ def test_identity_agent_path_is_used_without_ssh_auth_sock(world):
     authorize(world.web, world, "a")
     socket_path = world.the_agent.socket
     world.config(host(world.web, f"IdentityAgent {socket_path}"))
-    mine = None
-    if not resolver_fills(world, f"IdentityAgent {socket_path}", "identity_agent", socket_path):
-        mine = lambda: via_endpoint(world, "web", identity_agent=socket_path)  # noqa: E731
-    theirs, mine, _ = both(world, "web", mine)
+    theirs, mine, _ = both(world, "web")
     assert theirs.connected and theirs.key_fingerprint == fingerprint(world, "a")
 
 
@@ -359,10 +304,7 @@ def test_certificate_file_option(world):
     certificate = elsewhere / "work-cert.pub"
     shutil.copyfile(world.pool / "cert_me-cert.pub", certificate)
     world.config(host(world.web, f"IdentityFile ~/.ssh/work\nCertificateFile {certificate}"))
-    mine = None
-    if not resolver_fills(world, f"CertificateFile {certificate}", "certificate_files", [str(certificate)]):
-        mine = lambda: via_endpoint(world, "web", certificate_files=[str(certificate)])  # noqa: E731
-    theirs, mine, _ = both(world, "web", mine)
+    theirs, mine, _ = both(world, "web")
     assert theirs.connected and theirs.accepted[-1].key_type == "ED25519-CERT"
 
 

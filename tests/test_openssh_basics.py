@@ -5,7 +5,7 @@ logs; these scenarios check the everyday paths and the harness itself.
 """
 
 import pytest
-from openssh_support import Lab, via_ecshell, via_ssh
+from openssh_support import Lab, same_decision
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +21,10 @@ def lab():
         world.close()
 
 
-def both(lab, target, **settings):
-    theirs, mine = via_ssh(lab, target), via_ecshell(lab, target, **settings)
-    assert mine.decision() == theirs.decision(), (theirs, mine)
-    return theirs, mine
-
 
 def test_alias_with_hostname_port_and_default_key(lab):
     lab.config(f"Host web\n  HostName 127.0.0.1\n  Port {lab.web.port}\n")
-    theirs, mine = both(lab, "web")
+    theirs, mine = same_decision(lab, "web")
     assert theirs.connected and theirs.user == "root" and theirs.hops == ["web"]
     assert theirs.key_fingerprint == lab.fingerprint(lab.key)
 
@@ -37,13 +32,13 @@ def test_alias_with_hostname_port_and_default_key(lab):
 def test_explicit_identity_file(lab):
     lab.config(f"Host web\n  HostName 127.0.0.1\n  Port {lab.web.port}\n  IdentityFile ~/.ssh/other_ed25519\n"
                "  IdentitiesOnly yes\n")
-    theirs, mine = both(lab, "web")
+    theirs, mine = same_decision(lab, "web")
     assert not theirs.connected and mine.error == "auth"
 
 
 def test_unknown_host_key_under_ask_is_refused_by_both(lab):
     lab.config(f"Host fresh\n  HostName localhost\n  Port {lab.web.port}\n")
-    theirs, mine = both(lab, "fresh")
+    theirs, mine = same_decision(lab, "fresh")
     assert not theirs.connected and mine.error == "hostkey"
 
 
@@ -53,5 +48,5 @@ def test_one_proxy_jump_shows_both_hops(lab):
     bastion = lab.servers["bastion"]
     lab.config(f"Host bastion\n  HostName 127.0.0.1\n  Port {bastion.port}\n"
                f"Host web\n  HostName 127.0.0.1\n  Port {lab.web.port}\n  ProxyJump bastion\n")
-    theirs, mine = both(lab, "web")
+    theirs, mine = same_decision(lab, "web")
     assert theirs.connected and theirs.hops == ["bastion", "web"]

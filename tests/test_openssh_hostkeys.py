@@ -666,11 +666,13 @@ def _resolver_passes(lab, keywords):
              "global_files": "GlobalKnownHostsFile {}"}
     config = lab.root / "probe_config"
     config.write_text("Host probe\n  HostName 127.0.0.1\n" + "".join(
-        f"  {lines[k].format(v)}\n" for k, v in keywords.items()))
+        f"  {lines[k].format(' '.join(v) if isinstance(v, list) else v)}\n" for k, v in keywords.items()))
     cluster = Cluster(StaticFabric(["probe"], ssh_config=str(config)))
     try:
         verifier = cluster.machine("probe").endpoint.verifier
-        return all(getattr(verifier, k, None) == v for k, v in keywords.items())
+        # ssh lowercases HostKeyAlias (ssh -G prints it so, and records it so).
+        return all(getattr(verifier, k, None) == (v.lower() if k == "host_key_alias" else v)
+                   for k, v in keywords.items())
     finally:
         cluster.close()
 

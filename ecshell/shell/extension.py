@@ -37,7 +37,7 @@ class Extension:
 
         self.shell = shell
         self.cluster = Cluster(parent=shell)
-        self.session = Session(self.cluster, ask=self.ask, color=self._color())
+        self.session = Session(self.cluster, ask=self.ask, color=self._color(), passphrase=self.passphrase)
         self.magics = EcShellMagics(shell, self.session)
         self.registered = {"line": [], "cell": []}
         self.completers = []
@@ -107,6 +107,15 @@ class Extension:
         except EOFError:
             return False
         return answer.strip().lower() in ("y", "yes")
+
+    def passphrase(self, prompt):
+        """A secret typed at the prompt, not echoed; None when nobody can type one."""
+        import getpass
+
+        try:
+            return getpass.getpass(prompt) or None
+        except (EOFError, KeyboardInterrupt):
+            return None
 
     def complete(self, shell, event):
         from IPython.core.error import TryNext

@@ -18,7 +18,7 @@ import sys
 from . import report, targets
 from .. import arguments
 from ..errors import ArgumentError, SelectionError
-from ..hostset import check_prefix
+from ..hostset import check_prefix, fold
 from ..results import ResultSet
 from ..states import MachineState
 
@@ -27,9 +27,11 @@ from ..states import MachineState
 class Session:
     """The operator's shell over one Cluster: targets, broadcasts, questions, tables."""
 
-    def __init__(self, cluster, ask=None, stream=None, color=False):
+    def __init__(self, cluster, ask=None, stream=None, color=False, passphrase=None):
         self.cluster = cluster
         self.ask = ask
+        #: ``passphrase(prompt)``: a secret typed at the prompt, or None (nobody to ask).
+        self.passphrase = passphrase
         self.stream = stream
         self.color = color
         #: Markers last read from the machines (``%cluster``), offered to completion.
@@ -91,6 +93,7 @@ class Session:
         """Run a Command object with the live view, ask about new host keys, record the result."""
         results = self._execute(machines, operation, live)
         results = self._hostkeys(results, operation, live)
+        results = self._passphrases(results, operation, live)
         self.cluster.history.append(results)
         return results
 
@@ -129,6 +132,42 @@ class Session:
             merged = [retried.get(r.name, r) for r in results.results()]
             results = ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
         return results
+
+    def _passphrases(self, results, operation, live):
+        """Encrypted keys no agent holds: ask each one's passphrase once, then run those machines again.
+
+        The keys stay in this process's memory only (as an agent keeps them),
+        until their files change. Nothing ran on a machine refused at
+        authentication, so running again there runs the command once.
+        """
+        if self.passphrase is None:
+            return results
+        from ..ssh.keys import unlock
+
+        locked = {}
+        for r in results.failed.results():
+            if r.error == "auth":
+                for path in r.detail.get("locked", ()):
+                    locked.setdefault(path, []).append(r.machine)
+        opened = []
+        for path, machines in locked.items():
+            for _ in range(3):  # as ssh-add asks
+                secret = self.passphrase(f"Passphrase for {path} ({fold(m.name for m in machines)}): ")
+                if not secret:
+                    break
+                why = unlock(path, secret)
+                if not why:
+                    opened.append(path)
+                    break
+                self.say(why)
+        machines = {m.name: m for path in opened for m in locked[path]}
+        if not machines:
+            return results
+        from ..machineset import MachineSet
+
+        retried = self._execute(MachineSet(machines.values()), operation, live)
+        merged = [retried.get(r.name, r) for r in results.results()]
+        return ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
 
     @staticmethod
     def _new_host_keys(results, shown):

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import paramiko
 
 from ..errors import ConnectError, ErrorKind
-from .transport import (KILL_TIMEOUT, POLL, RUN_VARIABLE, Broken, Exit, Lost, Process, Request, Transport,
+from .transport import (KILL_TIMEOUT, POLL, RUN_VARIABLE, Broken, Exit, Lost, Process, Request, Silent, Transport,
                         next_chunk, send_input, stopped)
 
 
@@ -31,12 +31,15 @@ class ChannelTransport(Transport):
         self.timeout = timeout
 
     def open(self):
-        """A new session channel; :class:`Broken` if the connection is gone."""
+        """A new session channel; :class:`Broken` if the connection is gone, :class:`Silent` if it says nothing."""
+        started = time.monotonic()
         try:
             return self.connection.open_session(timeout=self.timeout)
         except paramiko.ChannelException as exc:  # the server answered: no (MaxSessions, ...)
             raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused a new session: {exc}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if self.connection.alive and time.monotonic() - started >= self.timeout:
+                raise Silent(f"no answer to a new session within {round(self.timeout, 1):g}s") from None
             # Anything else means the transport broke, even if its thread has not said so yet.
             raise Broken(str(exc)) from None
 

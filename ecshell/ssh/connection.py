@@ -2,11 +2,18 @@
 
 Connections open lazily, in the broadcast's worker threads (so in parallel),
 each within one deadline that covers TCP connect, banner, key exchange and
-authentication. Sockets carry TCP_NODELAY (a command round trip on loopback
-costs ~4 ms instead of ~48 ms under Nagle with delayed ACKs) and TCP
-keepalive with TCP_USER_TIMEOUT, because paramiko's own keepalive never
-notices a peer that vanished. Keys are offered as OpenSSH offers them
-(:mod:`.identities`).
+authentication: ``c.EcShell.connect_timeout``, or the host's ConnectTimeout
+when ssh_config sets a shorter one (OpenSSH bounds only the TCP connect and
+the banner with it; ecshell bounds the whole connect). Sockets carry
+TCP_NODELAY (a command round trip on loopback costs ~4 ms instead of ~48 ms
+under Nagle with delayed ACKs) and TCP keepalive with TCP_USER_TIMEOUT,
+because paramiko's own keepalive never notices a peer that vanished: a peer
+silent for ServerAliveInterval x ServerAliveCountMax seconds (when
+ssh_config sets ServerAliveInterval; ``c.EcShell.dead_peer_timeout``
+otherwise) is dead. A host reached through ProxyJump is a direct-tcpip
+channel of its last hop's pooled connection; through ProxyCommand, a socket
+pair with the command (:mod:`.proxycommand`). Keys are offered as OpenSSH
+offers them (:mod:`.identities`).
 """
 
 import errno
@@ -18,7 +25,9 @@ import time
 import paramiko
 
 from ..errors import ConnectError, ErrorKind
+from . import proxycommand
 from .identities import OPENSSH_DEFAULT_IDENTITIES, offered, open_agent, signer
+from .keys import is_locked
 
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET = 32768
@@ -63,8 +72,44 @@ def _tune(sock, dead_peer_timeout):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
+class _HopChannel:
+    """A jump host's direct-tcpip channel as the socket of the transport it carries.
+
+    When the jump's connection dies first, paramiko's reader thread of the
+    carried transport closes this channel over the dead jump, which raises
+    in that thread (a traceback on stderr); here closing never raises.
+    """
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def __getattr__(self, name):
+        return getattr(self.channel, name)
+
+    def close(self):
+        try:
+            self.channel.close()
+        except (EOFError, OSError, paramiko.SSHException):
+            pass
+
+
 def _remaining(deadline):
     return max(0.001, deadline - time.monotonic())
+
+
+def _dead_peer_timeout(endpoint, settings):
+    """Seconds of silence after which the peer is dead: ServerAlive* if ssh_config sets them."""
+    if endpoint.server_alive_interval > 0:
+        return endpoint.server_alive_interval * max(1, endpoint.server_alive_count_max)
+    return settings.dead_peer_timeout
+
+
+def _limit(endpoint, settings, deadline):
+    """(the deadline, what set it) once the host's ConnectTimeout is counted in."""
+    own = endpoint.connect_timeout
+    if own and time.monotonic() + own < deadline:
+        return time.monotonic() + own, f"{own:g}s (ConnectTimeout {own:g} in ssh_config)"
+    return deadline, f"{settings.connect_timeout:g}s (c.EcShell.connect_timeout)"
 
 
 class Connection:
@@ -86,9 +131,19 @@ class Connection:
         return self.transport.open_session(timeout=timeout)
 
     def sftp(self):
-        """The connection's SFTP client; callers hold ``sftp_lock`` while using it."""
+        """The connection's SFTP client; callers hold ``sftp_lock`` while using it.
+
+        Raises ConnectError (that machine's result) when the server gives no SFTP session.
+        """
         if self._sftp is None or self._sftp.sock.closed:
-            self._sftp = paramiko.SFTPClient.from_transport(self.transport)
+            try:
+                self._sftp = paramiko.SFTPClient.from_transport(self.transport)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if not self.alive:
+                    raise ConnectError(ErrorKind.LOST, f"connection lost while opening SFTP ({exc})") from None
+                raise ConnectError(ErrorKind.UNREACHABLE, (
+                    f"{self.endpoint} gives no SFTP session ({exc or type(exc).__name__}): file transfers need "
+                    "sshd's sftp subsystem ('Subsystem sftp internal-sftp' in its sshd_config)")) from None
         return self._sftp
 
     @property
@@ -140,12 +195,14 @@ def _auth(transport, endpoint, deadline):
     try:
         candidates = offered(endpoint.identity_files, agent_keys, endpoint.identities_only,
                              endpoint.certificate_files, skipped)
-        tried, closed = [], False
+        tried, closed, locked = [], False, []
         for identity in candidates:
             key, why = signer(identity, candidates, agent)
             if key is None:
                 if _worth_saying(identity):
                     skipped.append(why)
+                if identity.path is not None and is_locked(why):
+                    locked.append(identity.path)
                 continue
             transport.auth_timeout = _remaining(deadline)
             try:
@@ -164,15 +221,22 @@ def _auth(transport, endpoint, deadline):
                 continue
             # partial success: the server wants another method we do not do
             raise ConnectError(ErrorKind.AUTH, f"{endpoint} asks for more than a key (multi-factor); not supported")
-        raise ConnectError(ErrorKind.AUTH, _refusal(endpoint, tried, skipped, closed, agent is not None))
+        # ``locked``: encrypted key files no agent holds, which the shell can ask the passphrase of
+        raise ConnectError(ErrorKind.AUTH, _refusal(endpoint, tried, skipped, closed, agent is not None),
+                           locked=locked)
     finally:
         if agent is not None:
             agent.close()
 
 
-def _socket(endpoint, settings, deadline, pool):
+def _socket(endpoint, settings, deadline, pool, within=None):
+    within = within or f"{settings.connect_timeout:g}s"
     if endpoint.proxy_jump is not None:
-        jump = pool.get(endpoint.proxy_jump, deadline)
+        try:
+            jump = pool.get(endpoint.proxy_jump, deadline)
+        except ConnectError as exc:
+            hop = endpoint.proxy_jump.alias or endpoint.proxy_jump.host
+            raise ConnectError(exc.kind, f"through ProxyJump {hop}: {exc}", **exc.detail) from None
         try:
             channel = jump.transport.open_channel(
                 "direct-tcpip", (endpoint.host, endpoint.port), ("127.0.0.1", 0),
@@ -182,12 +246,18 @@ def _socket(endpoint, settings, deadline, pool):
                                f"{endpoint.host}:{endpoint.port}: {exc.text}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectError(ErrorKind.UNREACHABLE, f"through jump host {jump.endpoint}: {exc}") from None
-        return channel, jump
+        return _HopChannel(channel), jump
+    if endpoint.proxy_command is not None:
+        try:
+            return proxycommand.start(endpoint.proxy_command), None
+        except OSError as exc:
+            raise ConnectError(ErrorKind.UNREACHABLE, f"cannot start ProxyCommand {endpoint.proxy_command!r}: "
+                               f"{exc.strerror or exc}") from None
     try:
         sock = socket.create_connection((endpoint.host, endpoint.port), timeout=_remaining(deadline))
     except socket.timeout:
         raise ConnectError(ErrorKind.TIMEOUT, f"TCP connect to {endpoint.host}:{endpoint.port} "
-                           f"timed out after {settings.connect_timeout:g}s") from None
+                           f"timed out after {within}") from None
     except socket.gaierror as exc:
         raise ConnectError(ErrorKind.UNREACHABLE, f"cannot resolve {endpoint.host!r}: {exc.strerror}") from None
     except ConnectionRefusedError:
@@ -197,13 +267,19 @@ def _socket(endpoint, settings, deadline, pool):
         if exc.errno == errno.ETIMEDOUT:
             raise ConnectError(ErrorKind.TIMEOUT, f"TCP connect to {endpoint.host}:{endpoint.port} timed out") from None
         raise ConnectError(ErrorKind.UNREACHABLE, f"{endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
-    _tune(sock, settings.dead_peer_timeout)
+    _tune(sock, _dead_peer_timeout(endpoint, settings))
     return sock, None
+
+
+def _proxy_said(sock, wait=proxycommand.HANGUP_GRACE):
+    """What a ProxyCommand said before the connection failed ("" for other sockets)."""
+    return f"; {sock.why(wait)}" if isinstance(sock, proxycommand.ProxySocket) else ""
 
 
 def connect(endpoint, settings, deadline, pool):
     """A new authenticated Connection, or ConnectError naming the error kind."""
-    sock, via = _socket(endpoint, settings, deadline, pool)
+    deadline, within = _limit(endpoint, settings, deadline)
+    sock, via = _socket(endpoint, settings, deadline, pool, within)
     transport = None
     try:
         transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
@@ -212,8 +288,11 @@ def connect(endpoint, settings, deadline, pool):
         _prefer_known_host_keys(transport, endpoint)
         transport.banner_timeout = _remaining(deadline)
         transport.handshake_timeout = _remaining(deadline)
-        hung = ConnectError(ErrorKind.TIMEOUT, f"no SSH handshake from {endpoint.host}:{endpoint.port} "
-                            f"within {settings.connect_timeout:g}s (host hung or overloaded)")
+
+        def hung():
+            return ConnectError(ErrorKind.TIMEOUT, f"no SSH handshake from {endpoint.host}:{endpoint.port} "
+                                f"within {within} (host hung or overloaded){_proxy_said(sock, 0)}")
+
         try:
             transport.start_client(timeout=_remaining(deadline))
         except paramiko.IncompatiblePeer as exc:
@@ -228,18 +307,18 @@ def connect(endpoint, settings, deadline, pool):
                 reason="unsupported", host=endpoint.host, port=endpoint.port, endpoint=endpoint) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if time.monotonic() >= deadline - 0.05:
-                raise hung from None
+                raise hung() from None
             raise ConnectError(ErrorKind.UNREACHABLE, f"SSH handshake with {endpoint.host}:{endpoint.port} "
-                               f"failed: {exc or type(exc).__name__}") from None
+                               f"failed: {exc or type(exc).__name__}{_proxy_said(sock)}") from None
         if not (transport.is_active() and transport.initial_kex_done):
-            raise hung  # start_client returns quietly when its timeout passes
+            raise hung()  # start_client returns quietly when its timeout passes
         _verify_host_key(transport, endpoint)
         try:
             _auth(transport, endpoint, deadline)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             if time.monotonic() >= deadline - 0.05:
                 raise ConnectError(ErrorKind.TIMEOUT, f"authentication with {endpoint} did not finish "
-                                   f"within {settings.connect_timeout:g}s") from None
+                                   f"within {within}") from None
             raise ConnectError(ErrorKind.UNREACHABLE, f"connection to {endpoint} dropped during authentication: "
                                f"{exc or type(exc).__name__}") from None
         # paramiko's reader thread wakes on every socket timeout (0.1 s) to look for
@@ -308,7 +387,8 @@ class ConnectionPool:
         with self._guard:
             connections = list(self._connections.values())
             self._connections.clear()
-        for connection in connections:
+        # A jump host's connection is pooled before the ones through it: close those first.
+        for connection in reversed(connections):
             connection.close()
 
     def connections(self):

@@ -1,22 +1,45 @@
-"""Where and how to connect: a Prototype plus the operator's ssh_config, resolved.
+"""Where and how to connect: a Prototype plus the operator's ssh_config, resolved as OpenSSH does.
+
+>>> parse_jump("ssh://ops@bastion:2222,inner")
+[Hop(user='ops', host='bastion', port=2222), Hop(user=None, host='inner', port=None)]
 
 Machines ecshell launched carry pinned host keys and their own key file, and
-are not looked up in ssh_config. Every other host is resolved the way
-OpenSSH would: HostName, User, Port, IdentityFile, IdentitiesOnly, ProxyJump,
-StrictHostKeyChecking and UserKnownHostsFile, with explicit values in the
-target (``ops@host:2222``) taking precedence.
+are not looked up in ssh_config. Every other host is resolved by OpenSSH
+itself (:mod:`.options`, ``ssh -G``), with explicit values in the target
+(``ops@host:2222``) given to ssh as ``-l``/``-p``, and mapped here: HostName,
+User, Port, IdentityFile, IdentitiesOnly, IdentityAgent, CertificateFile,
+ProxyJump, ProxyCommand, StrictHostKeyChecking, UserKnownHostsFile,
+GlobalKnownHostsFile, HostKeyAlias, HashKnownHosts, ConnectTimeout,
+ServerAliveInterval and ServerAliveCountMax. ``ssh -G`` leaves the tokens of
+IdentityFile, CertificateFile and ProxyCommand to the connection; they are
+expanded here as ssh expands them.
+
+A ProxyJump chain ``a,b`` is what ssh makes of it: the target is reached
+through ``b``, and ``b`` through ``a`` (``ssh -J a b``: ``b``'s own
+ProxyJump and ProxyCommand give way); the first hop follows its own
+ssh_config. Each hop is resolved by its own ``ssh -G`` (its user, port,
+keys, known_hosts name) and carries its own host-key verifier.
 """
 
+from __future__ import annotations
+
 import dataclasses
-import functools
 import getpass
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from .hostkeys import KnownHosts, PinnedKeys
+from .options import Options, lookup
+from .tokens import TokenError, connection_tokens, expand_tokens, local_user
 
-DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
-DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+if TYPE_CHECKING:
+    from ..config import EcShell
+    from ..fabrics.base import Prototype
+
+#: Longest ProxyJump chain followed (ssh itself would recurse until something breaks).
+MAX_HOPS = 8
+#: ssh -G prints StrictHostKeyChecking as true/false; ecshell speaks ssh_config's words.
+_POLICIES = {"true": "yes", "false": "no", "off": "no", "on": "yes"}
 
 
 @dataclasses.dataclass
@@ -34,7 +57,7 @@ class Endpoint:
     alias: Optional[str] = None
     #: IdentityAgent: a socket path, ``"none"`` for no agent, None for ``$SSH_AUTH_SOCK``.
     identity_agent: Optional[str] = None
-    #: CertificateFile entries, and ``<identity>-cert.pub`` files found next to identities.
+    #: CertificateFile entries (``<identity>-cert.pub`` files are found next to identities when keys are offered).
     certificate_files: list = dataclasses.field(default_factory=list)
     #: ProxyCommand with its tokens expanded; None when there is none (or ``none``).
     proxy_command: Optional[str] = None
@@ -50,29 +73,18 @@ class Endpoint:
         jump = self.proxy_jump.key if self.proxy_jump else None
         # The trust is part of the key: a machine whose pinned key differs must
         # never be handed a connection verified for another (an address reused).
-        return (self.host, self.port, self.user, jump, self.verifier.identity)
+        return (self.host, self.port, self.user, jump, self.proxy_command, self.verifier.identity)
 
     def __str__(self):
         return f"{self.user}@{self.host}:{self.port}"
 
 
-@functools.lru_cache(maxsize=8)
-def _load_config(path, mtime):
-    import paramiko
+class Hop(NamedTuple):
+    """One ProxyJump hop: ``[user@]host[:port]``."""
 
-    return paramiko.SSHConfig.from_path(path)
-
-
-def ssh_config_lookup(alias, config_path):
-    """OpenSSH options for ``alias`` from ``config_path`` (empty if there is no file)."""
-    if not config_path:
-        return {"hostname": alias}
-    path = os.path.expanduser(config_path)
-    try:
-        mtime = os.stat(path).st_mtime
-    except FileNotFoundError:
-        return {"hostname": alias}
-    return _load_config(path, mtime).lookup(alias)
+    user: Optional[str]
+    host: str
+    port: Optional[int]
 
 
 def parse_target(text):
@@ -93,66 +105,127 @@ def parse_target(text):
     return user, host, port
 
 
-def _expand(path, options, alias):
-    path = os.path.expanduser(path)
-    return path.replace("%d", os.path.expanduser("~")).replace("%h", options.get("hostname", alias)) \
-        .replace("%r", options.get("user", "")).replace("%%", "%")
+def parse_jump(text: str) -> list[Hop]:
+    """ProxyJump's value: comma-separated ``[user@]host[:port]`` or ``ssh://[user@]host[:port]`` hops."""
+    hops = []
+    for part in text.split(","):
+        part = part.strip()
+        if part.lower().startswith("ssh://"):
+            part = part[len("ssh://"):].rstrip("/")
+            if "@" in part:
+                user, _, host = part.rpartition("@")
+                part = user.split(";")[0] + "@" + host  # ;parameters of the URI's user are not used
+        try:
+            user, host, port = parse_target(part)
+        except ValueError:
+            raise ValueError(f"ProxyJump {text!r}: cannot read the hop {part!r}") from None
+        if not host:
+            raise ValueError(f"ProxyJump {text!r}: an empty hop")
+        hops.append(Hop(user or None, host, port))
+    return hops
 
 
-def resolve_alias(alias, settings, user=None, port=None, jump_depth=0, config_path=None):
-    """An Endpoint for a name as the operator would type it after ``ssh``."""
-    config_path = config_path if config_path is not None else settings.ssh_config
-    options = ssh_config_lookup(alias, config_path)
-    host = options.get("hostname", alias)
-    user = user or options.get("user") or getpass.getuser()
-    port = int(port or options.get("port", 22))
-    identities = [_expand(p, options, alias) for p in options.get("identityfile", [])]
-    identities_only = options.get("identitiesonly", "no").lower() == "yes"
-    if not identities:
-        identities = [os.path.expanduser(p) for p in DEFAULT_IDENTITIES]
-    policy = settings.strict_host_key_checking or options.get("stricthostkeychecking", "ask").lower()
-    policy = {"true": "yes", "false": "no", "off": "no"}.get(policy, policy)
-    known = options.get("userknownhostsfile")
-    files = known.split() if known else list(DEFAULT_KNOWN_HOSTS)
-    jump = None
-    proxy = options.get("proxyjump")
-    if proxy and proxy.lower() != "none":
-        if jump_depth > 8:
-            raise ValueError(f"ProxyJump chain for {alias} is longer than 8 hops (a loop in ssh_config?)")
-        # A chain "a,b" connects to a, then through a to b, then through b to here.
-        hops = [h.strip() for h in proxy.split(",")]
-        jump = None
-        for hop in hops:
-            hop_user, hop_host, hop_port = parse_target(hop)
-            endpoint = resolve_alias(hop_host, settings, hop_user, hop_port, jump_depth + 1, config_path)
-            if jump is not None:
-                endpoint.proxy_jump = jump
-            jump = endpoint
-    return Endpoint(host, port, user, identities, identities_only,
-                    KnownHosts(files, policy), jump)
+def _paths(value: Optional[str]) -> list[str]:
+    if not value or value.lower() == "none":
+        return []
+    return value.split()
 
 
-def endpoint_for(prototype, settings):
+def _identity_agent(value: Optional[str]) -> Optional[str]:
+    if value is None or value == "SSH_AUTH_SOCK":
+        return None  # the environment's agent
+    if value.startswith("$"):
+        return os.environ.get(value[1:].strip("{}")) or "none"
+    return value
+
+
+def _float(options: Options, keyword: str, default: float) -> float:
+    value = options.get(keyword)
+    if value is None or value == "none":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{keyword} {value!r} is not a number of seconds") from None
+
+
+def resolve_alias(alias, settings, user=None, port=None, jump_depth=0, config_path=None,
+                  via: Optional[list[Hop]] = None, policy: Optional[str] = None,
+                  known_hosts_files: Optional[list[str]] = None) -> Endpoint:
+    """An Endpoint for a name as the operator would type it after ``ssh`` (``ssh -l user -p port alias``).
+
+    ``via``: the hops before it when it is itself a ProxyJump hop with
+    others in front (``ssh -J via alias``): its own ProxyJump and
+    ProxyCommand then give way. ``policy`` and ``known_hosts_files``
+    override what ssh_config says (a fabric that knows better).
+    """
+    config = config_path if config_path is not None else settings.ssh_config
+    options = lookup(alias, config, user, port)
+    hostname = options.get("hostname") or alias
+    port = int(options.get("port") or 22)
+    user = options.get("user") or local_user()
+    if via is not None:
+        hops, command = via, None
+    else:
+        jump_spec = options.get("proxyjump")
+        hops = parse_jump(jump_spec) if jump_spec and jump_spec.lower() != "none" else []
+        command = options.get("proxycommand")
+    key_alias = options.get("hostkeyalias")
+    try:
+        tokens = connection_tokens(hostname, port, user, alias, key_alias, hops[-1].host if hops else "")
+        identities = [expand_tokens(p, tokens) for p in options.all("identityfile")]
+        certificates = [expand_tokens(p, tokens) for p in options.all("certificatefile")]
+        if command and command.lower() != "none":
+            # sshconnect.c's expand_proxy_command: these tokens only, no ${VAR}, no ~; run as `exec ...`.
+            command = expand_tokens(command, {"h": hostname, "k": key_alias or alias, "n": alias,
+                                              "p": str(port), "r": user}, tilde=False, environment=False)
+        else:
+            command = None
+    except TokenError as exc:
+        raise ValueError(str(exc)) from None
+    strict = options.get("stricthostkeychecking", "ask") or "ask"
+    verifier = KnownHosts(
+        known_hosts_files if known_hosts_files else _paths(options.get("userknownhostsfile")),
+        policy or settings.strict_host_key_checking or _POLICIES.get(strict.lower(), strict.lower()),
+        global_files=_paths(options.get("globalknownhostsfile")),
+        host_key_alias=key_alias,
+        hash_known_hosts=(options.get("hashknownhosts") or "no").lower() == "yes",
+    )
+    connect_timeout = _float(options, "connecttimeout", 0.0) or None
+    jump = _through(hops, settings, config, jump_depth) if hops else None
+    return Endpoint(
+        hostname, port, user, identities, (options.get("identitiesonly") or "no").lower() == "yes", verifier,
+        jump, alias=alias, identity_agent=_identity_agent(options.get("identityagent")),
+        certificate_files=certificates, proxy_command=command, connect_timeout=connect_timeout,
+        server_alive_interval=_float(options, "serveraliveinterval", 0.0),
+        server_alive_count_max=int(_float(options, "serveralivecountmax", 3)),
+    )
+
+
+def _through(hops: list[Hop], settings, config: str, depth: int) -> Endpoint:
+    """The Endpoint of the last hop of a ProxyJump chain, itself reached through the ones before it."""
+    if depth >= MAX_HOPS:
+        raise ValueError(f"ProxyJump chain longer than {MAX_HOPS} hops (a loop in ssh_config?)")
+    last = hops[-1]
+    return resolve_alias(last.host, settings, last.user, last.port, depth + 1, config,
+                         via=hops[:-1] if len(hops) > 1 else None)
+
+
+def endpoint_for(prototype: Prototype, settings: EcShell) -> Endpoint:
     """The Endpoint for a machine a fabric handed out."""
     if prototype.host_keys:
         jump = None
         if prototype.proxy_jump:
-            hop_user, hop_host, hop_port = parse_target(prototype.proxy_jump)
-            jump = resolve_alias(hop_host, settings, hop_user, hop_port)
+            jump = _through(parse_jump(prototype.proxy_jump), settings, settings.ssh_config, 0)
         return Endpoint(
             prototype.host, prototype.port, prototype.user or getpass.getuser(),
             list(prototype.identity_files), True,
             PinnedKeys(prototype.host_keys), jump,
         )
     endpoint = resolve_alias(prototype.alias or prototype.host, settings, prototype.user, prototype.port,
-                             config_path=prototype.ssh_config)
-    if prototype.alias:
-        endpoint.host = prototype.host
+                             config_path=prototype.ssh_config, policy=prototype.strict_host_key_checking,
+                             known_hosts_files=[os.path.expanduser(f) for f in prototype.known_hosts_files])
     if prototype.identity_files:
         endpoint.identity_files = list(prototype.identity_files)
         endpoint.identities_only = True
-    if prototype.strict_host_key_checking:
-        endpoint.verifier.policy = prototype.strict_host_key_checking
-    if prototype.known_hosts_files:
-        endpoint.verifier.files = [os.path.expanduser(f) for f in prototype.known_hosts_files]
     return endpoint

@@ -154,6 +154,10 @@ class PublicKey:
         return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
+#: How the reason for an encrypted key ends (see :func:`is_locked`).
+_LOCKED = ", or give its passphrase when the shell asks"
+
+
 def _status(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -279,7 +283,7 @@ def _read_private(path: str) -> tuple[PKey | None, str]:
     too_open = _too_open(path)
     if too_open:
         return None, too_open
-    encrypted = f"{path} is encrypted: load it into ssh-agent (ssh-add {path})"
+    encrypted = f"{path} is encrypted: load it into ssh-agent (ssh-add {path}){_LOCKED}"
     carried = _public_from_private_file(path)
     if b"-----BEGIN DSA PRIVATE KEY-----" in data or (carried is not None and carried.type == "ssh-dss"):
         return None, f"{path}: a DSA key, which ecshell cannot use (nor does OpenSSH 9.2 offer DSA keys)"
@@ -313,6 +317,30 @@ def _read_private(path: str) -> tuple[PKey | None, str]:
         return None, encrypted
     except Exception as exc:  # the file's content is data: whatever paramiko makes of it, never raise
         return None, f"{path}: not a private key ecshell can read ({exc or type(exc).__name__})"
+
+
+def is_locked(why: str) -> bool:
+    """Whether :func:`load_key`'s reason says the key is encrypted (a passphrase would open it)."""
+    return why.endswith(_LOCKED)
+
+
+def unlock(path: str, passphrase: str) -> str:
+    """Open the encrypted key file ``path`` with ``passphrase`` for this process: "" if it worked, else why not.
+
+    The key is kept in memory only, as an agent would keep it, until the file changes.
+    """
+    import paramiko
+
+    status = _status(path)
+    try:
+        key = paramiko.PKey.from_path(path, password=passphrase.encode())
+    except OSError as exc:
+        return f"{path}: cannot read it ({exc.strerror or exc})"
+    except (paramiko.SSHException, ValueError, TypeError):  # paramiko's words for a wrong one vary
+        return f"{path}: that passphrase does not open it"
+    with _cache_lock:
+        _cache[("private", path)] = ((status,), (key, ""))
+    return ""
 
 
 def load_key(path: str) -> tuple[PKey | None, str]:

@@ -75,6 +75,10 @@ class Stopped(Exception):
         self.kind = kind
 
 
+class Silent(Exception):
+    """The machine stopped answering on a live connection (a new session got no answer in time): it is dead."""
+
+
 class Lost(Exception):
     """The command was sent, and then its connection or executor died: it is never re-sent."""
 
