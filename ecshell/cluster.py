@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from . import arguments
 from .config import EcShell
 from .engine import Engine
 from .errors import ArgumentError, SelectionError
-from .hostset import fold
+from .hostset import check_prefix, fold
 from .machine import Machine
 from .machineset import MachineSet
 from .states import MachineState
@@ -114,7 +115,8 @@ class Cluster:
             self._take(fabric, prototypes)
         return self.machines
 
-    def _fabric(self, name: str | None) -> Fabric:
+    def fabric(self, name: str | None = None) -> Fabric:
+        """The attached fabric named ``name`` (None: the first attached)."""
         if name is None:
             return next(iter(self.fabrics.values()))
         try:
@@ -186,10 +188,15 @@ class Cluster:
 
     def launch(self, count: int = 1, name: str = "node", fabric: str | None = None, wait: bool = True,
                timeout: float = 120.0, **options: Any) -> MachineSet:
-        """Launch ``count`` machines named ``name-<i>``; by default wait until really ready."""
-        if not isinstance(count, int) or count < 1:
-            raise ArgumentError(f"count must be a positive whole number, not {count!r}; e.g. cluster.launch(3)")
-        chosen = self._fabric(fabric)
+        """Launch ``count`` machines named ``name-<i>``; by default wait until really ready.
+
+        At most the fabric's ``max_launch`` in one call (e.g. ``c.LocalFabric.max_launch``);
+        names are checked by :func:`ecshell.hostset.check_prefix` before anything starts.
+        """
+        chosen = self.fabric(fabric)
+        chosen.check_launch_count(count)
+        check_prefix(name, count)
+        timeout = arguments.required_seconds("timeout", timeout)
         prototypes = chosen.launch(count, name=name, **options)
         machines = MachineSet(self._take(chosen, prototypes), sort=True)
         if wait:
@@ -204,6 +211,7 @@ class Cluster:
         """
         from .commands import Noop
 
+        timeout = arguments.required_seconds("timeout", timeout)
         chosen = MachineSet(m for m in self._target(target) if m.state is not MachineState.TERMINATED)
         deadline = time.monotonic() + timeout
         pending = list(chosen)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import secrets
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from . import arguments
 from .errors import ArgumentError, ErrorKind
 from .ssh.transport import Exit, Lost, Request, Stopped, run_token
 
@@ -124,14 +126,15 @@ class Put(Command):
     """Copy a local file to ``remote`` on each machine over the pooled connection (SFTP).
 
     ``{name}`` in ``remote`` becomes each machine's name, for machines that
-    share a filesystem or want their copy named after themselves.
+    share a filesystem or want their copy named after themselves. ``mode``
+    (0 to 0o7777) is checked here, before anything is copied.
     """
 
     def __init__(self, local: str, remote: str, mode: Optional[int] = None):
         local = os.path.expanduser(local)
         if not os.path.isfile(local):
             raise ArgumentError(f"no local file {local!r} to put; give the path of a file")
-        self.local, self.remote, self.mode = local, remote, mode
+        self.local, self.remote, self.mode = local, remote, arguments.file_mode(mode)
 
     def __repr__(self) -> str:
         return f"Put({self.local!r}, {self.remote!r})"
@@ -154,29 +157,78 @@ class Put(Command):
 
 
 class Get(Command):
-    """Copy ``remote`` from each machine to ``<local>/<machine name>/<file name>``."""
+    """Copy ``remote`` from each machine to ``<local>/<machine name>/<file name>``.
+
+    ``local`` must be a directory (made when missing). Each copy is written
+    to a temporary file beside its target and renamed over it only once
+    complete, so a failed get leaves an earlier copy as it was. Nothing is
+    written outside ``local``, whatever a machine is called.
+    """
 
     def __init__(self, remote: str, local: str):
         self.remote, self.local = remote, os.path.expanduser(local)
+        self.file_name = posixpath.basename(_remote_path(remote).rstrip("/"))
+        if self.file_name in ("", ".", ".."):
+            raise ArgumentError(f"give the path of a remote file to get, not {remote!r}; e.g. /var/log/syslog")
+        existing = self.local or "."
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(os.path.abspath(existing))
+        if not os.path.isdir(existing):
+            raise ArgumentError(
+                f"cannot get into {self.local!r}: {existing!r} is a file, and each machine's copy goes to "
+                f"{os.path.join(self.local, '<machine name>', self.file_name)}; give a directory "
+                "(made when missing) as the destination, e.g. logs/")
 
     def __repr__(self) -> str:
         return f"Get({self.remote!r}, {self.local!r})"
 
     def execute(self, attempt: Attempt) -> Result:
+        name = attempt.machine.name
+        if name in ("", ".", "..") or "/" in name or "\0" in name:
+            return attempt.result(self, error=ErrorKind.EXIT,
+                                  message=f"get: machine name {name!r} cannot be a directory name under {self.local}")
         connection = attempt.connect()
         remote = _remote_path(self.remote)
-        directory = os.path.join(self.local, attempt.machine.name)
-        os.makedirs(directory, exist_ok=True)
-        target = os.path.join(directory, posixpath.basename(remote.rstrip("/")) or "file")
+        directory = os.path.join(self.local, name)
+        target = os.path.join(directory, self.file_name)
         with connection.sftp_lock:
             sftp = connection.sftp()
             try:
-                sftp.get(remote, target)
+                os.makedirs(directory, exist_ok=True)
+                partial = _new_file_beside(target)
+            except OSError as exc:
+                return attempt.result(self, error=ErrorKind.EXIT, message=f"get: cannot write {target}: {exc}")
+            try:
+                sftp.get(remote, partial)
+                os.replace(partial, target)
             except (IOError, OSError) as exc:
+                _unlink(partial)
                 return attempt.result(self, error=ErrorKind.EXIT, message=f"get {remote}: {exc}")
+            except BaseException:
+                _unlink(partial)
+                raise
         size = os.path.getsize(target)
         attempt.output(f"{remote} -> {target} ({size} bytes)\n".encode())
         return attempt.result(self, exit_code=0, detail={"path": target, "size": size})
+
+
+def _new_file_beside(path: str) -> str:
+    """A new empty file next to ``path`` (same directory, so renaming it over ``path`` is atomic)."""
+    directory, base = os.path.split(path)
+    while True:
+        partial = os.path.join(directory, f".{base[:100]}.{secrets.token_hex(4)}.part")
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return partial
+        except FileExistsError:
+            continue
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _is_dir(sftp: Any, path: str) -> bool:

@@ -94,6 +94,10 @@ class EcShell(Configurable):
         than this many machines (and always for 'all'), unless given -y.
         Number of machines.""").tag(config=True)
 
+    confirm_launch_above = Integer(10, help="""%launch asks before launching more than
+        this many machines at once, unless given -y. Number of machines (a fabric's
+        own max_launch still caps what one launch may start).""").tag(config=True)
+
     toolbar = Bool(True, help="""Show running machines and their cost per hour (US
         dollars) in the terminal prompt's bottom toolbar while any run.""").tag(config=True)
 

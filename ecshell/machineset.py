@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-from . import diagnostics, state
+from . import arguments, diagnostics, state
 from .commands import Command, Get, Put, Shell, as_command
 from .errors import ArgumentError, SelectionError
 from .hostset import fold, match, natural_key
@@ -139,6 +139,7 @@ class MachineSet(Sequence["Machine"]):
                 on_result: Callable[[Result], object] | None = None,
                 total_timeout: float | None = None) -> ResultSet:
         """Run a Command object on every machine; a ResultSet."""
+        total_timeout = arguments.seconds("total_timeout", total_timeout)
         return self._engine().broadcast(self._machines, command, on_output=on_output,
                                         on_result=on_result, total_timeout=total_timeout)
 
@@ -151,13 +152,20 @@ class MachineSet(Sequence["Machine"]):
         ``timeout`` is per host (seconds, from when a worker takes the host),
         ``total_timeout`` for the whole broadcast. ``on_output(machine, bytes)``
         is called from worker threads as output arrives; ``on_result(result)``
-        as each host finishes.
+        as each host finishes. ``input`` (bytes, or str sent as UTF-8) is the
+        command's stdin; without it stdin is closed at once.
         """
+        timeout = arguments.seconds("timeout", timeout)
+        input = arguments.stdin_input(input)
         return self.execute(Shell(command, timeout=timeout, input=input, pty=pty),
                             on_output=on_output, on_result=on_result, total_timeout=total_timeout)
 
     def put(self, local: str, remote: str, mode: int | None = None) -> ResultSet:
-        """Copy a local file to every machine (SFTP on the pooled connections)."""
+        """Copy a local file to every machine (SFTP on the pooled connections).
+
+        ``mode``: permission bits to set (an int up to 0o7777, e.g. 0o755); None
+        leaves the server's default.
+        """
         return self.execute(Put(local, remote, mode))
 
     def get(self, remote: str, local: str) -> ResultSet:

@@ -94,6 +94,26 @@ def test_a_bad_image_is_an_error_with_code_and_remedy_and_starts_nothing(aws):
     assert live_instances(aws) == []
 
 
+def test_names_and_counts_are_checked_before_launching_and_a_name_tag_read_back_is_data(aws, caplog):
+    ec2 = fabric(aws)
+    for bad in ('x"\nForceCommand /bin/echo pwned', "../../escape", "role=db", "w[1]"):
+        with pytest.raises(ArgumentError, match="cannot launch machines named"):
+            ec2.launch(1, name=bad)
+    cluster = Cluster(ec2)
+    try:
+        with pytest.raises(ArgumentError, match="at most 20 machines.*c.Ec2Fabric.max_launch = 21"):
+            cluster.launch(21)
+    finally:
+        cluster.close()
+    assert live_instances(aws) == []
+    (launched,) = ec2.launch(1, name="web")
+    # anyone allowed to CreateTags can rename an instance: its Name is data, never a path or config text
+    client(aws).create_tags(Resources=[launched.id],
+                            Tags=[{"Key": "Name", "Value": "../../escape\nForceCommand /bin/echo pwned"}])
+    assert [p.name for p in fabric(aws).discover()] == [launched.id]
+    assert f"EC2 instance {launched.id}: its Name tag is refused" in caplog.text
+
+
 def test_key_pair_import_is_idempotent_and_validated(aws):
     ec2 = fabric(aws, key_name="missing")
     with pytest.raises(Ec2Error) as info:

@@ -420,7 +420,7 @@ def test_config_traits_are_tagged_with_help(ip, capsys):
         pass
     expected = {"default_fabric", "fanout", "connect_timeout", "command_timeout", "output_memory_limit",
                 "home", "strict_host_key_checking", "progress_after", "stream_output",
-                "confirm_terminate_above", "toolbar"}
+                "confirm_terminate_above", "confirm_launch_above", "toolbar"}
     assert expected <= set(EcShell.class_traits(config=True))
     for cls in classes:
         for name, trait in cls.class_traits(config=True).items():

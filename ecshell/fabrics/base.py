@@ -10,10 +10,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from traitlets import Unicode
+from traitlets import Integer, Unicode, validate
 from traitlets.config import Configurable
 
-from ..errors import NotSupported
+from ..errors import ArgumentError, NotSupported
 from ..states import MachineState
 
 #: The states a fabric reports; the cluster adds ``ready`` and ``failed-init``.
@@ -59,12 +59,36 @@ class Fabric(Configurable):
 
     name = Unicode(help="Name of this fabric in a cluster (shown in %cluster); defaults to its kind.").tag(config=True)
 
+    max_launch = Integer(100, help="""Most machines one launch call starts; a larger
+        count is refused before anything starts (launch in several calls, or raise
+        this). Number of machines.""").tag(config=True)
+
     kind = "fabric"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not self.name:
             self.name = self.kind
+
+    @validate("max_launch")
+    def _check_max_launch(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise ArgumentError(f"max_launch must be at least 1, not {proposal.value}; "
+                                f"e.g. c.{type(self).__name__}.max_launch = 20")
+        return proposal.value
+
+    def check_launch_count(self, count: object) -> int:
+        """``count`` if this fabric launches that many in one call; else ArgumentError naming the limit."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ArgumentError(f"count must be a positive whole number, not {count!r}; e.g. cluster.launch(3)")
+        if count > self.max_launch:
+            cls = type(self).__name__
+            raise ArgumentError(
+                f"{cls} {self.name!r} launches at most {self.max_launch} machines in one call "
+                f"(its max_launch), not {count}: launch fewer, or raise the limit with "
+                f"c.{cls}.max_launch = {count} ({cls}(max_launch={count}), "
+                f"or cluster.fabrics[{self.name!r}].max_launch = {count})")
+        return count
 
     def launch(self, count: int, name: str, **options: Any) -> list[Prototype]:
         """Start ``count`` machines named ``name-<i>``; return their prototypes."""

@@ -11,7 +11,14 @@ connection), authorized_keys with the operator's ecshell client key, a state
 directory exposed to commands as ``$ECSHELL_STATE_DIR``, sshd's log and a
 ``meta.json``. Everything about a machine is on disk, so a new shell finds
 machines started by an earlier one; terminate stops exactly the processes
-this fabric started, checked by pid and command line.
+this fabric started, checked by pid and command line. An sshd's pid is on
+disk from the moment it is spawned, and a launch that fails stops every sshd
+it started and removes their directories.
+
+What is read back from disk is data: a machine is known by its directory's
+name (``lm-<8 hex digits>``), and one whose recorded name is not an allowed
+machine name (:func:`ecshell.hostset.name_problem`) is listed under its id,
+with a warning; nothing read back is ever written into an sshd_config.
 
 Commands run in the user's login shell with ``SHLVL=1`` set by sshd, which
 keeps Debian's bash from sourcing ``~/.bashrc`` for every command (a pyenv
@@ -21,8 +28,10 @@ or conda init there costs ~100 ms per command).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -33,16 +42,22 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Dict, Float, Unicode, default
+from traitlets import Dict, Float, Integer, Unicode, default
 
 from ..config import ecshell_home
 from ..errors import ArgumentError, FabricError
+from ..hostset import check_name, check_prefix, name_problem
 from ..procs import children_map, cmdline, descendants
 from ..ssh.keys import client_key, generate_ed25519, write_private_file
 from .base import RUNNING, STOPPED, Fabric, Prototype
 
 if TYPE_CHECKING:
     from ..states import MachineState
+
+log = logging.getLogger("ecshell")
+
+#: What LocalFabric names a machine's directory (its id); other entries are not machines.
+MACHINE_ID = re.compile(r"lm-[0-9a-f]{8}")
 
 SSHD_CONFIG = """\
 # Written by ecshell's LocalFabric for machine {name} ({id}).
@@ -76,7 +91,14 @@ def sshd_config(name: str, id: str, port: int, directory: str, environment: Mapp
 
     ``environment``: the variables sshd sets for every command. ``authorized_keys``
     defaults to the machine's own file; ``sftp`` is the sftp subsystem to run.
+    A value that could end a line or a quoted word of the config is refused
+    (ArgumentError), so no value can add a directive.
     """
+    values = [name, id, str(port), directory, authorized_keys or "", sftp, *environment, *environment.values()]
+    for value in values:
+        if not value.isprintable() or '"' in value or "\\" in value:
+            raise ArgumentError(f"cannot write {value!r} into an sshd_config: no quotes, backslashes "
+                                "or control characters (newlines) in machine names, paths or environment")
     return SSHD_CONFIG.format(
         name=name, id=id, port=port, dir=directory,
         authorized_keys=authorized_keys or f"{directory}/authorized_keys", sftp=sftp,
@@ -106,6 +128,10 @@ class LocalFabric(Fabric):
 
     start_timeout = Float(5.0, help="Seconds to wait for one sshd to listen before the launch fails.").tag(config=True)
 
+    max_launch = Integer(100, help="""Most machines one launch call starts (each is an sshd
+        process on this computer); a larger count is refused before anything starts.
+        Number of machines.""").tag(config=True)
+
     hourly_cost = Float(0.0, help="Cost per machine-hour shown by %cost (local machines are free).").tag(config=True)
 
     @default("directory")
@@ -114,8 +140,11 @@ class LocalFabric(Fabric):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Held by the public methods (launch, start, stop, terminate) only: the
+        # helpers they call never take it, so none of them can wait on itself.
         self._lock = threading.Lock()
         self._children: dict[int, subprocess.Popen[bytes]] = {}  # the sshd this process started, by pid
+        self._renamed: set[str] = set()  # ids already warned about for a bad recorded name
 
     # -- paths and records ------------------------------------------------
 
@@ -130,11 +159,25 @@ class LocalFabric(Fabric):
         return os.path.join(self.directory, machine_id)
 
     def _read_meta(self, machine_id):
+        """The machine's meta.json, as data: known by its directory's name, under an allowed name."""
+        if not MACHINE_ID.fullmatch(machine_id):
+            return None
         try:
             with open(os.path.join(self._dir(machine_id), "meta.json")) as f:
-                return json.load(f)
+                meta = json.load(f)
         except (OSError, ValueError):
             return None
+        if not isinstance(meta, dict):
+            return None
+        meta["id"] = machine_id
+        problem = name_problem(meta.get("name"))
+        if problem is not None:
+            if machine_id not in self._renamed:
+                self._renamed.add(machine_id)
+                log.warning("local machine %s: its recorded name is refused (%s); listed as %s",
+                            machine_id, problem, machine_id)
+            meta["name"] = machine_id
+        return meta
 
     def _write_meta(self, meta):
         path = os.path.join(self._dir(meta["id"]), "meta.json")
@@ -192,8 +235,8 @@ class LocalFabric(Fabric):
         if options:
             raise ArgumentError(f"LocalFabric.launch takes no {', '.join(sorted(options))}; "
                                 "it accepts count, name and tags")
-        if count < 1:
-            raise ArgumentError(f"count must be at least 1, not {count}")
+        self.check_launch_count(count)
+        check_prefix(name, count)
         if not os.path.exists(self.sshd):
             raise FabricError(f"OpenSSH server not found at {self.sshd}: install it "
                               "(apt-get install openssh-server) or set c.LocalFabric.sshd")
@@ -208,15 +251,21 @@ class LocalFabric(Fabric):
         with self._lock:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             taken = {p.name for p in self.discover()}
-            metas: list[dict[str, Any]] = []
+            names: list[str] = []
             index = 0
-            while len(metas) < count:
+            while len(names) < count:
                 machine_name = f"{name}-{index}"
                 index += 1
-                if machine_name in taken:
-                    continue
-                metas.append(self._create(machine_name, user, key_path, authorized, tags))
-            started = self._start_all(metas)
+                if machine_name not in taken:
+                    names.append(check_name(machine_name))
+            metas: list[dict[str, Any]] = []
+            try:
+                for machine_name in names:
+                    metas.append(self._create(machine_name, user, key_path, authorized, tags))
+                started = self._start_all(metas)
+            except BaseException:
+                self._remove(metas)  # a failed (or interrupted) launch leaves nothing behind
+                raise
         return [self._prototype(meta, RUNNING) for meta in started]
 
     def _create(self, name, user, key_path, authorized, tags):
@@ -260,6 +309,7 @@ class LocalFabric(Fabric):
         )
         self._children[proc.pid] = proc
         meta["pid"] = proc.pid
+        self._write_meta(meta)  # on disk before anything else: any later shell can stop it
         return proc
 
     def _start_all(self, metas):
@@ -267,7 +317,8 @@ class LocalFabric(Fabric):
 
         sshd writes its PidFile only after it listens, so waiting for that file
         tells readiness without connecting (a probe connection would cost sshd
-        a fork and a re-exec each time).
+        a fork and a re-exec each time). On failure it raises FabricError and
+        leaves the clean-up (of every sshd in ``metas``) to its caller.
         """
         pending = {m["id"]: (m, self._spawn(m), 0) for m in metas}
         deadline = time.monotonic() + self.start_timeout
@@ -282,24 +333,17 @@ class LocalFabric(Fabric):
                 elif proc.poll() is not None:
                     self._children.pop(proc.pid, None)
                     if tries >= 3:
-                        self._abandon(pending, done)
                         raise FabricError(f"sshd for {meta['name']} exited with code {proc.returncode}: "
                                           f"{self._log_tail(meta)}")
                     # most likely its port was taken meanwhile: try another
                     pending[machine_id] = (meta, self._spawn(meta, new_port=True), tries + 1)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(m["name"] for m, _, _ in pending.values())
-                self._abandon(pending, done)
                 raise FabricError(f"sshd did not start listening within {self.start_timeout}s for {names}; "
                                   "raise c.LocalFabric.start_timeout on a loaded machine")
             if pending:
                 time.sleep(0.002)
         return done
-
-    def _abandon(self, pending, done):
-        """A launch failed: remove everything it created, started or not."""
-        ids = [m["id"] for m, _, _ in pending.values()] + [m["id"] for m in done]
-        self.terminate(ids)
 
     def _log_tail(self, meta):
         try:
@@ -319,7 +363,7 @@ class LocalFabric(Fabric):
         tree = children_map()
         victims = []
         for meta in metas:
-            pid = self._pid_if_running(meta)
+            pid = self._pid_if_running(meta) or self._own_child(meta.get("pid"))
             if pid is None:
                 continue
             victims.append(pid)
@@ -332,6 +376,11 @@ class LocalFabric(Fabric):
         deadline = time.monotonic() + 2.0
         for pid in victims:
             self._wait_gone(pid, deadline)
+
+    def _own_child(self, pid):
+        """``pid`` if it is an sshd this process started that has not exited (even before its exec shows)."""
+        proc = self._children.get(pid) if pid else None
+        return pid if proc is not None and proc.poll() is None else None
 
     def _wait_gone(self, pid, deadline):
         proc = self._children.pop(pid, None)
@@ -374,14 +423,26 @@ class LocalFabric(Fabric):
         with self._lock:
             metas = [m for m in self._metas(ids) if not self._pid_if_running(m)]
             self._ensure_privsep_dir()
-            return [self._prototype(m, RUNNING) for m in self._start_all(metas)]
+            try:
+                started = self._start_all(metas)
+            except BaseException:
+                # They stay stopped machines (their directories are theirs), with no sshd left behind.
+                self._kill(metas)
+                for meta in metas:
+                    meta["pid"] = meta["started_at"] = None
+                    self._write_meta(meta)
+                raise
+            return [self._prototype(m, RUNNING) for m in started]
 
     def terminate(self, ids: Iterable[str]) -> None:
         with self._lock:
-            metas = self._metas(ids)
-            self._kill(metas)
-            for meta in metas:
-                shutil.rmtree(self._dir(meta["id"]), ignore_errors=True)
+            self._remove(self._metas(ids))
+
+    def _remove(self, metas):
+        """Stop each machine's sshd and delete its directory."""
+        self._kill(metas)
+        for meta in metas:
+            shutil.rmtree(self._dir(meta["id"]), ignore_errors=True)
 
     def states(self, ids: Iterable[str]) -> dict[str, MachineState]:
         states = {}

@@ -18,6 +18,7 @@ from IPython.core.magic import (
 )
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from .. import arguments
 from ..errors import EcShellError
 
 #: The magics this module defines (the extension never registers one whose name is taken).
@@ -31,6 +32,15 @@ def _parse(magic, line):
     except ValueError as exc:
         raise UsageError(f"cannot read {line!r}: {exc}") from None
     return magic.parser.parse_args(argv)
+
+
+def _seconds(text):
+    """argparse type of ``-t``: seconds above 0, finite (``nan`` and ``inf`` are refused)."""
+    try:
+        return arguments.required_seconds("timeout", float(text))
+    except (ValueError, EcShellError):
+        raise argparse.ArgumentTypeError(f"give the seconds each host may take, a number above 0 "
+                                         f"like -t 30; not {text!r}") from None
 
 
 class _Errors:
@@ -80,8 +90,12 @@ class EcShellMagics(Magics):
     @argument("--image", help="image id (EC2), e.g. ami-0123456789abcdef0")
     @argument("--fabric", help="which attached fabric launches them (default: the first)")
     @argument("--no-wait", action="store_true", help="return at once; %%ready checks them later")
+    @argument("-y", "--yes", action="store_true", help="do not ask, even for more than confirm_launch_above")
     def launch(self, line):
         """Launch machines and (by default) wait until they are really ready.
+
+        Asks first for more than ``c.EcShell.confirm_launch_above`` machines,
+        unless -y; a fabric never starts more than its ``max_launch`` in one go.
 
         Examples
         --------
@@ -91,18 +105,21 @@ class EcShellMagics(Magics):
             Out[1]: <MachineSet web-[0-2] (3)>
 
             In [2]: %launch 2 --name db --no-wait
+
+            In [3]: %launch 40 --name batch -y
         """
         args = _parse(self.launch, line)
         if args.count < 1:
             raise UsageError(f"count must be at least 1, not {args.count}; e.g. %launch 3")
         with _Errors():
             return self.session.launch(args.count, name=args.name, instance_type=args.instance_type,
-                                       image=args.image, fabric=args.fabric, wait=not args.no_wait)
+                                       image=args.image, fabric=args.fabric, wait=not args.no_wait,
+                                       yes=args.yes)
 
     @line_cell_magic
     @no_var_expand
     @magic_arguments()
-    @argument("-t", "--timeout", type=float, help="seconds the command may run on each host")
+    @argument("-t", "--timeout", type=_seconds, help="seconds the command may run on each host")
     @argument("--quiet", action="store_true", help="no live progress or streamed output")
     @argument("target", metavar="TARGET", help="all, a name, a glob (web-*), a range (web-[0-3]), "
                                                "a tag (role=db), marker=NAME, ok or failed")
@@ -188,7 +205,7 @@ class EcShellMagics(Magics):
     @argument("src", help="local file")
     @argument("dest", help="remote path (a directory keeps the file's name)")
     @argument("target", nargs="?", default="all", help="machines (default: all)")
-    @argument("-m", "--mode", help="octal permissions to set, e.g. 755")
+    @argument("-m", "--mode", help="octal permissions to set, 0 to 7777, e.g. 755 or 0644")
     def put(self, line):
         """Copy a local file to every machine of TARGET (SFTP on the pooled connections).
 
@@ -200,19 +217,14 @@ class EcShellMagics(Magics):
             In [2]: %put run.sh /tmp/run.sh all -m 755
         """
         args = _parse(self.put, line)
-        mode = None
-        if args.mode is not None:
-            try:
-                mode = int(args.mode, 8)
-            except ValueError:
-                raise UsageError(f"mode must be octal like 644 or 755, not {args.mode!r}") from None
         with _Errors():
+            mode = None if args.mode is None else arguments.octal(args.mode)
             return self.session.put(args.src, args.dest, args.target, mode=mode)
 
     @line_magic
     @magic_arguments()
     @argument("src", help="remote file")
-    @argument("dest", help="local directory: each machine's copy goes to DEST/<machine name>/")
+    @argument("dest", help="local directory (made when missing): each machine's copy goes to DEST/<machine name>/")
     @argument("target", nargs="?", default="all", help="machines (default: all)")
     def get(self, line):
         """Copy a remote file from every machine of TARGET to DEST/<machine name>/.

@@ -16,8 +16,9 @@ cannot ask, and then it refuses whatever would need an answer.
 import sys
 
 from . import report, targets
+from .. import arguments
 from ..errors import ArgumentError, SelectionError
-from ..hostset import fold
+from ..hostset import check_prefix, fold
 from ..results import ResultSet
 from ..states import MachineState
 
@@ -82,7 +83,7 @@ class Session:
         elif isinstance(command, str):
             from ..commands import Shell
 
-            operation = Shell(command, timeout=timeout)
+            operation = Shell(command, timeout=arguments.seconds("timeout", timeout))
         else:
             operation = command
         machines = self._live(target)
@@ -224,16 +225,30 @@ class Session:
     def put(self, local, remote, target="all", mode=None):
         from ..commands import Put
 
-        return self.broadcast(self._live(target), Put(local, remote, mode))
+        operation = Put(local, remote, mode)  # its arguments are checked before the target
+        return self.broadcast(self._live(target), operation)
 
     def get(self, remote, local, target="all"):
         from ..commands import Get
 
-        return self.broadcast(self._live(target), Get(remote, local))
+        operation = Get(remote, local)  # its arguments are checked before the target
+        return self.broadcast(self._live(target), operation)
 
     # -- lifecycle -------------------------------------------------------------
 
-    def launch(self, count, name="node", instance_type=None, image=None, fabric=None, wait=True):
+    def launch(self, count, name="node", instance_type=None, image=None, fabric=None, wait=True, yes=False):
+        """Launch machines, asking first for more than ``confirm_launch_above``; None if not confirmed."""
+        chosen = self.cluster.fabric(fabric)
+        # refused outright, with no question, past the fabric's max_launch or for a bad name
+        chosen.check_launch_count(count)
+        check_prefix(name, count)
+        if count > self.settings.confirm_launch_above and not yes:
+            if self.ask is None:
+                raise ArgumentError(f"launching {count} machines needs a confirmation: add -y, "
+                                    f"e.g. %launch {count} --name {name} -y")
+            if not self.ask(f"Launch {count} machines {name}-[0-{count - 1}] on {chosen.name}? [y/N] "):
+                self.say("nothing launched")
+                return None
         options = {}
         if instance_type:
             options["instance_type"] = instance_type

@@ -11,6 +11,8 @@
 #   c.EcShell.command_timeout = None         # seconds per host; None: no limit
 #   c.EcShell.progress_after = 1.0           # seconds before live progress shows
 #   c.EcShell.confirm_terminate_above = 3    # machines; %terminate asks above this
+#   c.EcShell.confirm_launch_above = 10      # machines; %launch asks above this
+#   c.LocalFabric.max_launch = 100           # most machines one launch starts (Ec2Fabric: 20)
 #   c.LocalFabric.hourly_cost = 0.0          # US dollars per machine-hour shown by %cost
 #   c.Ec2Fabric.region = "eu-west-1"
 #   c.StaticFabric.hosts = ["h0", "h1", "ops@10.0.0.5:2222"]

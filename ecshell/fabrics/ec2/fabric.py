@@ -47,6 +47,7 @@ from ...config import ecshell_home
 from ...ssh.endpoint import parse_target
 from ...ssh.keys import client_key, generate_ed25519
 from ...errors import ArgumentError
+from ...hostset import check_name, check_prefix, name_problem
 from ..base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
 
 if TYPE_CHECKING:
@@ -151,6 +152,10 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
 
     launch_workers = Integer(8, help="RunInstances calls in flight at once (one per instance: each has its own host key).").tag(config=True)
 
+    max_launch = Integer(20, help="""Most instances one launch call starts (they cost money
+        from the first second); a larger count is refused before anything starts.
+        Number of instances.""").tag(config=True)
+
     console_recheck = Float(30.0, help="""Seconds between console-output reads for an instance
         whose host key is not pinned.""").tag(config=True)
 
@@ -187,6 +192,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         self._session: Any = None
         self._client: Any = None
         self._console_checked: dict[str, float] = {}  # instance id -> time.monotonic() of the last read
+        self._renamed: set[str] = set()  # instance ids already warned about for a refused Name tag
         self._reaper: tuple[threading.Thread, threading.Event] | None = None
         self._phone_home: PhoneHome | None = None
 
@@ -314,7 +320,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         launched = instance.get("LaunchTime")
         prototype = Prototype(
             id=instance_id,
-            name=tags.get("Name") or instance_id,
+            name=self._machine_name(instance_id, tags.get("Name")),
             host=host,
             port=int(port),
             user=user or self.user,
@@ -343,6 +349,23 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             prototype.strict_host_key_checking = "yes"
             prototype.known_hosts_files = [self.known_hosts_file]
         return prototype
+
+    def _machine_name(self, instance_id, name_tag):
+        """The instance's Name tag as its machine name; its id when the tag is missing or refused.
+
+        Anyone allowed to CreateTags can set a Name: it is data, and one that is not
+        an allowed machine name (:func:`ecshell.hostset.name_problem`) is not used.
+        """
+        if not name_tag:
+            return instance_id
+        problem = name_problem(name_tag)
+        if problem is None:
+            return name_tag
+        if instance_id not in self._renamed:
+            self._renamed.add(instance_id)
+            log.warning("EC2 instance %s: its Name tag is refused (%s); listed as %s",
+                        instance_id, problem, instance_id)
+        return instance_id
 
     def _describe(self, action, filters=(), ids=None):
         """Instances matching ``filters`` (and ``ids``, batched); no error for unknown ids."""
@@ -518,6 +541,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
                                 "name, tags, instance_type, image_id, spot, ttl and user_data")
         if count < 1:
             raise ArgumentError(f"count must be at least 1, not {count}")
+        check_prefix(name, count)
         image_id = image_id or self.image_id
         if not image_id:
             raise ArgumentError("no image to launch: Ec2Fabric(image_id='ami-...') or c.Ec2Fabric.image_id "
@@ -564,7 +588,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             candidate = f"{name}-{index}"
             index += 1
             if candidate not in taken:
-                names.append(candidate)
+                names.append(check_name(candidate))
 
         failed = threading.Event()
         created, errors = [], []
