@@ -61,11 +61,10 @@ class Shell(Command):
                  input: Union[bytes, str, None] = None, pty: bool = False):
         if not isinstance(command, str) or not command.strip():
             raise ArgumentError("give the command as a non-empty string, e.g. run('uptime')")
-        if timeout is not None and timeout <= 0:
-            raise ArgumentError(f"timeout must be a positive number of seconds, not {timeout!r}")
         self.command = command
-        self.timeout = timeout
-        self.input = input.encode() if isinstance(input, str) else input
+        self.timeout = arguments.seconds("timeout", timeout)
+        given = arguments.stdin_input(input)
+        self.input = given.encode() if isinstance(given, str) else given
         self.pty = pty
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
-from ecshell import ArgumentError, Cluster, FabricError, LocalFabric, Machine, MachineSet, SelectionError
+from ecshell import ArgumentError, Cluster, FabricError, LocalFabric, Machine, MachineSet, SelectionError, Shell
 from ecshell.shell.extension import extension_for
 
 
@@ -243,6 +243,11 @@ def test_timeouts_and_input_are_checked_with_a_message(fleet, ip):
     for typed in ("nan", "inf", "-inf", "0", "-3", "soon"):
         with pytest.raises(UsageError, match="timeout"):
             ip.run_line_magic("on", f"-t {typed} all true")
+    machine = fleet.machines[0]
+    with pytest.raises(ArgumentError, match="timeout must be a number of seconds above 0"):
+        machine.run("true", timeout="5")  # one machine, and a Shell built directly, are checked too
+    with pytest.raises(ArgumentError, match="input is what the command reads on stdin"):
+        Shell("cat", input=123)
     assert fleet.run("cat", target="web-0", input=bytearray(b"typed")).groups()[0][0] == "typed"
     assert fleet.run("sleep 5", target="web-0", timeout=0.5)["web-0"].error == "timeout"
     assert ip.run_line_magic("on", "-t 0.5 --quiet web-0 sleep 5")["web-0"].error == "timeout"
