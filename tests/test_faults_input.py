@@ -386,21 +386,27 @@ def test_get_never_writes_outside_its_destination(fleet, home, name):
 # -- 13: a LocalFabric launch that fails half way -----------------------------------------------
 
 
-def test_a_failed_launch_neither_hangs_nor_leaves_an_sshd(own_fabric):
-    fabric = own_fabric(start_timeout=0.001)
+def test_a_failed_launch_neither_hangs_nor_leaves_an_sshd(own_fabric, tmp_path):
+    # An "sshd" that never listens (it never writes its pid file): the launch fails every time,
+    # whatever the machine's load (a tiny start_timeout raced a real sshd's start).
+    silent = tmp_path / "silent-sshd"
+    silent.write_text("#!/bin/sh\nwhile :; do sleep 1; done\n")
+    silent.chmod(0o755)
+    fabric = own_fabric(start_timeout=0.3, sshd=str(silent))
     finished, outcome = in_thread(lambda: fabric.launch(3, name="slow"), 20)
     assert finished, "LocalFabric.launch hung after an sshd failed to start"
     assert isinstance(outcome.get("error"), FabricError)
-    assert "did not start listening within 0.001s" in str(outcome["error"])
+    assert "did not start listening within 0.3s" in str(outcome["error"])
     assert sshd_under(fabric.directory) == []
     assert os.listdir(fabric.directory) == []  # no meta left behind, with or without a pid
     # the fabric still works afterwards (its lock was not left held)
-    fabric.start_timeout = 10.0
+    real_sshd = LocalFabric.class_traits()["sshd"].default_value
+    fabric.sshd, fabric.start_timeout = real_sshd, 10.0
     machine_id = fabric.launch(1, name="ok")[0].id
     assert len(sshd_under(fabric.directory)) == 1
     # a restart that fails keeps the machine, stopped, with nothing running and no stale pid
     fabric.stop([machine_id])
-    fabric.start_timeout = 0.001
+    fabric.sshd, fabric.start_timeout = str(silent), 0.3
     finished, outcome = in_thread(lambda: fabric.start([machine_id]), 20)
     assert finished, "LocalFabric.start hung after an sshd failed to start"
     assert isinstance(outcome.get("error"), FabricError)
@@ -408,7 +414,7 @@ def test_a_failed_launch_neither_hangs_nor_leaves_an_sshd(own_fabric):
     assert [p.id for p in fabric.discover()] == [machine_id]
     with open(os.path.join(fabric.directory, machine_id, "meta.json")) as f:
         assert json.load(f)["pid"] is None
-    fabric.start_timeout = 10.0
+    fabric.sshd, fabric.start_timeout = real_sshd, 10.0
     assert [p.state for p in fabric.start([machine_id])] == ["running"]
 
 
