@@ -641,3 +641,33 @@ def test_a_garbled_executor_greeting_is_that_machines_result_never_an_exception(
     finally:
         _stop_everything(fabric)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_forced_command_sees_every_command(cluster, machines, tmp_path):
+    """sshd's ForceCommand (audit logging, restricted shells) is the server owner's policy.
+
+    The executor would run every later command past it, so a machine whose
+    sshd forces a command is served over one channel per command.
+    """
+    import pathlib
+
+    cluster.settings.executor = "auto"
+    (m,) = machines(1)
+    log = tmp_path / "seen"
+    wrapper = tmp_path / "audit"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$SSH_ORIGINAL_COMMAND" >> {log}\n'
+                       'exec /bin/bash -c "$SSH_ORIGINAL_COMMAND"\n')
+    wrapper.chmod(0o755)
+    config = pathlib.Path(os.environ["ECSHELL_HOME"]) / "local" / m.id / "sshd_config"
+    config.write_text(config.read_text() + f"ForceCommand {wrapper}\n")
+    m.close()
+    os.kill(m.prototype.extra["pid"], signal.SIGHUP)  # sshd re-reads its config
+    time.sleep(0.5)
+    for n in range(5):
+        r = m.run(f"echo command-{n}")
+        assert r.ok and r.output == f"command-{n}\n", r
+        if n == 1:
+            time.sleep(1.0)  # the second command started the executor in the background: let it come up
+    seen = log.read_text()
+    assert all(f"echo command-{n}" in seen for n in range(5)), seen
+    assert "forces a command" in executor_module.slot(m.connection()).unavailable

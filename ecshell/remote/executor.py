@@ -28,7 +28,9 @@ Requests (client -> executor):
 Events (executor -> client):
 
 ``H`` hello     JSON: executor pid, shell, python version, whether the shortcut
-                is on (or why not), how commands are started. Sent once.
+                is on (or why not), how commands are started, whether sshd
+                forced a command (SSH_ORIGINAL_COMMAND: the client then does
+                not use the executor). Sent once.
 ``O`` output    bytes, never more than the command's window allows.
 ``S`` started   payload: the shell's pid (4 bytes).
 ``X`` exit      pid (4 bytes), how (1 byte: 0 = exit code, 1 = signal), the code
@@ -507,7 +509,8 @@ class Executor:
         self.send(HELLO, 0, json.dumps({"pid": os.getpid(), "shell": self.shell,
                                         "python": sys.version.split()[0],
                                         "shortcut": self.shortcut.why or "on",
-                                        "spawn": "fork_exec" if FORK_EXEC[0] else "popen"}).encode())
+                                        "spawn": "fork_exec" if FORK_EXEC[0] else "popen",
+                                        "forced": b"SSH_ORIGINAL_COMMAND" in self.env}).encode())
         self.flush()
         while self.running:
             for key, events in self.selector.select(self._next_timer()):

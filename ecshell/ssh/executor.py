@@ -137,6 +137,10 @@ class ExecutorSession:
         try:
             channel.exec_command(wire())
             hello = _read_hello(channel, time.monotonic() + max(timeout, START_TIMEOUT), cancel)
+            if hello.get("forced"):
+                # The server owner's policy sees every command, through its own channel.
+                raise ExecutorUnavailable("sshd forces a command on this machine (ForceCommand, or command= in "
+                                          "authorized_keys): each command goes over its own channel, through it")
         except (paramiko.SSHException, EOFError, OSError, ExecutorUnavailable, StartCancelled):
             channel.close()
             raise
