@@ -671,3 +671,23 @@ def test_a_forced_command_sees_every_command(cluster, machines, tmp_path):
     seen = log.read_text()
     assert all(f"echo command-{n}" in seen for n in range(5)), seen
     assert "forces a command" in executor_module.slot(m.connection()).unavailable
+
+
+def test_a_command_past_the_kernels_argument_limit_fails_alike_on_every_path(cluster, machines):
+    """sshd runs ``bash -c CMD``; Linux refuses one argument of 128 KiB or more (perror, exit 1)."""
+    (m,) = machines(1)
+    cases = [": " + "a" * 140_000 + "; echo ran",  # shell syntax: never the shortcut
+             "/bin/echo " + " ".join(["word"] * 30_000),  # literal words, 150 KB: the shortcut would exec it
+             "/bin/echo " + " ".join(["w"] * 64_000)]  # just under the limit: runs everywhere
+    seen = {}
+    for mode, shortcut in (("channel", True), ("executor", False), ("executor", True)):
+        cluster.settings.executor, cluster.settings.executor_shortcut = mode, shortcut
+        assert m.run("true").ok and m.run("true").ok  # the executor is up where asked
+        seen[mode, shortcut] = [(r.exit_code, r.error, r.output_bytes) for r in (m.run(c) for c in cases)]
+    assert seen["channel", True] == seen["executor", False] == seen["executor", True]
+    too_long, words, fits = seen["channel", True]
+    import pwd
+
+    shell = pwd.getpwuid(os.getuid()).pw_shell.encode()  # the machines are local: the login shell is ours
+    assert too_long == words == (1, "exit", shell + b": Argument list too long\n")
+    assert fits[0] == 0 and fits[2].startswith(b"w w")

@@ -85,6 +85,8 @@ HELLO, STARTED, OUTPUT, EXIT, FAILED, KILLED = b"HSOXFK"
 FLAG_INPUT = 1
 FLAG_NO_SHORTCUT = 2
 RUN_VARIABLE = b"ECSHELL_RUN"
+#: Linux's limit on one exec argument, NUL included (32 pages): ``sh -c`` refuses a longer string.
+MAX_ARG_STRLEN = 131072
 
 
 def initial_environment():
@@ -312,6 +314,9 @@ class Shortcut:
         """``(path, argv, env)`` to exec ``command`` as bash would, or None: use the shell."""
         if not self.usable or command.translate(None, LITERAL + BLANKS):
             return None
+        wire = len(command) + (len(b"export =\n") + len(RUN_VARIABLE) + len(token) if token else 0)
+        if wire >= MAX_ARG_STRLEN:
+            return None  # the kernel refuses it to ``bash -c``: what the shell path reports, the shortcut must too
         words = command.split()
         if not words or b"=" in words[0] or words[0] in KEYWORDS or words[0] in self.builtins:
             return None
@@ -605,7 +610,11 @@ class Executor:
         except OSError as exc:
             for fd in (out_r, out_w, in_r, in_w):
                 os.close(fd)
-            self.send(FAILED, ident, ("cannot start %s: %s" % (self.shell, exc)).encode())
+            # What sshd's session child does when it cannot exec the shell (a command past the
+            # kernel's 128 KiB limit on one argument, a missing shell): perror(shell), exit 1.
+            message = "%s: %s\n" % (self.shell, os.strerror(exc.errno) if exc.errno else exc)
+            self.send(OUTPUT, ident, message.encode("utf-8", "surrogateescape"))
+            self.send(EXIT, ident, STATUS.pack(0, 0, 1))
             return
         os.close(out_w)
         os.close(in_r)
