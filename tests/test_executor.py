@@ -691,3 +691,27 @@ def test_a_command_past_the_kernels_argument_limit_fails_alike_on_every_path(clu
     shell = pwd.getpwuid(os.getuid()).pw_shell.encode()  # the machines are local: the login shell is ours
     assert too_long == words == (1, "exit", shell + b": Argument list too long\n")
     assert fits[0] == 0 and fits[2].startswith(b"w w")
+
+
+def test_the_shortcut_leaves_job_specs_and_option_words_to_bash(isolated_home, tmp_path):
+    """``%job`` is fg's job spec to bash, never a program on PATH, whatever PATH holds."""
+    bin_dir = tmp_path / "oddbin"
+    bin_dir.mkdir()
+    for name in ("%job", "-dash"):
+        (bin_dir / name).write_text("#!/bin/sh\necho the program ran\n")
+        (bin_dir / name).chmod(0o755)
+    fabric = LocalFabric(environment={"SHLVL": "1", "PATH": f"{bin_dir}:/usr/bin:/bin"})
+    cluster = Cluster(fabric, executor="executor", kill_on_cancel=False)
+    try:
+        (m,) = cluster.launch(1)
+        assert m.run("true").ok
+        for command in ("%job", "-dash"):
+            seen = {}
+            for mode, shortcut in (("channel", False), ("executor", True)):
+                cluster.settings.executor, cluster.settings.executor_shortcut = mode, shortcut
+                r = m.run(command)
+                seen[mode] = (r.exit_code, r.error, r.output_bytes)
+            assert seen["executor"] == seen["channel"], (command, seen)
+    finally:
+        cluster.close()
+        _stop_everything(fabric)

@@ -320,6 +320,8 @@ class Shortcut:
         words = command.split()
         if not words or b"=" in words[0] or words[0] in KEYWORDS or words[0] in self.builtins:
             return None
+        if words[0][:1] in (b"%", b"-"):
+            return None  # a job spec (%1: bash runs fg) or an option-like word: bash decides, not a PATH lookup
         if self._stamps() != self.stamps:
             self.probe()
             if not self.usable:
