@@ -14,6 +14,7 @@ from traitlets import Integer, Unicode, validate
 from traitlets.config import Configurable
 
 from ..errors import ArgumentError, NotSupported
+from ..hostset import check_name
 from ..states import MachineState
 
 #: The states a fabric reports; the cluster adds ``ready`` and ``failed-init``.
@@ -93,6 +94,18 @@ class Fabric(Configurable):
     def launch(self, count: int, name: str, **options: Any) -> list[Prototype]:
         """Start ``count`` machines named ``name-<i>``; return their prototypes."""
         raise NotSupported(f"{type(self).__name__} cannot launch machines; attach a LocalFabric or an Ec2Fabric for that")
+
+    def free_names(self, prefix: str, count: int) -> list[str]:
+        """``count`` names ``prefix-<i>`` none of this fabric's machines has yet, lowest ``i`` first."""
+        taken = {p.name for p in self.discover()}
+        names: list[str] = []
+        index = 0
+        while len(names) < count:
+            candidate = f"{prefix}-{index}"
+            index += 1
+            if candidate not in taken:
+                names.append(check_name(candidate))
+        return names
 
     def discover(self) -> list[Prototype]:
         """Prototypes of every machine this fabric has now (states refreshed)."""

@@ -46,7 +46,7 @@ from traitlets import Dict, Float, Integer, Unicode, default
 
 from ..config import ecshell_home
 from ..errors import ArgumentError, FabricError
-from ..hostset import check_name, check_prefix, name_problem
+from ..hostset import check_prefix, name_problem
 from ..procs import children_map, cmdline, descendants
 from ..ssh.keys import client_key, generate_ed25519, write_private_file
 from .base import RUNNING, STOPPED, Fabric, Prototype
@@ -250,14 +250,7 @@ class LocalFabric(Fabric):
 
         with self._lock:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            taken = {p.name for p in self.discover()}
-            names: list[str] = []
-            index = 0
-            while len(names) < count:
-                machine_name = f"{name}-{index}"
-                index += 1
-                if machine_name not in taken:
-                    names.append(check_name(machine_name))
+            names = self.free_names(name, count)
             metas: list[dict[str, Any]] = []
             try:
                 for machine_name in names:

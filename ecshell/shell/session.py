@@ -125,12 +125,8 @@ class Session:
             shown.update(pending)
             if not self._ask_host_keys(results, pending):
                 break
-            machines = {m.name: m for _label, _detail, behind in pending.values() for m in behind}
-            from ..machineset import MachineSet
-
-            retried = self._execute(MachineSet(machines.values()), operation, live)
-            merged = [retried.get(r.name, r) for r in results.results()]
-            results = ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
+            behind_them = [m for _label, _detail, behind in pending.values() for m in behind]
+            results = self._run_again(results, behind_them, operation, live)
         return results
 
     def _passphrases(self, results, operation, live):
@@ -160,12 +156,15 @@ class Session:
                     opened.append(path)
                     break
                 self.say(why)
-        machines = {m.name: m for path in opened for m in locked[path]}
+        return self._run_again(results, [m for path in opened for m in locked[path]], operation, live)
+
+    def _run_again(self, results, machines, operation, live):
+        """``results`` with those of ``machines`` replaced by a new run there (refused before anything ran)."""
         if not machines:
             return results
         from ..machineset import MachineSet
 
-        retried = self._execute(MachineSet(machines.values()), operation, live)
+        retried = self._execute(MachineSet(machines), operation, live)
         merged = [retried.get(r.name, r) for r in results.results()]
         return ResultSet(merged, results.command, interrupted=results.interrupted or retried.interrupted)
 
@@ -242,13 +241,11 @@ class Session:
         # refused outright, with no question, past the fabric's max_launch or for a bad name
         chosen.check_launch_count(count)
         check_prefix(name, count)
-        if count > self.settings.confirm_launch_above and not yes:
-            if self.ask is None:
-                raise ArgumentError(f"launching {count} machines needs a confirmation: add -y, "
-                                    f"e.g. %launch {count} --name {name} -y")
-            if not self.ask(f"Launch {count} machines {name}-[0-{count - 1}] on {chosen.name}? [y/N] "):
-                self.say("nothing launched")
-                return None
+        if count > self.settings.confirm_launch_above and not yes and not self._confirmed(
+                f"Launch {count} machines {name}-[0-{count - 1}] on {chosen.name}? [y/N] ",
+                f"launching {count} machines needs a confirmation: add -y, e.g. %launch {count} --name {name} -y"):
+            self.say("nothing launched")
+            return None
         options = {}
         if instance_type:
             options["instance_type"] = instance_type
@@ -276,14 +273,19 @@ class Session:
         """Terminate the target's machines, asking first for 'all' or a large selection."""
         chosen = self.select(target)
         large = target == "all" or len(chosen) > self.settings.confirm_terminate_above
-        if large and not yes:
-            if self.ask is None:
-                raise ArgumentError(f"terminating {len(chosen)} machines ({chosen}) needs a confirmation: "
-                                    f"add -y, e.g. %terminate {target} -y")
-            if not self.ask(f"Terminate {len(chosen)} machines {chosen}? [y/N] "):
-                self.say("nothing terminated")
-                return None
+        if large and not yes and not self._confirmed(
+                f"Terminate {len(chosen)} machines {chosen}? [y/N] ",
+                f"terminating {len(chosen)} machines ({chosen}) needs a confirmation: add -y, "
+                f"e.g. %terminate {target} -y"):
+            self.say("nothing terminated")
+            return None
         return self.cluster.terminate(chosen)
+
+    def _confirmed(self, question, unasked):
+        """Whether the operator answers yes to ``question``; where nobody can answer, ArgumentError(``unasked``)."""
+        if self.ask is None:
+            raise ArgumentError(unasked)
+        return self.ask(question)
 
     # -- tables ------------------------------------------------------------------
 

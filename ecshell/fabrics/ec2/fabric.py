@@ -47,7 +47,7 @@ from ...config import ecshell_home
 from ...ssh.endpoint import parse_target
 from ...ssh.keys import client_key, generate_ed25519
 from ...errors import ArgumentError
-from ...hostset import check_name, check_prefix, name_problem
+from ...hostset import check_prefix, name_problem
 from ..base import PENDING, RUNNING, STOPPED, TERMINATED, Fabric, Prototype
 
 if TYPE_CHECKING:
@@ -581,14 +581,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
                 options["MaxPrice"] = self.spot_max_price
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
 
-        taken = {p.name for p in self.discover()}
-        names: list[str] = []
-        index = 0
-        while len(names) < count:
-            candidate = f"{name}-{index}"
-            index += 1
-            if candidate not in taken:
-                names.append(check_name(candidate))
+        names = self.free_names(name, count)
 
         failed = threading.Event()
         created, errors = [], []
