@@ -110,7 +110,8 @@ class Shell(Command):
     def exited(self, attempt: Attempt, exit: Exit) -> Result:
         """The Result of a command that ran to its end."""
         if exit.code is None:
-            return attempt.result(self, error=ErrorKind.EXIT, message="killed by a signal")
+            killed = f"killed by SIG{exit.signal}" if exit.signal else "killed by a signal"
+            return attempt.result(self, error=ErrorKind.EXIT, message=killed, signal=exit.signal)
         return attempt.result(self, exit_code=exit.code, error=ErrorKind.EXIT if exit.code else None)
 
 

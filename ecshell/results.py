@@ -49,7 +49,7 @@ class Result:
 
     __slots__ = (
         "machine", "command", "exit_code", "error", "message", "duration",
-        "reconnected", "detail", "_buffer",
+        "reconnected", "detail", "signal", "_buffer",
     )
 
     machine: Machine
@@ -60,11 +60,14 @@ class Result:
     duration: float
     reconnected: bool
     detail: dict[str, Any]
+    #: The signal that killed the command, as sshd names it (``"TERM"``, ``"KILL"``), else None.
+    signal: str | None
     _buffer: OutputBuffer
 
     def __init__(self, machine: Machine, command: Command, buffer: OutputBuffer, exit_code: int | None = None,
                  error: ErrorKind | str | None = None, message: str = "", duration: float = 0.0,
-                 reconnected: bool = False, detail: dict[str, Any] | None = None) -> None:
+                 reconnected: bool = False, detail: dict[str, Any] | None = None,
+                 signal: str | None = None) -> None:
         self.machine = machine
         self.command = command
         self._buffer = buffer
@@ -74,6 +77,7 @@ class Result:
         self.duration = duration
         self.reconnected = reconnected
         self.detail = detail or {}
+        self.signal = signal
 
     @property
     def ok(self) -> bool:
@@ -121,6 +125,8 @@ class Result:
             return "ok"
         if self.error is ErrorKind.EXIT:
             if self.exit_code is None:
+                if self.signal:
+                    return f"exit (SIG{self.signal})"
                 return "exit (signal)" if not self.message else f"exit ({self.message})"
             return f"exit {self.exit_code}"
         return self.error.value

@@ -715,3 +715,17 @@ def test_the_shortcut_leaves_job_specs_and_option_words_to_bash(isolated_home, t
     finally:
         cluster.close()
         _stop_everything(fabric)
+
+
+def test_a_command_killed_by_a_signal_names_it_on_every_path(cluster, machines):
+    (m,) = machines(1)
+    seen = {}
+    for mode, shortcut in (("channel", True), ("executor", False), ("executor", True)):
+        cluster.settings.executor, cluster.settings.executor_shortcut = mode, shortcut
+        assert m.run("true").ok and m.run("true").ok  # the executor is up where asked
+        seen[mode, shortcut] = [(r.error, r.exit_code, r.signal, r.status, r.message)
+                                for r in (m.run("kill -TERM $$"), m.run("kill -KILL $$"), m.run("exit 3"))]
+    assert seen["channel", True] == seen["executor", False] == seen["executor", True]
+    term, kill, three = seen["channel", True]
+    assert term == ("exit", None, "TERM", "exit (SIGTERM)", "killed by SIGTERM")
+    assert kill[2] == "KILL" and three == ("exit", 3, None, "exit 3", "")

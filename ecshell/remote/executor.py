@@ -34,7 +34,8 @@ Events (executor -> client):
 ``O`` output    bytes, never more than the command's window allows.
 ``S`` started   payload: the shell's pid (4 bytes).
 ``X`` exit      pid (4 bytes), how (1 byte: 0 = exit code, 1 = signal), the code
-                or the signal number (4 bytes); sent after the command exited
+                or the signal number (4 bytes), then for a signal its name
+                (``TERM``, as sshd's exit-signal names it); sent after the command exited
                 and its output reached EOF.
 ``F`` failed    text: the command could not be started.
 ``K`` killed    the command's process group was sent TERM (after a cancel).
@@ -104,6 +105,14 @@ def initial_environment():
         env = dict(os.environb)
     env.pop(b"_", None)
     return env
+
+
+def signal_name(number):
+    """``b"TERM"`` for SIGTERM: the name sshd's exit-signal message gives, without ``SIG``."""
+    try:
+        return signal.Signals(number).name[3:].encode()
+    except ValueError:
+        return b""
 
 
 def login_shell():
@@ -804,7 +813,7 @@ class Executor:
             os.close(job.stdin)
             job.stdin = None
         if os.WIFSIGNALED(job.status):
-            report = STATUS.pack(job.pid, 1, os.WTERMSIG(job.status))
+            report = STATUS.pack(job.pid, 1, os.WTERMSIG(job.status)) + signal_name(os.WTERMSIG(job.status))
         else:
             report = STATUS.pack(job.pid, 0, os.WEXITSTATUS(job.status))
         if not job.cancelled:

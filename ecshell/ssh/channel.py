@@ -85,7 +85,8 @@ class ChannelProcess(Process):
             where = f" (its processes carry {RUN_VARIABLE}={self.token})" if self.token else ""
             raise Lost(f"connection lost while the command ran (after {time.monotonic() - self.sent_at:.1f}s); "
                        f"it was not re-run and may or may not have finished{where}")
-        return Exit(None)  # the channel closed without a status: a signal killed it
+        # No status: a signal killed it; sshd said which in an exit-signal request (see connection.py).
+        return Exit(None, getattr(channel, "exit_signal", None))
 
     def kill(self, output: Callable[[bytes], None]) -> str:
         if self.token is None or not self.connection.alive:

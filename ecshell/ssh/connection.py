@@ -23,6 +23,7 @@ import threading
 import time
 
 import paramiko
+from paramiko.common import MSG_CHANNEL_REQUEST
 
 from ..errors import ConnectError, ErrorKind
 from . import proxycommand
@@ -37,6 +38,29 @@ IDLE_WAKEUP = 1.0
 #: HMAC, which paramiko computes and compares in Python (~15% of the client's CPU in a
 #: warm broadcast). Only the order changes: hosts without GCM get paramiko's usual list.
 AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _hear_exit_signals(transport):
+    """Keep the signal name of sshd's ``exit-signal`` request on the channel, as ``channel.exit_signal``.
+
+    paramiko drops that request (it knows exit-status only), so a command
+    killed by a signal would have no name for it. Requests are dispatched
+    through the transport's handler table: this transport gets its own.
+    """
+    table = getattr(transport, "_channel_handler_table", None)
+    handle = table.get(MSG_CHANNEL_REQUEST) if isinstance(table, dict) else None
+    if handle is None:
+        return  # another paramiko: the command still ends as killed by a signal, unnamed
+
+    def handle_request(channel, message):
+        start = message.packet.tell()
+        if message.get_text() == "exit-signal":
+            message.get_boolean()  # want reply: sshd sends False
+            channel.exit_signal = message.get_text()
+        message.packet.seek(start)
+        handle(channel, message)
+
+    transport._channel_handler_table = {**table, MSG_CHANNEL_REQUEST: handle_request}
 
 
 def _prefer_aead(transport):
@@ -285,6 +309,7 @@ def connect(endpoint, settings, deadline, pool):
         transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
                                        default_max_packet_size=MAX_PACKET)
         _prefer_aead(transport)
+        _hear_exit_signals(transport)
         _prefer_known_host_keys(transport, endpoint)
         transport.banner_timeout = _remaining(deadline)
         transport.handshake_timeout = _remaining(deadline)

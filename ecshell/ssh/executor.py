@@ -234,7 +234,7 @@ class ExecutorSession:
             process.events.put((KILLED, None))
         elif kind == EXIT:
             self.forget(process)
-            process.events.put((EXIT, STATUS.unpack(payload)))
+            process.events.put((EXIT, STATUS.unpack_from(payload) + (payload[STATUS.size:].decode("ascii", "replace"),)))
         elif kind == FAILED:
             self.forget(process)
             process.events.put((FAILED, payload.decode("utf-8", "replace")))
@@ -531,7 +531,7 @@ class ExecutorProcess(Process):
         self.connection = session.connection
         self.id = ident
         self.token = token
-        # (OUTPUT, bytes) | (EXIT, (pid, signalled, code)) | (FAILED, str) | (KILLED, None) | _LOST
+        # (OUTPUT, bytes) | (EXIT, (pid, signalled, code, signal name)) | (FAILED, str) | (KILLED, None) | _LOST
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.granted_back = 0
         self.pid: Optional[int] = None  # set when the executor says the shell started
@@ -570,8 +570,8 @@ class ExecutorProcess(Process):
                 return value
             if kind == FAILED:
                 raise ConnectError(ErrorKind.UNREACHABLE, value)
-            _, signalled, code = value
-            self.exit = Exit(None if signalled else code)
+            _, signalled, code, name = value
+            self.exit = Exit(None, name or None) if signalled else Exit(code)
             return b""
 
     def wait(self, deadline, cancel) -> Exit:

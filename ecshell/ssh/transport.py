@@ -52,9 +52,10 @@ class Request(NamedTuple):
 
 
 class Exit(NamedTuple):
-    """How a command ended: its exit code, or None if a signal killed it."""
+    """How a command ended: its exit code, or None if a signal killed it (``signal``: its name, ``TERM``)."""
 
     code: Optional[int]
+    signal: Optional[str] = None
 
 
 class Cancel(Protocol):
