@@ -155,9 +155,7 @@ class MachineSet(Sequence["Machine"]):
         as each host finishes. ``input`` (bytes, or str sent as UTF-8) is the
         command's stdin; without it stdin is closed at once.
         """
-        timeout = arguments.seconds("timeout", timeout)
-        input = arguments.stdin_input(input)
-        return self.execute(Shell(command, timeout=timeout, input=input, pty=pty),
+        return self.execute(Shell(command, timeout=timeout, input=input, pty=pty),  # Shell checks both
                             on_output=on_output, on_result=on_result, total_timeout=total_timeout)
 
     def put(self, local: str, remote: str, mode: int | None = None) -> ResultSet:

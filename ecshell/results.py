@@ -21,7 +21,6 @@ from .output import decode
 
 if TYPE_CHECKING:
     from .commands import Command
-    from .output import OutputBuffer
     from .machine import Machine
     from .output import OutputBuffer
 

@@ -16,7 +16,6 @@ cannot ask, and then it refuses whatever would need an answer.
 import sys
 
 from . import report, targets
-from .. import arguments
 from ..errors import ArgumentError, SelectionError
 from ..hostset import check_prefix, fold
 from ..results import ResultSet
@@ -83,7 +82,7 @@ class Session:
         elif isinstance(command, str):
             from ..commands import Shell
 
-            operation = Shell(command, timeout=arguments.seconds("timeout", timeout))
+            operation = Shell(command, timeout=timeout)
         else:
             operation = command
         machines = self._live(target)

@@ -24,8 +24,6 @@ from .transport import (KILL_TIMEOUT, POLL, RUN_VARIABLE, Broken, Exit, Lost, Pr
 class ChannelTransport(Transport):
     """Opens a new session on the connection for every command."""
 
-    name = "channel"
-
     def __init__(self, connection, timeout: float):
         self.connection = connection
         self.timeout = timeout

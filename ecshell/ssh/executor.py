@@ -176,7 +176,6 @@ class ExecutorSession:
             self._running[ident] = process
         flags = (FLAG_INPUT if request.input is not None else 0) | (0 if request.shortcut else FLAG_NO_SHORTCUT)
         self._send(RUN, ident, U32.pack(WINDOW) + bytes([flags, len(token)]) + token + command)
-        process.sent_at = time.monotonic()
         return process
 
     def send_input(self, process, data):
@@ -481,8 +480,6 @@ def _start(state, connection, timeout, cancel, reraise=False):
 class ExecutorTransport(Transport):
     """Starts commands as frames to the live executor of one connection."""
 
-    name = "executor"
-
     def __init__(self, connection, session: ExecutorSession):
         self.connection = connection
         self.session = session
@@ -535,7 +532,7 @@ class ExecutorProcess(Process):
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.granted_back = 0
         self.pid: Optional[int] = None  # set when the executor says the shell started
-        self.sent_at = time.monotonic()
+        self.sent_at = time.monotonic()  # made as its RUN frame goes out: the command's clock starts
         self.exit: Optional[Exit] = None
 
     @property

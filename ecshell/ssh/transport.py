@@ -131,8 +131,6 @@ class Process:
 class Transport:
     """Starts commands over one pooled connection."""
 
-    name: str
-
     def start(self, request: Request) -> Process:
         """Start ``request``; raises :class:`Broken` if the connection broke before it was sent."""
         raise NotImplementedError
