@@ -100,19 +100,20 @@ class Shell(Command):
             killed = process.kill(attempt.output)
             message = f"no exit after {timeout:g}s" if stop.kind is ErrorKind.TIMEOUT else "interrupted"
             return attempt.result(self, error=stop.kind, message=f"{message}; {killed}" if killed else message,
-                                  detail=process.detail)
+                                  detail=process.detail, via=process.via)
         except Lost as lost:
-            return attempt.result(self, error=ErrorKind.LOST, message=str(lost), detail=process.detail)
+            return attempt.result(self, error=ErrorKind.LOST, message=str(lost), detail=process.detail,
+                                  via=process.via)
         finally:
             process.close()
-        return self.exited(attempt, exit)
+        return self.exited(attempt, exit, process.via)
 
-    def exited(self, attempt: Attempt, exit: Exit) -> Result:
+    def exited(self, attempt: Attempt, exit: Exit, via: Optional[str] = None) -> Result:
         """The Result of a command that ran to its end."""
         if exit.code is None:
             killed = f"killed by SIG{exit.signal}" if exit.signal else "killed by a signal"
-            return attempt.result(self, error=ErrorKind.EXIT, message=killed, signal=exit.signal)
-        return attempt.result(self, exit_code=exit.code, error=ErrorKind.EXIT if exit.code else None)
+            return attempt.result(self, error=ErrorKind.EXIT, message=killed, signal=exit.signal, via=via)
+        return attempt.result(self, exit_code=exit.code, error=ErrorKind.EXIT if exit.code else None, via=via)
 
 
 def _remote_path(path: str) -> str:
@@ -153,7 +154,7 @@ class Put(Command):
             except (IOError, OSError) as exc:
                 return attempt.result(self, error=ErrorKind.EXIT, message=f"put {remote}: {exc}")
         attempt.output(f"{self.local} -> {remote} ({attrs.st_size} bytes)\n".encode())
-        return attempt.result(self, exit_code=0, detail={"path": remote, "size": attrs.st_size})
+        return attempt.result(self, exit_code=0, detail={"path": remote, "size": attrs.st_size}, via="sftp")
 
 
 class Get(Command):
@@ -209,7 +210,7 @@ class Get(Command):
                 raise
         size = os.path.getsize(target)
         attempt.output(f"{remote} -> {target} ({size} bytes)\n".encode())
-        return attempt.result(self, exit_code=0, detail={"path": target, "size": size})
+        return attempt.result(self, exit_code=0, detail={"path": target, "size": size}, via="sftp")
 
 
 def _new_file_beside(path: str) -> str:

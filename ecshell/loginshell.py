@@ -302,7 +302,7 @@ def _retell(result, text, duration):
     buffer.write(text.encode())
     buffer.close()
     return Result(result.machine, result.command, buffer, result.exit_code, result.error, result.message,
-                  duration, result.reconnected, result.detail)
+                  duration, result.reconnected, result.detail, result.signal, result.via)
 
 
 # -- switching, verified ---------------------------------------------------------
