@@ -446,3 +446,18 @@ def test_an_instance_terminated_elsewhere_leaves_and_its_pin_is_forgotten(aws):
         assert ec2.pins.ids() == [web[1].id]
     finally:
         cluster.close()
+
+
+def test_user_data_lets_sshd_accept_the_kill_token():
+    """cloud-init writes an sshd_config.d drop-in before sshd starts: the channel path's kill is exact."""
+    import yaml
+
+    from ecshell.fabrics.ec2.userdata import cloud_config
+    from ecshell.ssh.keys import generate_ed25519
+
+    private, public = generate_ed25519()
+    config = yaml.safe_load(cloud_config(private, public, ["ssh-ed25519 AAAA ops"]))
+    (drop_in,) = config["write_files"]
+    assert drop_in["path"] == "/etc/ssh/sshd_config.d/ecshell.conf"
+    assert "AcceptEnv ECSHELL_RUN" in drop_in["content"].splitlines()
+    assert config["ssh_keys"]["ed25519_public"] == " ".join(public.split()[:2])
