@@ -744,6 +744,7 @@ STARTUP_CASES = [
     ("exec 2>/dev/null\n", ["ls /nonexistent-ecshell"]),  # stderr redirected
     ("EXECIGNORE='*/hostname'\n", ["hostname"]),  # not found by bash
     ("set -k\n", ["/bin/echo A=1 B"]),  # A=1 goes to the environment, not argv
+    ("export LINENO BASH_COMMAND\n", ["printenv LINENO BASH_COMMAND"]),  # what bash gives each command anew
     ("set -v\n", ["ls /nonexistent-ecshell"]),  # bash echoes the command line (on stderr)
     # a function in a file sourced by $BASH_ENV, written after the shortcut was probed
     (". {dir}/functions\n", ["hostname", ("{dir}/functions", "hostname() { echo from-a-sourced-function; }\n"),

@@ -225,6 +225,9 @@ HARMLESS_FLAGS = frozenset(b"hBcefuCaPTEbH")
 DESCRIPTORS = (b"grep -Hs ^flags: /proc/$$/fdinfo/*; [ /proc/$$/fd/1 -ef /proc/$$/fd/2 ] && echo 1=2; "
                b"[ -p /proc/$$/fd/0 ] && ! [ /proc/$$/fd/0 -ef /proc/$$/fd/1 ] && echo 0=in")
 O_CLOEXEC = 0o2000000
+#: Variables bash gives a new value for each command (or as time passes): exported, no probe can copy them.
+PER_COMMAND = frozenset(b"RANDOM SRANDOM SECONDS EPOCHSECONDS EPOCHREALTIME BASHPID LINENO BASH_COMMAND "
+                        b"BASH_SUBSHELL BASH_EXECUTION_STRING HISTCMD".split())
 STARTUP_END = b": @@ecshell-start-up-end@@"
 #: What a start-up may run (bash's xtrace shows each command it ran) for the probe to know its whole
 #: effect: builtins whose effect on a command the probe reads back, or that only test and branch.
@@ -348,6 +351,8 @@ class Shortcut:
                 env[name] = value
         if env.get(RUN_VARIABLE) != b"probe":
             return "the shell's start-up changes the command's environment"
+        if not PER_COMMAND.isdisjoint(env):
+            return "the shell's start-up exports a variable bash sets anew for each command"
         path = env.get(b"PATH")
         if path is None or any(d.startswith(b"~") for d in path.split(b":")):
             return "PATH is unset or has a ~ in it"
