@@ -371,3 +371,57 @@ def same_decision(lab: Lab, target: str, **settings) -> tuple[Outcome, Outcome]:
     theirs, mine = via_ssh(lab, target), via_ecshell(lab, target, **settings)
     assert mine.decision() == theirs.decision(), (theirs, mine)
     return theirs, mine
+
+
+_SSH_MANY = r"""
+import base64, concurrent.futures, json, os, subprocess, sys, time
+job = json.load(open(sys.argv[1]))
+ssh, target, control = job["ssh"], job["target"], job["control"]
+master = subprocess.Popen(ssh + ["-M", "-N", "-o", "ControlPath=" + control, target],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+try:
+    until = time.monotonic() + 20
+    while not os.path.exists(control) and master.poll() is None and time.monotonic() < until:
+        time.sleep(0.01)
+    # "--": ssh reads options after the host too, so a command "-x" would be its own -x
+    client = ssh + ["-o", "ControlMaster=no", "-o", "ControlPath=" + control, "--", target]
+
+    def one(command):
+        done = subprocess.run(client + [command], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=job["timeout"])
+        return [done.returncode, base64.b64encode(done.stdout).decode(), base64.b64encode(done.stderr).decode()]
+
+    with concurrent.futures.ThreadPoolExecutor(job["parallel"]) as pool:
+        results = list(pool.map(one, job["commands"]))
+finally:
+    master.terminate()
+    master.wait(10)
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+def via_ssh_many(lab: Lab, target: str, commands: list[str], config: pathlib.Path | None = None,
+                 parallel: int = 4, timeout: float = 30) -> list[tuple[int, bytes, bytes]]:
+    """``ssh target COMMAND`` for each command, all over one master connection (ControlMaster), run
+    ``parallel`` at a time with ``~`` the lab's home: [(exit status, stdout, stderr)] in order."""
+    import base64
+    import json
+
+    job, out = lab.root / "ssh-many.json", lab.root / "ssh-many.out"
+    job.write_text(json.dumps({
+        "ssh": ["ssh", "-F", str(config or lab.config_path), "-o", "BatchMode=yes"], "target": target,
+        "control": str(lab.root / "ssh-control"), "commands": commands, "parallel": parallel,
+        "timeout": timeout}))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", "LANG": "C"}
+    if lab.agent_socket:
+        env["SSH_AUTH_SOCK"] = lab.agent_socket
+    wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount --bind "$1" /root && shift && exec "$@"', "sh", str(lab.home),
+               # the system's python3: an interpreter under ~ (pyenv) is hidden by the bind mount
+               "/usr/bin/python3", "-I", "-S", "-c", _SSH_MANY, str(job), str(out)]
+    done = subprocess.run(wrapped, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout * len(commands))
+    if done.returncode:
+        raise RuntimeError(f"running ssh failed ({done.returncode}): {done.stderr[-2000:]}")
+    return [(status, base64.b64decode(stdout), base64.b64decode(stderr))
+            for status, stdout, stderr in json.loads(out.read_text())]

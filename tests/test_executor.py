@@ -6,6 +6,7 @@ checks use /proc and pgrep for a marker string unique to each test.
 
 import hashlib
 import os
+import pathlib
 import shutil
 import signal
 import sys
@@ -471,8 +472,10 @@ def test_shortcut_takes_only_words_bash_would_exec_unchanged():
     assert shortcut.command(b"/usr/bin/uname -s", None)[0] == b"/usr/bin/uname"
     for command in (b"echo hi", b"cd /", b"if", b"time ls", b"A=1 ls", b"ls *", b"ls ~", b"ls $HOME", b"ls 'a'",
                     b"ls a;b", b"ls a|b", b"ls >x", b"ls\nls", b"ls {a,b}", b"ls # x", b"ls \\a", b"ls \xc3\xa9",
-                    b"no-such-program-ecshell", b"/etc", b""):
+                    b"no-such-program-ecshell", b"/etc", b"", b"+x", b"-x", b"%1"):
         assert shortcut.command(command, None) is None, command
+    shortcut.hashed = frozenset([b"uname"])  # the start-up ran ``hash -p /usr/bin/id uname``
+    assert shortcut.command(b"uname", None) is None
 
 
 def _pythons():
@@ -694,10 +697,11 @@ def test_a_command_past_the_kernels_argument_limit_fails_alike_on_every_path(clu
 
 
 def test_the_shortcut_leaves_job_specs_and_option_words_to_bash(isolated_home, tmp_path):
-    """``%job`` is fg's job spec to bash, never a program on PATH, whatever PATH holds."""
+    """``%job`` is fg's job spec to bash, never a program on PATH, whatever PATH holds; ``-x`` and ``+x``
+    are options to ``bash -c`` as sshd runs it."""
     bin_dir = tmp_path / "oddbin"
     bin_dir.mkdir()
-    for name in ("%job", "-dash"):
+    for name in ("%job", "-dash", "+plus"):
         (bin_dir / name).write_text("#!/bin/sh\necho the program ran\n")
         (bin_dir / name).chmod(0o755)
     fabric = LocalFabric(environment={"SHLVL": "1", "PATH": f"{bin_dir}:/usr/bin:/bin"})
@@ -705,7 +709,7 @@ def test_the_shortcut_leaves_job_specs_and_option_words_to_bash(isolated_home, t
     try:
         (m,) = cluster.launch(1)
         assert m.run("true").ok
-        for command in ("%job", "-dash"):
+        for command in ("%job", "-dash", "+plus"):
             seen = {}
             for mode, shortcut in (("channel", False), ("executor", True)):
                 cluster.settings.executor, cluster.settings.executor_shortcut = mode, shortcut
@@ -729,3 +733,74 @@ def test_a_command_killed_by_a_signal_names_it_on_every_path(cluster, machines):
     term, kill, three = seen["channel", True]
     assert term == ("exit", None, "TERM", "exit (SIGTERM)", "killed by SIGTERM")
     assert kill[2] == "KILL" and three == ("exit", 3, None, "exit 3", "")
+
+
+#: (what $BASH_ENV holds, then the commands run) where bash does more than look up and exec the first
+#: word. ``{dir}`` is a folder of the test's. A list of steps changes a file between commands.
+STARTUP_CASES = [
+    ("hash -p /usr/bin/id hostname\n", ["hostname", "uname"]),  # bash runs id
+    ("BASH_CMDS[uname]=/usr/bin/id\n", ["uname"]),
+    ("exec 7</etc/hostname\n", ["readlink /proc/self/fd/7"]),  # an inherited descriptor
+    ("exec 2>/dev/null\n", ["ls /nonexistent-ecshell"]),  # stderr redirected
+    ("EXECIGNORE='*/hostname'\n", ["hostname"]),  # not found by bash
+    ("set -k\n", ["/bin/echo A=1 B"]),  # A=1 goes to the environment, not argv
+    ("export LINENO BASH_COMMAND\n", ["printenv LINENO BASH_COMMAND"]),  # what bash gives each command anew
+    ("set -v\n", ["ls /nonexistent-ecshell"]),  # bash echoes the command line (on stderr)
+    # a function in a file sourced by $BASH_ENV, written after the shortcut was probed
+    (". {dir}/functions\n", ["hostname", ("{dir}/functions", "hostname() { echo from-a-sourced-function; }\n"),
+                             "hostname"]),
+    # a file sourced only once it exists
+    ("[ -f {dir}/later ] && . {dir}/later\n", ["hostname", ("{dir}/later", "hostname() { echo later; }\n"),
+                                                 "hostname"]),
+    # every file of a folder
+    ("for f in {dir}/rc.d/*.sh; do [ -e \"$f\" ] && . \"$f\"; done\n", ["hostname", ("{dir}/rc.d/a.sh", "alias x=y\n"
+                                                                    "hostname() { echo rc.d; }\n"), "hostname"]),
+    # state a program prints: what it prints next time is not in any start-up file
+    ('eval "$(cat {dir}/defs)"\n', ["hostname", ("{dir}/defs", "hostname() { echo from-eval; }\n"), "hostname"]),
+]
+
+
+@pytest.mark.parametrize("startup,steps", STARTUP_CASES, ids=[c[0].strip()[:30] for c in STARTUP_CASES])
+def test_the_shortcut_declines_what_the_start_up_changes(isolated_home, tmp_path, startup, steps):
+    """bash's start-up can change how a first word is found or what its program inherits beyond what
+    a probe of the top-level start-up files sees; each time, the shortcut gives what bash gives."""
+    folder = tmp_path / "startup"
+    (folder / "rc.d").mkdir(parents=True)
+    (folder / "functions").write_text("")
+    (folder / "defs").write_text("")
+    rc = tmp_path / "bash_env"
+    rc.write_text(startup.format(dir=folder))
+    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
+    cluster = Cluster(fabric, executor="executor", kill_on_cancel=False)
+    try:
+        (m,) = cluster.launch(1)
+        assert m.run("true").ok
+        for step in steps:
+            if isinstance(step, tuple):
+                name, text = step
+                pathlib.Path(name.format(dir=folder)).write_text(text)
+                continue
+            seen = {}
+            for mode, shortcut in (("channel", False), ("executor", False), ("executor", True)):
+                cluster.settings.executor, cluster.settings.executor_shortcut = mode, shortcut
+                r = m.run(step)
+                seen[mode, shortcut] = (r.exit_code, r.error, r.output_bytes)
+            assert seen["executor", True] == seen["channel", False] == seen["executor", False], (step, seen)
+    finally:
+        cluster.close()
+        _stop_everything(fabric)
+
+
+def test_a_stock_start_up_keeps_the_shortcut(isolated_home, tmp_path):
+    """Debian's /etc/bash.bashrc and ~/.bashrc return at once for a command: the shortcut stays on."""
+    rc = tmp_path / "bash_env"
+    rc.write_text('[ -z "$PS1" ] && return\ncase $- in\n    *i*) ;;\n      *) return;;\nesac\n')
+    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
+    cluster = Cluster(fabric, executor="executor")
+    try:
+        (m,) = cluster.launch(1)
+        assert m.run("true").ok
+        assert executor_of(m).hello["shortcut"] == "on"
+    finally:
+        cluster.close()
+        _stop_everything(fabric)

@@ -212,11 +212,29 @@ def _killpg(group, number):
 #: globbing, redirection, comment or separator is made of them.
 LITERAL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:,+@%=-"
 BLANKS = b" \t"
+IDENTIFIER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
 #: bash's reserved words (its grammar's: fixed). Builtins are asked of the shell itself.
 KEYWORDS = frozenset(b"! case coproc do done elif else esac fi for function if in select "
                      b"then time until while { } [[ ]]".split())
 PROBE_MARK = b"@@ecshell-probe@@\n"
 PROBE_TIMEOUT = 3.0
+#: Flags of ``$-`` that leave a literal simple command alone; any other (x, v, k, n, m, r, ...) does not.
+HARMLESS_FLAGS = frozenset(b"hBcefuCaPTEbH")
+#: The probe's look at the shell's own descriptors: the ones without close-on-exec are what its commands
+#: inherit; stdout and stderr must be the one pipe, stdin the other.
+DESCRIPTORS = (b"grep -Hs ^flags: /proc/$$/fdinfo/*; [ /proc/$$/fd/1 -ef /proc/$$/fd/2 ] && echo 1=2; "
+               b"[ -p /proc/$$/fd/0 ] && ! [ /proc/$$/fd/0 -ef /proc/$$/fd/1 ] && echo 0=in")
+O_CLOEXEC = 0o2000000
+#: Variables bash gives a new value for each command (or as time passes): exported, no probe can copy them.
+PER_COMMAND = frozenset(b"RANDOM SRANDOM SECONDS EPOCHSECONDS EPOCHREALTIME BASHPID LINENO BASH_COMMAND "
+                        b"BASH_SUBSHELL BASH_EXECUTION_STRING HISTCMD".split())
+STARTUP_END = b": @@ecshell-start-up-end@@"
+#: What a start-up may run (bash's xtrace shows each command it ran) for the probe to know its whole
+#: effect: builtins whose effect on a command the probe reads back, or that only test and branch.
+#: Anything else (a program, a function, ``read``, ``command``) could give another answer next time.
+UNDERSTOOD = frozenset(b": true false [ test [[ (( let return case for select break continue shift eval "
+                       b"export declare typeset local readonly unset shopt set alias unalias umask ulimit "
+                       b"hash exec cd trap enable echo printf . source".split())
 #: What a process inherits through exec, as /proc/self/status and /proc/self/limits say it.
 INHERITED = (b"Umask:", b"SigBlk:", b"SigIgn:", b"Uid:", b"Gid:", b"Groups:", b"NoNewPrivs:",
              b"Seccomp:", b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:", b"CapAmb:", b"Max ")
@@ -238,10 +256,17 @@ class Shortcut:
     It is taken only after a probe, run once through the real shell exactly
     as a command is, showed that the shell's start-up leaves nothing else a
     program could see: no output, no functions, no traps, no aliases that
-    expand, PATH with no ``~``, and ``env`` found where bash found it. The
-    probe runs again when a start-up file bash reads changes (/etc/bash.bashrc,
-    ~/.bashrc, $BASH_ENV). A command the lookup does not end on an executable
-    file for goes through the shell, so that its error is the shell's own.
+    expand, no names hashed (``hash -p``), no EXECIGNORE, no options that
+    change a simple command (``set -x``, ``-v``, ``-k``, ...), no descriptor
+    left open or redirected, PATH with no ``~``, and ``env`` found where bash
+    found it. A first run with xtrace lists every command the start-up ran:
+    if that is anything but builtins whose effect the probe reads back, the
+    shortcut stays off (the next start-up could differ in ways no file says);
+    every file it names (sourced, tested, globbed) and that file's folder are
+    watched with the start-up files bash reads (/etc/bash.bashrc, ~/.bashrc,
+    $BASH_ENV), and the probe runs again when one changes. A command the
+    lookup does not end on an executable file for goes through the shell, so
+    that its error is the shell's own.
     """
 
     def __init__(self, executor):
@@ -250,15 +275,17 @@ class Shortcut:
         self.env = {}  # name -> value, in the order bash exports them, ECSHELL_RUN included
         self.path = []
         self.builtins = frozenset()
+        self.hashed = frozenset()  # names the start-up hashed to a path of its choosing: bash's to run
         home = executor.env.get(b"HOME", b"")
         self.startup_files = [b"/etc/bash.bashrc", home + b"/.bashrc"]
         if executor.env.get(b"BASH_ENV"):
             self.startup_files.append(executor.env[b"BASH_ENV"])
+        self.watched = list(self.startup_files)  # and what the start-up's trace names
         self.stamps = None
 
     def _stamps(self):
         stamps = []
-        for name in self.startup_files:
+        for name in self.watched:
             try:
                 st = os.stat(name)
                 stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
@@ -272,6 +299,7 @@ class Shortcut:
 
     def probe(self):
         self.why = "probing"
+        self.watched = list(self.startup_files)
         self.stamps = self._stamps()
         self.why = self._probe()
 
@@ -279,7 +307,15 @@ class Shortcut:
         executor = self.executor
         if os.path.basename(executor.shell) != "bash":
             return "the login shell is not bash"
-        steps = [b"declare -F", b"trap -p", b"shopt -q expand_aliases && alias", b"enable -a", b"pwd -P",
+        if executor.env.get(b"BASH_ENV", b"").translate(None, LITERAL):
+            return "$BASH_ENV needs expanding: which file it names is the shell's to say"
+        why = self._trace_startup()
+        if why:
+            return why
+        self.stamps = self._stamps()
+        # hash -l first: the probe's own programs are hashed as they run
+        steps = [b"hash -l", b"declare -F", b"trap -p", b"shopt -q expand_aliases && alias", b"enable -a",
+                 b"pwd -P", b'echo "$-" "${EXECIGNORE-}"', DESCRIPTORS,
                  b"cat /proc/self/status /proc/self/limits", b"env -0"]
         script = b"".join(b"echo " + PROBE_MARK + step + b"\n" for step in steps)
         output = executor.capture(executor.shell_argv(script), executor.shell, executor.environment(b"probe"))
@@ -288,11 +324,23 @@ class Shortcut:
         sections = output.split(PROBE_MARK)
         if len(sections) != len(steps) + 1:
             return "the probe's output was not understood"
-        preamble, functions, traps, aliases, builtins, cwd, inherited, environ = sections
+        preamble, hashed, functions, traps, aliases, builtins, cwd, options, descriptors, inherited, environ = sections
         if preamble:
             return "the shell's start-up prints something"
         if functions or traps or aliases:
             return "the shell's start-up defines functions, traps or aliases"
+        try:
+            # "builtin hash -p /usr/bin/id hostname": the name is the last word
+            self.hashed = frozenset(line.split()[-1] for line in hashed.splitlines())
+        except IndexError:
+            return "the probe's output was not understood"
+        flags, _, execignore = options.rstrip(b"\n").partition(b" ")
+        if not HARMLESS_FLAGS.issuperset(flags):
+            return "the shell's start-up sets options (%s) that change a simple command" % flags.decode()
+        if execignore:
+            return "the shell's start-up sets EXECIGNORE"
+        if not _descriptors_as_given(descriptors):
+            return "the shell's start-up leaves descriptors open or redirects stdin, stdout or stderr"
         if cwd.rstrip(b"\n") != os.getcwdb():
             return "the shell's start-up changes directory"
         self.builtins = frozenset(line.split()[-1] for line in builtins.splitlines() if line.split())
@@ -303,6 +351,8 @@ class Shortcut:
                 env[name] = value
         if env.get(RUN_VARIABLE) != b"probe":
             return "the shell's start-up changes the command's environment"
+        if not PER_COMMAND.isdisjoint(env):
+            return "the shell's start-up exports a variable bash sets anew for each command"
         path = env.get(b"PATH")
         if path is None or any(d.startswith(b"~") for d in path.split(b":")):
             return "PATH is unset or has a ~ in it"
@@ -328,12 +378,14 @@ class Shortcut:
         words = command.split()
         if not words or b"=" in words[0] or words[0] in KEYWORDS or words[0] in self.builtins:
             return None
-        if words[0][:1] in (b"%", b"-"):
+        if words[0][:1] in (b"%", b"-", b"+"):
             return None  # a job spec (%1: bash runs fg) or an option-like word: bash decides, not a PATH lookup
         if self._stamps() != self.stamps:
             self.probe()
             if not self.usable:
                 return None
+        if words[0] in self.hashed:
+            return None
         path = self.lookup(words[0])
         if path is None:
             return None
@@ -355,6 +407,50 @@ class Shortcut:
                 return candidate
         return None
 
+    def _trace_startup(self):
+        """Run the start-up once under xtrace: why the shortcut cannot know its effect, or None.
+
+        Watches every file the trace names, and that file's folder (a glob over it, a file created later).
+        """
+        executor = self.executor
+        env = dict(executor.env)
+        env[b"SHELLOPTS"], env[b"PS4"] = b"xtrace", b"+ "  # bash takes both from the environment before start-up
+        output = executor.capture([executor.argv0.encode(), b"-c", STARTUP_END], executor.shell, env)
+        if output is None:
+            return "the probe through the shell failed or took more than %s s" % PROBE_TIMEOUT
+        trace, end, _ = output.partition(b"+ " + STARTUP_END + b"\n")
+        if not end:
+            return "the shell's start-up could not be traced"
+        sources = []
+        for line in trace.splitlines():
+            words = _xtrace_words(line)
+            if words is None:
+                return "the shell's start-up could not be followed (it prints, or a value spans lines)"
+            if not words:
+                continue
+            name = words[0]
+            if name not in UNDERSTOOD and not _assignment(name):
+                return "the shell's start-up runs %r: what it does next time no file says" % name.decode(
+                    "utf-8", "replace")
+            if name in (b".", b"source"):
+                if len(words) < 2 or b"/" not in words[1]:
+                    return "the shell's start-up sources a file found on PATH"
+                sources.append(words[1])
+            for word in words[1:]:
+                if b"/" in word:
+                    for path in (word, os.path.dirname(word) or b"."):
+                        if path not in self.watched:
+                            self.watched.append(path)
+        for name in self.startup_files + sources:
+            try:
+                with open(name, "rb") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if b"$(<" in text.replace(b" ", b"").replace(b"\t", b""):
+                return "the shell's start-up reads a file into a variable ($(<file))"
+        return None
+
     def environment(self, path, token):
         env = self.env.copy()  # keeps bash's order; setting a key keeps its place
         env[b"_"] = path
@@ -363,6 +459,63 @@ class Shortcut:
         else:
             env[RUN_VARIABLE] = token
         return env
+
+
+def _xtrace_words(line):
+    """The words of one line of bash's xtrace (``+ cmd 'a b'``), unquoted; None if it is no such line.
+
+    xtrace quotes a word with single quotes (``'\\''`` for a quote in it), or ``$'...'`` for control
+    characters, which is refused here.
+    """
+    command = line.lstrip(b"+")
+    if command == line or not command.startswith(b" ") or b"$'" in command:
+        return None
+    words, word, quoted, started, escaped = [], bytearray(), False, False, False
+    for byte in command[1:]:
+        char = bytes([byte])
+        if escaped:
+            word += char
+            escaped = False
+        elif char == b"\\" and not quoted:
+            escaped = started = True
+        elif char == b"'":
+            quoted, started = not quoted, True
+        elif char == b" " and not quoted:
+            if started:
+                words.append(bytes(word))
+            word, started = bytearray(), False
+        else:
+            word += char
+            started = True
+    if quoted or escaped:
+        return None
+    if started:
+        words.append(bytes(word))
+    return words
+
+
+def _assignment(word):
+    """Whether ``word`` is a variable assignment (``x=1``, ``a[k]+=v``)."""
+    name, sep, _ = word.partition(b"=")
+    name = name.rstrip(b"+").partition(b"[")[0]
+    return bool(sep and name) and not name[:1].isdigit() and not name.translate(None, IDENTIFIER)
+
+
+def _descriptors_as_given(section):
+    """Whether the probe's DESCRIPTORS step says the shell's commands get only stdin, stdout and stderr
+    as the executor gave them."""
+    inheritable, checks = set(), set()
+    try:
+        for line in section.splitlines():
+            if line in (b"1=2", b"0=in"):
+                checks.add(line)
+                continue
+            where, _, flags = line.partition(b":flags:")  # /proc/<pid>/fdinfo/<fd>:flags:\t<octal>
+            if not int(flags, 8) & O_CLOEXEC:
+                inheritable.add(int(where.rsplit(b"/", 1)[1]))
+    except ValueError:
+        return False
+    return inheritable == {0, 1, 2} and checks == {b"1=2", b"0=in"}
 
 
 def _inherited(status):
