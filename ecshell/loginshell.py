@@ -191,7 +191,7 @@ def install_login_shell(machines, user, prefix=DEFAULT_PREFIX, wheel=None, wheel
         raise ArgumentError(
             f"{', '.join(local)} are LocalFabric machines, i.e. this host: installing would change "
             f"the login shell of {user!r} on this very machine. Pass allow_this_host=True if that is meant")
-    if not isinstance(user, str) or not re.match(r"^[a-z_][a-z0-9_.-]*\$?$", user):
+    if not isinstance(user, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", user):
         raise ArgumentError(f"give the user as a login name such as 'ops', not {user!r}")
     if wheels not in ("index", "ship"):
         raise ArgumentError(f"wheels must be 'index' or 'ship', not {wheels!r}")

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ecshell")
 
 #: Marker names: letters, digits and ``_ . : @ + -``, not starting with a dot.
-NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}")
 #: The prefix that makes a marker a lock.
 LOCK_PREFIX = "lock."
 RECORD = "\x1e"
@@ -89,7 +89,7 @@ class LockHeld(StateError):
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ArgumentError(f"marker names are letters, digits and _ . : @ + - (not starting with a dot), "
                             f"e.g. 'configured' or 'app:v2'; not {name!r}")
     return name
@@ -137,7 +137,7 @@ class Marker(float):
 
     def holder_gone(self) -> bool | None:
         """True when the setter was a shell on this host whose pid no longer runs; else None (cannot tell)."""
-        match = re.match(r"^\S+@(\S+) pid (\d+)$", self.by)
+        match = re.fullmatch(r"\S+@(\S+) pid (\d+)", self.by)
         if not match or match.group(1) != socket.gethostname():
             return None
         return not os.path.exists(f"/proc/{match.group(2)}")

@@ -22,7 +22,7 @@ from typing import cast
 
 log = logging.getLogger("ecshell")
 
-_ID = re.compile(r"^i-[0-9a-f]{8,32}$")
+_ID = re.compile(r"i-[0-9a-f]{8,32}")
 MAX_BODY = 64 * 1024
 
 
@@ -40,7 +40,7 @@ class PhoneHome:
                     return
                 fields = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
                 instance_id = (fields.get("instance_id") or [""])[0]
-                if not _ID.match(instance_id):
+                if not _ID.fullmatch(instance_id):
                     self.send_error(400)
                     return
                 listener._record(instance_id, {k: v[0] for k, v in fields.items()})
