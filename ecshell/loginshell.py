@@ -289,8 +289,9 @@ def _say(r):
     if "changed" in r:
         if not r["changed"]:
             return f"ecshell-login was not {r['user']}'s shell (it is {r['shell']}): nothing to undo"
+        kept = f" (kept what ecshell did not put there: {', '.join(r['kept'])})" if r.get("kept") else ""
         return (f"the login shell of {r['user']} is {r['shell']} again"
-                + ("; ecshell-login removed from the machine" if r.get("removed") else ""))
+                + (f"; ecshell-login removed from the machine{kept}" if r.get("removed") else ""))
     if "home" in r:
         return f"user {r['user']}: shell {r['shell']}, home {r['home']}; python {r['python']}"
     return json.dumps(r)

@@ -215,6 +215,7 @@ def installed(host):
     rs = host.uninstall()
     assert rs.all_ok, _explain(rs)
     assert host.shell == "/bin/bash"
+    assert not os.path.exists(host.prefix)  # the install made it, and nothing else is in it
 
 
 @pytest.fixture
@@ -495,8 +496,10 @@ def test_the_machine_restores_the_shell_when_the_controller_vanishes(login):
 def test_install_from_wheels_shipped_along(login):
     """wheels="ship": every wheel built here and shipped; pip on the machine uses no index."""
     second = os.path.join(login.dir, "prefix-shipped")
+    os.mkdir(second)  # an empty directory made beforehand is taken; it stays after uninstall
     rs = login.cluster.install_login_shell(MACHINE, user=login.user, prefix=second, wheels="ship", deps="login")
     try:
+        _write(os.path.join(second, "not-ours.txt"), "put here by someone else while installed\n")
         assert rs.all_ok, _explain(rs)
         entry = os.path.join(second, "venv", "bin", "ecshell-login")
         assert login.shell == entry
@@ -511,6 +514,19 @@ def test_install_from_wheels_shipped_along(login):
         rs = login.cluster.uninstall_login_shell(MACHINE, user=login.user, prefix=second)
     assert rs.all_ok, _explain(rs)
     assert login.shell == login.entry  # back to what it was before this install
-    assert not os.path.exists(second)
+    assert os.listdir(second) == ["not-ours.txt"]  # only what the install made is gone
+    assert "kept what ecshell did not put there: not-ours.txt" in rs[MACHINE].output
     with open("/etc/shells") as f:
         assert second not in f.read()
+
+
+def test_install_refuses_a_prefix_holding_files_not_its_own(login):
+    """uninstall(remove=True) removes what the install made; a prefix such as /opt is refused before."""
+    foreign = os.path.join(login.dir, "prefix-foreign")
+    os.mkdir(foreign)
+    _write(os.path.join(foreign, "not-ours.txt"), "was here first\n")
+    rs = login.cluster.install_login_shell(MACHINE, user=login.user, prefix=foreign)
+    assert not rs.all_ok
+    assert "not ecshell's (not-ours.txt)" in rs[MACHINE].output, _explain(rs)
+    assert os.listdir(foreign) == ["not-ours.txt"]
+    assert login.shell == login.entry and foreign not in " ".join(login.our_shells())

@@ -7,12 +7,13 @@ it never imports it locally. Each op prints one JSON line starting with
 is on stderr. Exit codes are the contract.
 
 ops:
-  prepare    check the user and python, create the prefix
+  prepare    check the user and python, create the prefix (refusing one that holds
+             anything not ecshell's) and its manifest of what ecshell made there
   install    venv + pip install the shipped wheel; run ecshell-login as the user
   switch     add to /etc/shells, switch the user's shell, then wait on stdin for
              COMMIT; anything else -- ABORT, EOF (the controller or its
              connection died), a signal, the timeout -- puts everything back
-  uninstall  restore the recorded previous shell; remove what install added
+  uninstall  restore the recorded previous shell; remove what the manifest lists
 """
 
 import base64
@@ -22,12 +23,17 @@ import os
 import pwd
 import select
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
 import time
 
 ETC_SHELLS = "/etc/shells"
+#: What ecshell made under the prefix: only these are removed by uninstall.
+MANIFEST = "ecshell-manifest.json"
+#: The names an install makes directly under the prefix (an install without a manifest holds only these).
+OWN_NAMES = ("dist", "users", "venv", "installed.json", MANIFEST)
 
 
 class Failed(Exception):
@@ -48,7 +54,7 @@ def _user(name):
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        raise Failed(f"no user {name!r} on this machine; create it first (useradd -m {name})") from None
+        raise Failed(f"no user {name!r} on this machine; create it first (useradd -m {shlex.quote(name)})") from None
 
 
 def _entry(prefix):
@@ -142,10 +148,49 @@ def op_prepare(p):
     if sys.version_info < (3, 11):
         raise Failed(f"{sys.executable} is Python {sys.version.split()[0]}; ecshell needs 3.11 or newer "
                      "(pass python='/path/to/python3.11')")
-    for sub in ("", "dist", "users"):
-        os.makedirs(os.path.join(p["prefix"], sub), mode=0o755, exist_ok=True)
-    os.chmod(p["prefix"], 0o755)
+    prefix = p["prefix"]
+    manifest = _manifest(prefix)
+    if manifest is None:
+        manifest = _claim_prefix(prefix)
+    for sub in ("dist", "users"):
+        _make(prefix, manifest, sub, lambda path: os.makedirs(path, mode=0o755))
+    os.chmod(prefix, 0o755)
     say(user=account.pw_name, shell=account.pw_shell, home=account.pw_dir, python=sys.executable)
+
+
+def _manifest(prefix):
+    manifest = _read_json(os.path.join(prefix, MANIFEST))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("created"), list):
+        return None
+    return manifest
+
+
+def _claim_prefix(prefix):
+    """A manifest for a prefix that is new, empty, or an install from before manifests; else Failed."""
+    if os.path.islink(prefix) or (os.path.lexists(prefix) and not os.path.isdir(prefix)):
+        raise Failed(f"prefix {prefix} exists and is not a directory; choose another prefix=")
+    existed = os.path.isdir(prefix)
+    there = sorted(os.listdir(prefix)) if existed else []
+    foreign = [name for name in there if name not in OWN_NAMES]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise Failed(f"prefix {prefix} already holds files that are not ecshell's ({shown}); "
+                     "choose a new or empty directory as prefix= (uninstall would remove what ecshell put there)")
+    os.makedirs(prefix, mode=0o755, exist_ok=True)
+    manifest = {"created_prefix": not existed, "created": there}
+    _write_json(os.path.join(prefix, MANIFEST), manifest)
+    return manifest
+
+
+def _make(prefix, manifest, name, make):
+    """Make ``<prefix>/<name>`` with ``make(path)`` unless it exists; record it in the manifest first."""
+    path = os.path.join(prefix, name)
+    if os.path.lexists(path):
+        return
+    if name not in manifest["created"]:
+        manifest["created"].append(name)
+        _write_json(os.path.join(prefix, MANIFEST), manifest)
+    make(path)
 
 
 def _sha256(path):
@@ -165,6 +210,13 @@ def op_install(p):
     sha = _sha256(wheel)
     stamp = _read_json(stamp_path) or {}
     fresh = not (stamp.get("sha256") == sha and stamp.get("deps") == p["deps"] and os.access(_entry(prefix), os.X_OK))
+    manifest = _manifest(prefix)
+    if manifest is None:
+        raise Failed(f"{prefix} has no {MANIFEST}: run the prepare step first")
+    for name in ("venv", "installed.json"):
+        if name not in manifest["created"]:
+            manifest["created"].append(name)
+            _write_json(os.path.join(prefix, MANIFEST), manifest)
     if fresh:
         if not os.access(python, os.X_OK):
             done = subprocess.run([sys.executable, "-m", "venv", venv], stdin=subprocess.DEVNULL,
@@ -297,13 +349,33 @@ def op_uninstall(p):
         set_shell(user, previous)
     os.unlink(record_path)
     left = [n for n in os.listdir(os.path.join(prefix, "users")) if n.endswith(".json")]
-    removed = False
+    removed, kept = False, []
     if not left:
         etc_shells_remove(entry)
         if p.get("remove"):
-            shutil.rmtree(prefix, ignore_errors=True)
-            removed = True
-    say(user=user, shell=previous, changed=True, removed=removed, users_left=len(left))
+            removed, kept = _remove_ours(prefix)
+    say(user=user, shell=previous, changed=True, removed=removed, kept=kept, users_left=len(left))
+
+
+def _remove_ours(prefix):
+    """Remove what the manifest lists, then the prefix if ecshell made it and it is empty; (removed, kept)."""
+    manifest = _manifest(prefix)
+    if manifest is None:
+        note(f"{prefix} has no {MANIFEST}: nothing under it removed")
+        return False, [prefix]
+    for name in reversed(manifest["created"]):
+        path = os.path.join(prefix, name)
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            continue  # a manifest names entries directly under the prefix, nothing else
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    os.unlink(os.path.join(prefix, MANIFEST))
+    kept = sorted(os.listdir(prefix))
+    if manifest.get("created_prefix") and not kept:
+        os.rmdir(prefix)
+    return True, kept
 
 
 OPS = {"prepare": op_prepare, "install": op_install, "switch": op_switch, "uninstall": op_uninstall}
