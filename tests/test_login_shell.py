@@ -493,6 +493,42 @@ def test_the_machine_restores_the_shell_when_the_controller_vanishes(login):
     _unchanged(login)
 
 
+def _switch_process(host):
+    """The pid of the machine-side process running the switch op (under this module's sshd)."""
+    for pid in descendants(host.pid, children_map()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:2] == [b"-c"] and argv[3:4] == [b"switch"]:
+            return pid
+    return None
+
+
+def test_the_shell_is_restored_when_the_switching_process_is_killed(login):
+    """SIGKILL of the machine-side process that switched leaves it no chance: the rollback cannot be its job."""
+    _back_to_bash(login)
+    channel = _switch(login)
+    try:
+        pid = _switch_process(login)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _wait(lambda: login.shell == "/bin/bash", "the shell to be restored", limit=20)
+        _wait(lambda: login.our_shells() == [], "/etc/shells to be restored", limit=20)
+        _unchanged(login)
+    finally:
+        channel.close()
+
+
+def test_a_killed_switch_after_a_commit_changes_nothing(login):
+    """The guard undoes only a switch the record still calls pending: a committed one stays."""
+    import ecshell.remote.loginshell as machine_side
+
+    assert machine_side.roll_back(login.prefix, login.user) is False
+    assert login.shell == login.entry
+
+
 def test_install_from_wheels_shipped_along(login):
     """wheels="ship": every wheel built here and shipped; pip on the machine uses no index."""
     second = os.path.join(login.dir, "prefix-shipped")

@@ -12,18 +12,22 @@ ops:
   install    venv + pip install the shipped wheel; run ecshell-login as the user
   switch     add to /etc/shells, switch the user's shell, then wait on stdin for
              COMMIT; anything else -- ABORT, EOF (the controller or its
-             connection died), a signal, the timeout -- puts everything back
+             connection died), a signal, the timeout -- puts everything back.
+             What to undo is in the user's record first, and a detached guard
+             process undoes it if this one dies without committing (SIGKILL)
   uninstall  restore the recorded previous shell; remove what the manifest lists
 """
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import pwd
 import select
-import shutil
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,19 +274,18 @@ def op_switch(p):
                          "set it back with usermod -s /bin/bash first")
         record = {"previous_shell": account.pw_shell, "at": time.time()}
     previous = record["previous_shell"]
-    undo = []
+    # What to undo is on disk before anything changes, so that a guard process can undo it
+    # when this one is gone (SIGKILL leaves no chance to clean up).
+    record["pending"] = {"entry": entry, "new_record": new_record, "etc_shells_added": False}
+    _write_json(record_path, record)
+    _start_guard(prefix, user)
     restored = []
 
     def restore(why):
-        if restored:
-            return
-        restored.append(why)
-        for step in reversed(undo):
-            try:
-                step()
-            except Exception as exc:  # keep going: the shell itself comes first in undo order
-                note(f"while restoring: {exc}")
-        say(restored=previous, why=why)
+        if not restored:
+            restored.append(why)
+            roll_back(prefix, user)
+            say(restored=previous, why=why)
 
     def on_signal(signum, frame):
         restore(f"signal {signum}")
@@ -291,15 +294,9 @@ def op_switch(p):
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        if new_record:
-            _write_json(record_path, record)
-            undo.append(lambda: os.unlink(record_path))
         if etc_shells_add(entry):
-            record["etc_shells_added"] = True
+            record["pending"]["etc_shells_added"] = record["etc_shells_added"] = True
             _write_json(record_path, record)
-            undo.append(lambda: etc_shells_remove(entry))
-        # The previous shell goes back first, whatever else fails (even usermod half-way).
-        undo.append(lambda: set_shell(user, previous))
         if account.pw_shell != entry:
             set_shell(user, entry)
         say(switched=entry, previous=previous)
@@ -307,6 +304,9 @@ def op_switch(p):
         if answer != "COMMIT":
             restore(f"no commit ({answer or 'end of input'})")
             sys.exit(3)
+        with _locked(record_path):
+            del record["pending"]
+            _write_json(record_path, record)  # committed: from here on no one rolls back
         say(committed=entry, previous=previous)
     except Failed as exc:
         restore(str(exc))
@@ -314,6 +314,67 @@ def op_switch(p):
     except Exception as exc:
         restore(f"{type(exc).__name__}: {exc}")
         raise
+
+
+@contextlib.contextmanager
+def _locked(record_path):
+    """The user's record to ourselves: the switch and its guard never both roll back."""
+    with open(record_path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def roll_back(prefix, user):
+    """Undo a switch the record says is pending (once, whoever calls first); True if there was one."""
+    record_path = _record_path(prefix, user)
+    with _locked(record_path):
+        record = _read_json(record_path)
+        pending = record.get("pending") if isinstance(record, dict) else None
+        if not pending:
+            return False
+        # The previous shell goes back first, whatever else fails (even usermod half-way).
+        steps = [lambda: set_shell(user, record["previous_shell"])]
+        if pending.get("etc_shells_added"):
+            steps.append(lambda: etc_shells_remove(pending["entry"]))
+        if pending.get("new_record"):
+            steps.append(lambda: os.unlink(record_path))
+        else:
+            steps.append(lambda: _write_json(record_path, {k: v for k, v in record.items() if k != "pending"}))
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # keep going: the shell itself came first
+                note(f"while restoring: {exc}")
+        return True
+
+
+def _start_guard(prefix, user):
+    """A detached process that rolls the switch back when this one ends without committing.
+
+    It waits on a pipe whose only writer is this process: the pipe ends when this
+    process does, however it ends (SIGKILL included); then the record decides.
+    """
+    read_end, write_end = os.pipe()
+    first = os.fork()
+    if first:
+        os.close(read_end)
+        os.waitpid(first, 0)
+        return write_end  # kept open (never written) until this process exits
+    try:
+        os.setsid()  # out of the ssh session's process group and terminal
+        if os.fork():
+            os._exit(0)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # the channel must close when the switch process ends
+            os.dup2(null, fd)
+        os.closerange(3, read_end)
+        os.closerange(read_end + 1, 65536)
+        while os.read(read_end, 1):
+            pass
+        roll_back(prefix, user)
+    finally:
+        os._exit(0)
 
 
 def _wait_line(timeout):
