@@ -7,6 +7,14 @@ wrapping a command (:mod:`ecshell.adapters`), never by growing Machine.
 
 >>> Shell("uptime", timeout=10)
 Shell('uptime', timeout=10)
+
+A command built from values takes them as separate words, each quoted for
+the shell (:func:`quote`), so a value is never read as shell syntax:
+
+>>> Shell(["useradd", "-m", "alice; rm -rf ~"])
+Shell("useradd -m 'alice; rm -rf ~'")
+>>> Shell(f"id -u {quote('bob')} || useradd -m {quote('bob')}")
+Shell('id -u bob || useradd -m bob')
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import os
 import posixpath
 import secrets
+import shlex
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import arguments
@@ -23,6 +33,24 @@ from .ssh.transport import Exit, Lost, Request, Stopped, run_token
 if TYPE_CHECKING:
     from .engine import Attempt
     from .results import Result
+
+
+#: A command as run() and Shell take it: a shell string, or a list of words each quoted for the shell.
+CommandLine = Union[str, Sequence[Union[str, int, "os.PathLike[str]"]]]
+
+
+def quote(value: str | int | os.PathLike[str]) -> str:
+    """``value`` as one shell word (``shlex.quote``): put it into a command string as data."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, os.PathLike)):
+        raise ArgumentError(f"quote() takes a str, an int or a path, not {type(value).__name__} {value!r}")
+    return shlex.quote(os.fspath(value) if isinstance(value, os.PathLike) else str(value))
+
+
+def words(argv: Sequence[str | int | os.PathLike[str]]) -> str:
+    """A command line of ``argv``, each word quoted: ``words(["useradd", "-m", user])``."""
+    if not argv:
+        raise ArgumentError("give at least one word, e.g. ['useradd', '-m', user]")
+    return " ".join(quote(word) for word in argv)
 
 
 class Command:
@@ -46,6 +74,9 @@ class Command:
 class Shell(Command):
     """Run a shell string in the user's login shell, as ``ssh host CMD`` would.
 
+    ``command`` is that string, or a list of words (an argv) that are each
+    quoted for the shell and joined: ``Shell(["useradd", "-m", user])``.
+
     Output is stdout and stderr combined, in arrival order. stdin is closed at
     once unless ``input`` (bytes or str) is given. No PTY unless ``pty=True``.
     It goes over the machine's persistent executor or a channel of its own
@@ -57,10 +88,13 @@ class Shell(Command):
     #: Whether this command may go through the machine's persistent executor.
     via_executor = True
 
-    def __init__(self, command: str, timeout: Optional[float] = None,
+    def __init__(self, command: CommandLine, timeout: Optional[float] = None,
                  input: Union[bytes, str, None] = None, pty: bool = False):
+        if isinstance(command, (list, tuple)):
+            command = words(command)
         if not isinstance(command, str) or not command.strip():
-            raise ArgumentError("give the command as a non-empty string, e.g. run('uptime')")
+            raise ArgumentError("give the command as a non-empty string, e.g. run('uptime'), "
+                                "or a list of words to quote, e.g. run(['useradd', '-m', user])")
         self.command = command
         self.timeout = arguments.seconds("timeout", timeout)
         given = arguments.stdin_input(input)
