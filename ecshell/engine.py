@@ -325,7 +325,7 @@ class Engine:
         cancel = threading.Event()
         fanned = {}
         for name, members in groups.items():
-            run = FanoutRun(command, self.settings, cancel, on_output, on_result)
+            run = FanoutRun(name, command, self.settings, cancel, on_output, on_result)
             fanned[self._start_fanout(self.fanouts[name], members, command, run)] = (members, run)
         futures = {}
         if direct:

@@ -58,9 +58,11 @@ class Fanout:
 class FanoutRun:
     """One broadcast as a fan-out transport sees it: the clock, the cancel flag, the results so far."""
 
-    def __init__(self, command: Shell, settings: Any, cancel: threading.Event,
+    def __init__(self, transport: str, command: Shell, settings: Any, cancel: threading.Event,
                  on_output: Optional[Callable[[Machine, bytes], object]] = None,
                  on_result: Optional[Callable[[Result], object]] = None):
+        #: The transport's name: every Result's ``detail["transport"]``.
+        self.transport = transport
         self.command = command
         self.settings = settings
         self.cancel = cancel
@@ -104,6 +106,7 @@ class FanoutRun:
             buffer.close()
             if error is None and exit_code:
                 error = ErrorKind.EXIT
+            detail = dict(detail or {}, transport=self.transport)
             result = Result(machine, self.command, buffer, exit_code, error, message,
                             time.monotonic() - self.started, False, detail, signal)
             self.results[machine.name] = result

@@ -18,7 +18,7 @@ import paramiko
 
 from ..errors import ConnectError, ErrorKind
 from .transport import (KILL_TIMEOUT, POLL, RUN_VARIABLE, Broken, Exit, Lost, Process, Request, Silent, Transport,
-                        next_chunk, send_input, stopped)
+                        kill_script, next_chunk, send_input, stopped)
 
 
 class ChannelTransport(Transport):
@@ -98,22 +98,10 @@ class ChannelProcess(Process):
 def kill_run(connection, token: str) -> str:
     """TERM every process carrying ECSHELL_RUN=token (and its process group), KILL a second later.
 
-    Returns a note for the result. Runs on a new channel of the same
-    connection. The pattern's bracket keeps the killer itself from matching:
-    its own command line holds ``=[x]yz...``, which the regex does not match.
-    The shell may not have started yet when a Ctrl-C comes, so an empty
-    search is tried again for half a second.
+    Returns a note for the result. Runs :func:`kill_script` on a new channel
+    of the same connection.
     """
-    pattern = f"{RUN_VARIABLE}=[{token[0]}]{token[1:]}"
-    script = (
-        "n=0; while :; do "
-        f"p=$(grep -ls -e '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null "
-        "| cut -d/ -f3 | sort -u); "
-        '[ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done; '
-        'for q in $p; do kill -TERM -$q $q 2>/dev/null; done; '
-        '(sleep 1; for q in $p; do kill -KILL -$q $q 2>/dev/null; done) >/dev/null 2>&1 </dev/null & '
-        'echo $p'
-    )
+    script = kill_script(token)
     try:
         channel = connection.open_session(timeout=KILL_TIMEOUT)
         try:
