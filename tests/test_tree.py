@@ -10,6 +10,7 @@ path's for the same command on the same machines.
 import dataclasses
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -145,3 +146,16 @@ def test_what_the_tree_cannot_do_is_said(tree):
     assert nodes[:2].run("printf 'no newline'", transport="direct")[0].output == "no newline"
     with pytest.raises(ArgumentError, match="no stdin"):
         nodes.run("cat", input="x")
+
+
+def test_a_clustershell_topology_file_routes_instead_of_the_gateway_list(tree, tmp_path):
+    cluster, nodes = tree
+    root = socket.gethostname().split(".")[0]
+    topology = tmp_path / "topology.conf"
+    # gw-1 serves most of the nodes, gw-0 two of them; node-9 is not in the topology: it goes direct
+    topology.write_text(f"[routes]\n{root}: gw-[0-1]\ngw-0: node-[0-1]\ngw-1: node-[2-8]\n")
+    cluster.settings.gateways = []
+    cluster.settings.topology_file = str(topology)
+    rs = nodes.run("echo $ECSHELL_MACHINE")
+    assert [r.detail.get("transport") for r in rs.values()] == ["tree"] * 9 + [None]
+    assert outcome(rs) == outcome(nodes.run("echo $ECSHELL_MACHINE", transport="direct"))
