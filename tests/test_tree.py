@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from ecshell import ArgumentError
+from ecshell import ArgumentError, StaticFabric
 from ecshell.ssh.keys import generate_ed25519
 
 COMMANDS = [
@@ -159,3 +159,21 @@ def test_a_clustershell_topology_file_routes_instead_of_the_gateway_list(tree, t
     rs = nodes.run("echo $ECSHELL_MACHINE")
     assert [r.detail.get("transport") for r in rs.values()] == ["tree"] * 9 + [None]
     assert outcome(rs) == outcome(nodes.run("echo $ECSHELL_MACHINE", transport="direct"))
+
+
+def test_a_target_behind_proxy_jump_goes_direct_unless_the_tree_is_asked_for(tree):
+    cluster, nodes = tree
+    bastion, inner = nodes[0], nodes[1]
+    key = bastion.prototype.identity_files[0]
+    with open(os.path.expanduser("~/.ssh/known_hosts"), "w") as f:
+        for m in (bastion, inner):
+            f.write(f"[127.0.0.1]:{m.port} {m.prototype.host_keys[0]}\n")
+    with open(os.path.expanduser("~/.ssh/config"), "w") as f:
+        f.write(f"Host bastion\n  HostName 127.0.0.1\n  Port {bastion.port}\n  IdentityFile {key}\n"
+                f"Host inner\n  HostName 127.0.0.1\n  Port {inner.port}\n  IdentityFile {key}\n  ProxyJump bastion\n")
+    cluster.attach(StaticFabric(["inner"], name="static"))
+    behind = cluster["inner"]
+    r = behind.run("echo $ECSHELL_MACHINE")["inner"]
+    assert r.ok and r.output == "node-1\n" and "transport" not in r.detail  # the gateways cannot follow a jump
+    with pytest.raises(ArgumentError, match="ProxyJump"):
+        behind.run("true", transport="tree")

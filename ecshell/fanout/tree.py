@@ -39,7 +39,7 @@ import socket
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
-from ..errors import ErrorKind
+from ..errors import ConnectError, ErrorKind
 from ..hostset import fold, match
 from ..ssh.transport import Request, kill_script, run_token
 from .base import Fanout, FanoutRun
@@ -77,6 +77,16 @@ def ssh_failure(stderr: str) -> Optional[ErrorKind]:
         if text in stderr:
             return kind
     return None
+
+
+def _proxied(machine: Machine) -> bool:
+    """Whether the controller reaches ``machine`` through a ProxyJump or ProxyCommand (a name that
+    does not resolve counts as not: the tree reports it)."""
+    try:
+        endpoint = machine.endpoint
+    except ConnectError:
+        return False
+    return endpoint.proxy_jump is not None or endpoint.proxy_command is not None
 
 
 def shares(targets: list[Machine], gateways: list[Machine]) -> dict[str, list[Machine]]:
@@ -128,16 +138,18 @@ class TreeFanout(Fanout):
 
     def routes(self, machine: Machine) -> bool:
         if self.settings.topology_file:
-            return machine.name in self._targets_in_topology()
+            return machine.name in self._targets_in_topology() and not _proxied(machine)
         if not self.settings.gateways:
             return False
-        return machine.name not in {g.name for g in self.gateways()}
+        return machine.name not in {g.name for g in self.gateways()} and not _proxied(machine)
 
     def cannot_reach(self, machine: Machine) -> Optional[str]:
         if not (self.settings.gateways or self.settings.topology_file):
             return "there are no gateways: set c.EcShell.gateways (or c.EcShell.topology_file)"
         if machine.name in {g.name for g in self.gateways()}:
             return "it is a gateway itself"
+        if _proxied(machine):
+            return "it is reached through ProxyJump or ProxyCommand, which the gateways do not follow"
         return None
 
     def refuses(self, command: Shell) -> Optional[str]:
@@ -160,8 +172,8 @@ class TreeFanout(Fanout):
         for machine in machines:
             try:
                 machine.endpoint
-            except Exception as exc:  # ConnectError: the name does not resolve
-                run.finish(machine, error=ErrorKind.UNREACHABLE, message=str(exc))
+            except ConnectError as exc:  # the name does not resolve
+                run.finish(machine, error=exc.kind, message=str(exc))
                 continue
             reachable.append(machine)
         failed = self.installer.ready(gateways, reachable)
