@@ -178,6 +178,18 @@ def test_on_returns_resultset_and_keeps_history(ip):
     assert "0 ok, 3 failed -- exit 3" in text
 
 
+def test_on_transport_chooses_what_carries_the_broadcast(ip):
+    launch(ip, 1, "gw")
+    launch(ip, 2)
+    cluster = ip.user_ns["cluster"]
+    cluster.settings.gateways = ["gw-0"]
+    through = ip.run_line_magic("on", "node-* echo $ECSHELL_MACHINE")
+    direct = ip.run_line_magic("on", "--transport direct node-* echo $ECSHELL_MACHINE")
+    assert [r.detail.get("transport") for r in through.values()] == ["tree", "tree"]
+    assert [r.detail.get("transport") for r in direct.values()] == [None, None]
+    assert [r.output for r in through.values()] == [r.output for r in direct.values()] == ["node-0\n", "node-1\n"]
+
+
 def test_on_targets(ip):
     launch(ip, 3)
     launch(ip, 1, "db")
