@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from .errors import ArgumentError, ConnectError, ErrorKind
 from .fanout.base import Fanout, FanoutRun
-from .fanout.routes import DIRECT, SSM, route
+from .fanout.routes import DIRECT, SSM, TREE, route
 from .hostset import fold
 from .output import OutputBuffer
 from .results import Result, ResultSet
@@ -214,9 +214,10 @@ class Engine:
     def _routes(self, machines, command, transport):
         """``{transport name: [machines]}`` for this broadcast; ArgumentError for what cannot go that way."""
         groups: dict[str, list] = {}
-        tree = self.fanouts.get("tree")
+        tree = self.fanouts.get(TREE)
+        tree_names = tree.routed(machines) if tree is not None and transport is None else set()
         for machine in machines:
-            groups.setdefault(route(machine, command, transport, tree), []).append(machine)
+            groups.setdefault(route(machine, command, transport, tree_names), []).append(machine)
         for name, members in groups.items():
             if name == DIRECT:
                 continue
@@ -225,7 +226,7 @@ class Engine:
             if refused:
                 raise ArgumentError(f"the {name} transport cannot run this command: {refused}; "
                                     "run it with transport='direct'")
-            unreachable = {m.name: why for m in members if (why := fanout.cannot_reach(m))}
+            unreachable = fanout.cannot_reach(members)
             if unreachable:
                 why = next(iter(unreachable.values()))
                 raise ArgumentError(f"the {name} transport cannot reach {fold(list(unreachable))}: {why}; "

@@ -247,7 +247,7 @@ def test_cell_magic_sends_the_script(ip):
 
 def test_help_has_usage_and_examples(ip):
     doc = ip.find_line_magic("on").__doc__
-    assert "%on [-t TIMEOUT] [--quiet] TARGET ..." in doc and "Examples" in doc and "%on failed" in doc
+    assert "%on [-t TIMEOUT] [--quiet] [--transport {direct,tree,ssm}] TARGET ..." in doc and "Examples" in doc and "%on failed" in doc
     for name in ("cluster", "launch", "ready", "terminate", "put", "get", "cost"):
         assert "Examples" in ip.find_line_magic(name).__doc__, name
 

@@ -43,13 +43,13 @@ class Fanout:
         """Why ``command`` cannot go this way (stdin, a PTY, ...), or None if it can."""
         return None
 
-    def routes(self, machine: Machine) -> bool:
-        """Whether broadcasts to ``machine`` take this transport when the call does not choose."""
-        return False
+    def routed(self, machines: list[Machine]) -> set[str]:
+        """The names of ``machines`` whose broadcasts take this transport when the call does not choose."""
+        return set()
 
-    def cannot_reach(self, machine: Machine) -> Optional[str]:
-        """Why this transport can never reach ``machine`` (not an EC2 instance, ...), or None."""
-        return None
+    def cannot_reach(self, machines: list[Machine]) -> dict[str, str]:
+        """``{name: why}`` for those of ``machines`` this transport can never reach (not an EC2 instance, ...)."""
+        return {}
 
     def broadcast(self, machines: list[Machine], command: Shell, run: FanoutRun) -> None:
         raise NotImplementedError

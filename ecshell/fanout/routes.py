@@ -16,7 +16,6 @@ from ..errors import ArgumentError
 
 if TYPE_CHECKING:
     from ..machine import Machine
-    from .base import Fanout
 
 DIRECT, TREE, SSM = "direct", "tree", "ssm"
 TRANSPORTS = (DIRECT, TREE, SSM)
@@ -30,8 +29,8 @@ def check_transport(transport: Optional[str]) -> Optional[str]:
     return transport
 
 
-def route(machine: Machine, command: Any, transport: Optional[str], tree: Optional[Fanout]) -> str:
-    """The transport name for ``machine``: ``direct``, ``tree`` or ``ssm``."""
+def route(machine: Machine, command: Any, transport: Optional[str], tree: set[str]) -> str:
+    """The transport name for ``machine``: ``direct``, ``tree`` or ``ssm``; ``tree``: the names the tree routes."""
     if not getattr(command, "via_fanout", False):
         if transport not in (None, DIRECT):
             raise ArgumentError(f"{command!r} goes over the controller's own SSH connections only; "
@@ -41,6 +40,6 @@ def route(machine: Machine, command: Any, transport: Optional[str], tree: Option
         return transport
     if getattr(machine.fabric, "transport", DIRECT) == SSM:
         return SSM
-    if tree is not None and tree.routes(machine):
+    if machine.name in tree:
         return TREE
     return DIRECT

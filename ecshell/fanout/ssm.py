@@ -121,10 +121,9 @@ class SsmFanout(Fanout):
             return "SSM Run Command gives a command no PTY"
         return None
 
-    def cannot_reach(self, machine: Machine) -> Optional[str]:
-        if getattr(machine.fabric, "kind", None) != "ec2":
-            return "SSM Run Command reaches EC2 instances only"
-        return None
+    def cannot_reach(self, machines: list[Machine]) -> dict[str, str]:
+        return {m.name: "SSM Run Command reaches EC2 instances only" for m in machines
+                if getattr(m.fabric, "kind", None) != "ec2"}
 
     def broadcast(self, machines: list[Machine], command: Shell, run: FanoutRun) -> None:
         by_fabric: dict[int, list[Machine]] = {}

@@ -136,21 +136,27 @@ class TreeFanout(Fanout):
     def _targets_in_topology(self) -> set[str]:
         return {name for group in self._topology() if not group.children_len() for name in group.nodeset}
 
-    def routes(self, machine: Machine) -> bool:
+    def routed(self, machines: list[Machine]) -> set[str]:
         if self.settings.topology_file:
-            return machine.name in self._targets_in_topology() and not _proxied(machine)
+            targets = self._targets_in_topology()
+            return {m.name for m in machines if m.name in targets and not _proxied(m)}
         if not self.settings.gateways:
-            return False
-        return machine.name not in {g.name for g in self.gateways()} and not _proxied(machine)
+            return set()
+        gateways = {g.name for g in self.gateways()}
+        return {m.name for m in machines if m.name not in gateways and not _proxied(m)}
 
-    def cannot_reach(self, machine: Machine) -> Optional[str]:
+    def cannot_reach(self, machines: list[Machine]) -> dict[str, str]:
         if not (self.settings.gateways or self.settings.topology_file):
-            return "there are no gateways: set c.EcShell.gateways (or c.EcShell.topology_file)"
-        if machine.name in {g.name for g in self.gateways()}:
-            return "it is a gateway itself"
-        if _proxied(machine):
-            return "it is reached through ProxyJump or ProxyCommand, which the gateways do not follow"
-        return None
+            return {m.name: "there are no gateways: set c.EcShell.gateways (or c.EcShell.topology_file)"
+                    for m in machines}
+        gateways = {g.name for g in self.gateways()}
+        found = {}
+        for machine in machines:
+            if machine.name in gateways:
+                found[machine.name] = "it is a gateway itself"
+            elif _proxied(machine):
+                found[machine.name] = "it is reached through ProxyJump or ProxyCommand, which the gateways do not follow"
+        return found
 
     def refuses(self, command: Shell) -> Optional[str]:
         if command.input is not None:
