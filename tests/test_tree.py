@@ -146,6 +146,10 @@ def test_what_the_tree_cannot_do_is_said(tree):
     assert nodes[:2].run("printf 'no newline'", transport="direct")[0].output == "no newline"
     with pytest.raises(ArgumentError, match="no stdin"):
         nodes.run("cat", input="x")
+    # a command killed by a signal is seen through the gateway's ssh: exit 255, no signal name
+    killed = nodes[:1].run("kill -TERM $$")[0]
+    assert (killed.error, killed.exit_code, killed.signal) == ("exit", 255, None)
+    assert nodes[:1].run("kill -TERM $$", transport="direct")[0].signal == "TERM"
 
 
 def test_a_clustershell_topology_file_routes_instead_of_the_gateway_list(tree, tmp_path):
