@@ -23,9 +23,6 @@ import sys
 #: Per shell (by id): what load_ipython_extension set up, for unload to take down.
 _loaded: dict[int, "Extension"] = {}
 
-#: Magic lines whose arguments ecshell completes.
-COMPLETED = ("%on", "%%on", "%terminate", "%ready", "%put", "%get")
-
 
 class Extension:
     """Everything ecshell added to one shell."""
@@ -40,7 +37,7 @@ class Extension:
         self.session = Session(self.cluster, ask=self.ask, color=self._color(), passphrase=self.passphrase)
         self.magics = EcShellMagics(shell, self.session)
         self.registered = {"line": [], "cell": []}
-        self.completers = []
+        self.matcher = None
         self.printer_added = False
         self.toolbar_on = False
 
@@ -86,9 +83,10 @@ class Extension:
         p.text(render_resultset(resultset, color=self._color()))
 
     def _add_completion(self):
-        for key in COMPLETED:
-            self.shell.set_hook("complete_command", self.complete, str_key=key)
-            self.completers.append(key)
+        from .completion import TargetMatcher
+
+        self.matcher = TargetMatcher(self.session).match
+        self.shell.Completer.custom_matchers.append(self.matcher)
 
     def _color(self):
         colors = str(getattr(self.shell, "colors", "NoColor")).lower()
@@ -116,22 +114,6 @@ class Extension:
             return getpass.getpass(prompt) or None
         except (EOFError, KeyboardInterrupt):
             return None
-
-    def complete(self, shell, event):
-        from IPython.core.error import TryNext
-
-        line = event.text_until_cursor
-        words = self.session.complete(line)
-        if not words:
-            raise TryNext()
-        # IPython replaces only its own token, which stops at '=', '[', ',' ...:
-        # hand back the part of each word that goes in place of that token.
-        current = "" if line[-1:].isspace() else line.split()[-1]
-        symbol = event.symbol or ""
-        if not current.endswith(symbol):
-            return words
-        cut = len(current) - len(symbol)
-        return [w[cut:] for w in words if w.startswith(current)]
 
     def update_toolbar(self):
         app = getattr(self.shell, "pt_app", None)
@@ -161,14 +143,9 @@ class Extension:
                     del manager.magics[kind][name]
         if manager.registry.get(type(self.magics).__name__) is self.magics:
             del manager.registry[type(self.magics).__name__]
-        dispatchers = getattr(shell, "strdispatchers", {}).get("complete_command")
-        if dispatchers is not None:
-            for key in self.completers:
-                chain = dispatchers.strs.get(key)
-                if chain is not None:
-                    chain.chain = [(p, f) for p, f in chain.chain if getattr(f, "__func__", None) != self.complete]
-                    if not chain.chain:
-                        del dispatchers.strs[key]
+        if self.matcher is not None:
+            matchers = shell.Completer.custom_matchers
+            matchers[:] = [m for m in matchers if m != self.matcher]
         if self.printer_added:
             from ..results import ResultSet
 

@@ -13,6 +13,7 @@ is how the session asks the operator a yes/no question; ``None`` means it
 cannot ask, and then it refuses whatever would need an answer.
 """
 
+import re
 import sys
 
 from . import report, targets
@@ -21,6 +22,15 @@ from ..hostset import check_prefix, fold
 from ..results import ResultSet
 from ..states import MachineState
 
+#: ``name = `` before a magic: ``rs = %on web-*`` completes as ``%on web-*`` does.
+_ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][\w.]*\s*=\s*(?=%)")
+
+
+def current_piece(text_until_cursor):
+    """What a target completion replaces: the last word before the cursor, from its last comma on."""
+    if text_until_cursor[-1:].isspace():
+        return ""
+    return text_until_cursor.split()[-1].rsplit(",", 1)[-1]
 
 
 class Session:
@@ -318,7 +328,14 @@ class Session:
     VALUED_OPTIONS = ("-t", "--timeout", "-m", "--mode")
 
     def complete(self, text_until_cursor):
-        """Completions for a magic line (``%on we``), or None when the word is not a target."""
+        """Target words for the piece of a magic line before the cursor (``%on we``), or None.
+
+        None when the cursor is not on a target; else the words that can
+        replace :func:`current_piece` (an empty list when none fits). A line
+        may assign the magic's result (``rs = %on we``); in ``web-0,we`` or
+        ``role=web,zo`` only the part after the last comma is completed.
+        """
+        text_until_cursor = _ASSIGNMENT.sub("", text_until_cursor, count=1)
         words = text_until_cursor.split()
         if not words:
             return None
@@ -339,7 +356,7 @@ class Session:
             return None
         if current != position:
             return None
-        prefix = args[current] if current < len(args) else ""
+        prefix = current_piece(text_until_cursor)
         return [w for w in targets.candidates(self.cluster, self.known_markers) if w.startswith(prefix)]
 
     def __repr__(self):
