@@ -36,8 +36,11 @@ class Kernel:
         self.client.wait_for_ready(timeout=PATIENCE)
 
     def run(self, code, timeout=PATIENCE):
-        """``[(arrived, msg_type, content)]`` of the iopub messages for ``code``, up to idle."""
-        msg_id = self.client.execute(code)
+        """``[(arrived, msg_type, content)]`` of the iopub messages for ``code``, up to idle.
+
+        As nbclient and papermill run a cell: no stdin (input() cannot ask).
+        """
+        msg_id = self.client.execute(code, allow_stdin=False)
         messages = []
         until = time.monotonic() + timeout
         while True:

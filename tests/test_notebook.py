@@ -51,3 +51,12 @@ def test_eight_timeouts_are_one_row(kernel):
     html = result_data(messages)["text/html"]
     assert len(_rows(html)) == 1, html
     assert "web-[0-7]" in html and "(8)" in html
+
+
+def test_terminate_all_where_nobody_can_answer_says_how(kernel):
+    messages = kernel.run("%terminate all")
+    assert not errors(messages)  # was StdinNotImplementedError and its 30-line traceback
+    said = "".join(c["text"] for _t, kind, c in messages if kind == "stream")
+    assert said.startswith("UsageError: terminating 9 machines") and said.count("\n") == 1, said
+    assert "needs a confirmation: add -y, e.g. %terminate all -y" in said
+    assert not errors(kernel.run("assert len(cluster.machines.reachable()) == 9, cluster.machines"))

@@ -99,9 +99,17 @@ class Extension:
     # -- behaviour ---------------------------------------------------------------
 
     def ask(self, question):
-        """A yes/no question at the prompt (input() reaches the terminal or Jupyter)."""
+        """A yes/no question at the prompt (input() reaches the terminal or Jupyter).
+
+        None when nobody can answer: a kernel run by nbclient or papermill
+        has no stdin and raises StdinNotImplementedError on input().
+        """
+        from IPython.core.error import StdinNotImplementedError
+
         try:
             answer = input(question)
+        except StdinNotImplementedError:
+            return None
         except EOFError:
             return False
         return answer.strip().lower() in ("y", "yes")
@@ -110,9 +118,11 @@ class Extension:
         """A secret typed at the prompt, not echoed; None when nobody can type one."""
         import getpass
 
+        from IPython.core.error import StdinNotImplementedError
+
         try:
             return getpass.getpass(prompt) or None
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt, StdinNotImplementedError):
             return None
 
     def update_toolbar(self):

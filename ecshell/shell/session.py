@@ -220,8 +220,10 @@ class Session:
         files = sorted({d["verifier"].files[0] for _l, d, _m in pending.values() if d["verifier"].files})
         lines.append(f"Check these fingerprints out of band. Trusting records them in {', '.join(files)}.")
         self.say("\n".join(lines))
-        if not self.ask(f"Trust these {len(rows)} keys? [y/N] "):
-            self.say("not trusted: those hosts stay failed (hostkey)")
+        answer = self.ask(f"Trust these {len(rows)} keys? [y/N] ")
+        if not answer:
+            self.say("not trusted: those hosts stay failed (hostkey)" if answer is not None else
+                     "nobody can answer here (no stdin): those hosts stay failed (hostkey)")
             return False
         for _label, detail, _machines in pending.values():
             try:
@@ -291,10 +293,15 @@ class Session:
         return self.cluster.terminate(chosen)
 
     def _confirmed(self, question, unasked):
-        """Whether the operator answers yes to ``question``; where nobody can answer, ArgumentError(``unasked``)."""
-        if self.ask is None:
+        """Whether the operator answers yes to ``question``; where nobody can answer, ArgumentError(``unasked``).
+
+        Nobody can answer when there is no ``ask``, or when it returns None
+        (a kernel without stdin, as nbclient and papermill run it).
+        """
+        answer = None if self.ask is None else self.ask(question)
+        if answer is None:
             raise ArgumentError(unasked)
-        return self.ask(question)
+        return answer
 
     # -- tables ------------------------------------------------------------------
 
