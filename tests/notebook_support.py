@@ -35,18 +35,26 @@ class Kernel:
         self.client.start_channels()
         self.client.wait_for_ready(timeout=PATIENCE)
 
-    def run(self, code, timeout=PATIENCE):
+    def run(self, code, timeout=PATIENCE, interrupt_after=None):
         """``[(arrived, msg_type, content)]`` of the iopub messages for ``code``, up to idle.
 
         As nbclient and papermill run a cell: no stdin (input() cannot ask).
+        ``interrupt_after``: seconds after which to interrupt the kernel (the stop button).
         """
         msg_id = self.client.execute(code, allow_stdin=False)
         messages = []
         until = time.monotonic() + timeout
+        interrupt_at = None if interrupt_after is None else time.monotonic() + interrupt_after
         while True:
+            if interrupt_at is not None and time.monotonic() >= interrupt_at:
+                self.manager.interrupt_kernel()
+                interrupt_at = None
+            wait = until - time.monotonic() if interrupt_at is None else interrupt_at - time.monotonic()
             try:
-                msg = self.client.get_iopub_msg(timeout=max(0.1, until - time.monotonic()))
+                msg = self.client.get_iopub_msg(timeout=max(0.1, wait))
             except queue.Empty:
+                if interrupt_at is not None:
+                    continue
                 raise AssertionError(f"no idle within {timeout}s for {code!r}; got {messages}") from None
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
@@ -90,3 +98,19 @@ def result_data(messages):
     found = [c["data"] for _t, kind, c in messages if kind == "execute_result"]
     assert len(found) == 1, messages
     return found[0]
+
+
+def saved_outputs(messages):
+    """The cell's outputs as a notebook saves them: displays updated in place by display_id."""
+    outputs = []
+    for _t, kind, content in messages:
+        if kind in ("stream", "execute_result", "error"):
+            outputs.append(content)
+        elif kind == "display_data":
+            outputs.append(dict(content))
+        elif kind == "update_display_data":
+            wanted = content["transient"]["display_id"]
+            for output in outputs:
+                if output.get("transient", {}).get("display_id") == wanted:
+                    output["data"] = content["data"]
+    return outputs

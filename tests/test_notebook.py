@@ -10,7 +10,7 @@ import re
 import pytest
 
 from ecshell import LocalFabric
-from notebook_support import Kernel, errors, kernel_env, result_data
+from notebook_support import Kernel, errors, kernel_env, result_data, saved_outputs
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,47 @@ def test_terminate_all_where_nobody_can_answer_says_how(kernel):
     assert said.startswith("UsageError: terminating 9 machines") and said.count("\n") == 1, said
     assert "needs a confirmation: add -y, e.g. %terminate all -y" in said
     assert not errors(kernel.run("assert len(cluster.machines.reachable()) == 9, cluster.machines"))
+
+
+def test_the_stop_button_leaves_one_row_and_says_so(kernel):
+    messages = kernel.run("%on web-* sleep 30", interrupt_after=2.5)
+    assert not errors(messages), errors(messages)
+    html = result_data(messages)["text/html"]
+    assert len(_rows(html)) == 1 and "web-[0-7]" in html and "interrupted" in html, html
+    assert "(interrupted: results shown are those that arrived)" in html and "sleep 30" in html
+    assert all(o["data"] == {"text/plain": ""} for o in saved_outputs(messages) if "transient" in o)
+
+
+def _displays(messages):
+    return [(t, kind, c) for t, kind, c in messages if kind in ("display_data", "update_display_data")]
+
+
+def test_a_long_broadcast_shows_progress_then_only_its_result(kernel):
+    messages = kernel.run("%on web-[0-2] 'for i in 1 2 3; do echo line-$i; sleep 1; done'")
+    assert not errors(messages), errors(messages)
+    result_at = next(t for t, kind, _c in messages if kind == "execute_result")
+    displays = _displays(messages)
+    assert displays and displays[0][1] == "display_data", messages
+    assert result_at - displays[0][0] > 1.0  # progress came well before the result
+    shown = [c["data"]["text/plain"] for _t, _k, c in displays]
+    assert any("running: web-[0-2]" in text and "line-1" in text for text in shown), shown  # output as it came
+    assert any("web-0 (running)" in text for text in shown)
+    assert all(c["transient"]["display_id"] == displays[0][2]["transient"]["display_id"] for _t, _k, c in displays)
+
+    saved = saved_outputs(messages)
+    text = "".join(str(output.get("data", output.get("text", ""))) for output in saved)
+    assert text.count("line-1") == 2, saved  # the result's text/plain and text/html, nothing above them
+    assert not [o for o in saved if "text" in o], saved  # no streamed lines left
+
+
+def test_ready_and_launch_show_progress(kernel):
+    kernel.run("%config EcShell.progress_after = 0")
+    try:
+        for code, words in [("%ready web-*", "ready"), ("%launch 1 --name extra", "launch")]:
+            messages = kernel.run(code)
+            assert not errors(messages), errors(messages)
+            displays = _displays(messages)
+            assert displays and displays[0][2]["data"]["text/plain"].startswith(f"{words} "), messages
+            assert saved_outputs(messages)[0]["data"] == {"text/plain": ""}  # emptied once the call returned
+    finally:
+        kernel.run("%config EcShell.progress_after = 1.0\n%terminate extra-0 -y")

@@ -34,7 +34,8 @@ class Extension:
 
         self.shell = shell
         self.cluster = Cluster(parent=shell)
-        self.session = Session(self.cluster, ask=self.ask, color=self._color(), passphrase=self.passphrase)
+        self.session = Session(self.cluster, ask=self.ask, color=self._color(), passphrase=self.passphrase,
+                               notebook=getattr(shell, "kernel", None) is not None)
         self.magics = EcShellMagics(shell, self.session)
         self.registered = {"line": [], "cell": []}
         self.matcher = None

@@ -36,8 +36,10 @@ def current_piece(text_until_cursor):
 class Session:
     """The operator's shell over one Cluster: targets, broadcasts, questions, tables."""
 
-    def __init__(self, cluster, ask=None, stream=None, color=False, passphrase=None):
+    def __init__(self, cluster, ask=None, stream=None, color=False, passphrase=None, notebook=False):
         self.cluster = cluster
+        #: In a kernel: progress as a display updated in place (shell/notebook.py), not terminal lines.
+        self.notebook = notebook
         self.ask = ask
         #: ``passphrase(prompt)``: a secret typed at the prompt, or None (nobody to ask).
         self.passphrase = passphrase
@@ -109,6 +111,12 @@ class Session:
     def _execute(self, machines, operation, live):
         if not live:
             return machines.execute(operation)
+        if self.notebook:
+            from .notebook import BroadcastProgress
+
+            with BroadcastProgress(machines, delay=self.settings.progress_after,
+                                   stream_output=self.settings.stream_output) as progress:
+                return machines.execute(operation, on_output=progress.output, on_result=progress.result)
         from .live import LiveView
 
         view = LiveView(machines, delay=self.settings.progress_after, stream=self.stream or sys.stdout,
@@ -262,8 +270,10 @@ class Session:
             options["instance_type"] = instance_type
         if image:
             options["image_id"] = image
-        machines = self.cluster.launch(count, name=name, fabric=fabric, wait=wait, **options)
+        machines = self.cluster.launch(count, name=name, fabric=fabric, wait=False, **options)
         if wait:
+            with self._readiness(machines, "launch"):
+                self.cluster.ready(machines)
             failed = machines - machines.in_state(MachineState.READY)
             if failed:
                 self.say(f"did not become ready (failed-init): {failed}; "
@@ -274,7 +284,8 @@ class Session:
 
     def ready(self, target=None):
         chosen = self.select(target or "all")
-        ready = self.cluster.ready(chosen)
+        with self._readiness(chosen, "ready"):
+            ready = self.cluster.ready(chosen)
         missing = chosen - ready
         if missing:
             self.say("not ready: " + ", ".join(f"{m.name} ({m.state})" for m in missing))
@@ -291,6 +302,16 @@ class Session:
             self.say("nothing terminated")
             return None
         return self.cluster.terminate(chosen)
+
+    def _readiness(self, machines, label):
+        """Progress of a readiness wait: a display in a notebook; nothing in a terminal."""
+        if not self.notebook:
+            import contextlib
+
+            return contextlib.nullcontext()
+        from .notebook import ReadinessProgress
+
+        return ReadinessProgress(machines, delay=self.settings.progress_after, label=label)
 
     def _confirmed(self, question, unasked):
         """Whether the operator answers yes to ``question``; where nobody can answer, ArgumentError(``unasked``).
