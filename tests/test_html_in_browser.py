@@ -38,6 +38,9 @@ PROBE = """
 <script>
 setTimeout(function () {
   var result = document.querySelector('#ecshell');
+  var copied = [];
+  Object.defineProperty(navigator, 'clipboard', {value: {writeText: function (t) { copied.push(t); }}});
+  result.querySelectorAll('button').forEach(function (b) { b.click(); });
   var rows = Array.from(result.querySelectorAll('tbody tr')).map(function (tr, index) {
     var style = getComputedStyle(tr);
     return {index: index, outcome: tr.dataset.outcome, text: tr.innerText,
@@ -56,7 +59,9 @@ setTimeout(function () {
   out.textContent = JSON.stringify({
     rows: rows, pres: pres, pwned: window.__pwned || null, control: window.__control || null,
     elements: result.querySelectorAll('script, img, svg, iframe').length,
-    details: result.querySelectorAll('details').length,
+    details: Array.from(result.querySelectorAll('details')).map(function (d) {
+      return {open: d.open, summary: d.querySelector('summary').innerText}; }),
+    copied: copied,
     summary: result.querySelector('p').innerText});
   document.body.appendChild(out);
 }, 300);
@@ -86,7 +91,7 @@ def render(page_html, tmp_path):
 def test_what_a_person_sees(machines, cluster, tmp_path):
     web = machines(4)
     cluster.fabrics["local"].stop([web[3].id])  # behind the cluster's back: unreachable
-    rs = web.run(f"if [ $ECSHELL_MACHINE = node-2 ]; then echo broken; exit 3; fi; {PAYLOAD}")
+    rs = web.run(f"if [ $ECSHELL_MACHINE = node-2 ]; then seq 40; exit 3; fi; {PAYLOAD}")
     assert [r.status for r in rs.results()] == ["ok", "ok", "exit 3", "unreachable"]
     control = rs["node-0"].output.replace("__pwned", "__control")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><style>{JUPYTERLAB_TABLE_CSS}</style></head>"
@@ -114,3 +119,8 @@ def test_what_a_person_sees(machines, cluster, tmp_path):
     assert failed["status"] != ok["status"]
     assert seen["rows"][0]["background"] == seen["rows"][1]["background"]  # status, not zebra stripes
     assert "2 ok, 2 failed" in seen["summary"] and "printf" in seen["summary"]
+
+    # a long output folds into <details>; each copy button copies its own group's output, exactly
+    assert seen["details"] == [{"open": False, "summary": "40 lines: 1 ..."}]
+    assert seen["copied"] == ["\n".join(str(i) for i in range(1, 41)), rs["node-0"].output.replace(
+        "\x1b[01;31m\x1b[K", "").replace("\x1b[m\x1b[K", "").rstrip("\n")]

@@ -28,18 +28,19 @@ LONG = 25
 _CELL = "text-align:left;vertical-align:top;padding:0.2em 0.6em"
 _PRE = ("text-align:left;font-family:var(--jp-code-font-family,monospace);margin:0;"
         "white-space:pre-wrap;overflow-wrap:anywhere;background:transparent")
-_ROW = {"ok": "background:transparent;border-left:4px solid transparent",
-        "failed": "background:rgba(220,40,40,0.10);border-left:4px solid #d32f2f"}
+_ROW = {"ok": "background:transparent;border-left:4px solid transparent;border-bottom:1px solid rgba(128,128,128,0.25)",
+        "failed": "background:rgba(220,40,40,0.10);border-left:4px solid #d32f2f;"
+                  "border-bottom:1px solid rgba(128,128,128,0.25)"}
 _STATUS = {"ok": "color:#2e7d32", "failed": "color:#d32f2f;font-weight:bold"}
 #: Our own script, never fed by remote text: copies the row's output as the machines sent it (decoded).
 _COPY = ("navigator.clipboard&&navigator.clipboard.writeText("
-         "this.closest('tr').querySelector('pre').innerText)")
+         "this.closest('tr').querySelector('pre').textContent)")
 
 
 def _row(outcome, machines, count, status, body):
     return (f'<tr class="ecshell-{outcome}" data-outcome="{outcome}" style="{_ROW[outcome]}">'
-            f'<td style="{_CELL}"><b>{html.escape(machines)}</b>&nbsp;({count})</td>'
-            f'<td style="{_CELL};{_STATUS[outcome]}">{html.escape(status)}</td>'
+            f'<td style="{_CELL};white-space:nowrap"><b>{html.escape(machines)}</b>&nbsp;({count})</td>'
+            f'<td style="{_CELL};white-space:nowrap;{_STATUS[outcome]}">{html.escape(status)}</td>'
             f'<td style="{_CELL}">{body}</td></tr>')
 
 
