@@ -395,7 +395,7 @@ def completed(ip, line):
     return [(line[:c.start] + c.text).split()[-1] for c in found]
 
 
-def test_completion_of_targets(ip):
+def test_completion_of_targets(ip, capsys):
     launch(ip, 2)
     launch(ip, 1, "db")
     complete = lambda line: completed(ip, line)  # noqa: E731
@@ -415,6 +415,8 @@ def test_completion_of_targets(ip):
     assert "node-1" in complete("%%on no")
     assert "node-1" in complete("x = 1\n%on node-")  # a magic on a later line of a cell
     assert "node-1" not in complete("%on all echo no")  # the command is not a target
+    assert "node-0" not in complete("") and "node-0" not in complete("x = 1\n")  # no target here ...
+    assert "Traceback" not in capsys.readouterr().err  # ... and no error (IPython prints a matcher's and goes on)
     assert [w.rstrip("\"']") for w in complete("cluster['no")] == ["cluster['node-*", "cluster['node-0", "cluster['node-1"]
     assert [w.rstrip("\"']") for w in complete('cluster["d')] == ['cluster["db-*', 'cluster["db-0']
     ip.user_ns["cluster"]["node-0"].mark("configured")

@@ -32,10 +32,10 @@ class TargetMatcher:
     def match(self, context):
         """IPython's matcher API v2: the target words for the line the cursor is on."""
         before = context.text_until_cursor
-        words = self.session.complete(before)
+        words = self.session.complete(before) or []
         return {
-            "completions": [SimpleCompletion(word, type="target") for word in words or ()],
-            "matched_fragment": current_piece(before),
+            "completions": [SimpleCompletion(word, type="target") for word in words],
+            "matched_fragment": current_piece(before) if words else context.token,
             "suppress": bool(words),
             "ordered": True,
         }

@@ -9,8 +9,9 @@
 
 ``ecshell.magics`` parses what the operator typed and calls one method here;
 everything the shell does can be done (and tested) without a shell. ``ask``
-is how the session asks the operator a yes/no question; ``None`` means it
-cannot ask, and then it refuses whatever would need an answer.
+is how the session asks the operator a yes/no question; ``None`` (or an
+``ask`` that returns None) means it cannot ask, and then it refuses whatever
+would need an answer.
 """
 
 import re
@@ -28,9 +29,10 @@ _ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][\w.]*\s*=\s*(?=%)")
 
 def current_piece(text_until_cursor):
     """What a target completion replaces: the last word before the cursor, from its last comma on."""
-    if text_until_cursor[-1:].isspace():
+    words = text_until_cursor.split()
+    if not words or text_until_cursor[-1:].isspace():
         return ""
-    return text_until_cursor.split()[-1].rsplit(",", 1)[-1]
+    return words[-1].rsplit(",", 1)[-1]
 
 
 class Session:
