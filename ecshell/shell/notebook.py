@@ -58,8 +58,8 @@ class NotebookProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
-        if self._handle is not None:
-            self._context.run(self._handle.update, {"text/plain": ""}, raw=True)
+        if self._handle is not None:  # this thread is the cell's own: no context to enter
+            self._handle.update({"text/plain": ""}, raw=True)
         return False
 
     def _loop(self):
