@@ -145,8 +145,9 @@ class Cluster:
         return self.machines[pattern]
 
     def _ipython_key_completions_(self) -> list[str]:
-        """Machine names, for tab completion of ``cluster["..."]`` in IPython."""
-        return list(self._machines)
+        """Machine names and their ``prefix-*`` globs, for tab completion of ``cluster["..."]`` in IPython."""
+        prefixes = sorted({name.rsplit("-", 1)[0] for name in self._machines if "-" in name})
+        return [f"{prefix}-*" for prefix in prefixes] + list(self._machines)
 
     def __iter__(self) -> Iterator[Machine]:
         return iter(self.machines)
