@@ -31,6 +31,7 @@ have tmux || test_missing+=(tmux)
 have rsync || test_missing+=(rsync)
 have ip || test_missing+=(iproute2)
 have iptables || test_missing+=(iptables)
+have nft || test_missing+=(nftables)
 have sudo || test_missing+=(sudo)
 have unshare || test_missing+=(util-linux)
 have chromium || test_missing+=(chromium)   # renders the notebook HTML in tests
