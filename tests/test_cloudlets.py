@@ -1,0 +1,204 @@
+"""Cloudlets on real sandboxes: bubblewrap on LocalFabric machines, as root on this computer.
+
+Every sandbox a test starts is a real bwrap holding real namespaces over a
+real overlay mount; the cluster fixture terminates the machines afterwards,
+which kills their sandboxes too (LocalFabric stops a machine's daemons), so
+nothing outlives a test, passed or failed. ``leftovers`` checks it.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ecshell import Cluster, LocalFabric
+from ecshell.cloudlets import Cloudlet, DirectoryStore, runtime_recipe
+from procs import running
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="cloudlets mount overlays and make namespaces: root only"),
+    pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed (./bootstrap.sh --install-only)"),
+]
+
+
+@pytest.fixture
+def fleet(cluster):
+    """``fleet(hosts)``: a store machine and a free list of ``hosts`` warm cloudlet hosts, configured."""
+
+    def make(hosts=2, slots=8):
+        store = cluster.launch(1, name="store")[0]
+        pool = cluster.free_list("cloudlets", size=hosts, recipe=runtime_recipe())
+        assert len(pool.fill()) == hosts, pool.problems
+        cluster.cloudlets.configure(hosts=pool, store=DirectoryStore(store, store_path(store)), slots=slots)
+        return pool
+
+    return make
+
+
+def store_path(machine):
+    """The store's directory: inside the store machine's own directory (its login home is this computer's)."""
+    return os.path.join(machine.prototype.extra["directory"], "cloudlets")
+
+
+def sandbox_traces(cloudlet):
+    """What a running cloudlet holds on its host: its pids (holder, pid 1) and namespace links."""
+    result = cloudlet.machine.run('d="$ECSHELL_STATE_DIR/cloudlets/' + cloudlet.owner + '"; '
+                                  'cat "$d/holder" "$d/child"; echo "$d"')
+    holder, child_line, directory = result.output.splitlines()
+    child = int(child_line.split()[0])
+    namespaces = {os.readlink(f"/proc/{child}/ns/{kind}") for kind in ("mnt", "pid", "uts", "ipc", "user")}
+    namespaces.add(os.readlink(f"/proc/{holder}/ns/mnt"))  # where the overlay is mounted
+    return {"pids": [int(holder), child], "namespaces": namespaces, "directory": directory}
+
+
+def leftovers(traces, running_now=()):
+    """Whatever of those traces still exists on this computer (running pids, namespaces in use, mounts).
+
+    Linux hands a freed namespace's number to the next one made, so the
+    sandboxes in ``running_now`` (traces of cloudlets started since) are told
+    apart by their processes, not by number.
+    """
+    found = [f"pid {pid} runs" for t in traces for pid in t["pids"] if running(pid)]
+    theirs = {os.readlink(f"/proc/{t['pids'][1]}/ns/pid") for t in running_now}
+    their_holders = {str(t["pids"][0]) for t in running_now}
+    in_use = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if entry in their_holders or os.readlink(f"/proc/{entry}/ns/pid") in theirs:
+                    continue
+                in_use.update(os.readlink(f"/proc/{entry}/ns/{kind}") for kind in ("mnt", "pid", "uts", "ipc", "user"))
+            except OSError:
+                pass
+    found += [f"namespace {ns} in use" for t in traces for ns in t["namespaces"] & in_use]
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read()
+    found += [f"mount of {t['directory']}" for t in traces if t["directory"] in mounts or "ecshell-cloudlet" in mounts]
+    return found
+
+
+def test_two_users_on_one_machine_are_isolated(cluster, fleet):
+    fleet(hosts=1)
+    alice, bob = cluster.cloudlet("alice"), cluster.cloudlet("bob")
+    assert isinstance(alice, Cloudlet) and alice.machine.name == bob.machine.name  # one host, two sandboxes
+    traces = [sandbox_traces(alice), sandbox_traces(bob)]
+
+    # hostname, and root inside (in a user namespace of its own)
+    assert alice.run("uname -n").output == "alice\n"
+    assert bob.run("hostname").output == "bob\n"
+    assert alice.run("id -u; pwd").output == "0\n/root\n"
+    # processes: alice's daemon keeps running between her commands, and bob never sees it
+    assert alice.run("nohup python3 -c 'import time; time.sleep(600)' alice-daemon >/dev/null 2>&1 &").ok
+    assert "alice-daemon" in alice.run("ps -eo args").output
+    bobs = bob.run("ps -eo pid,args").output
+    assert "alice-daemon" not in bobs and len(bobs.splitlines()) < 8, bobs
+    # files, /tmp, and the host's own files are each one's own
+    token = os.urandom(4).hex()
+    assert alice.run(f"echo {token} > /root/secret-{token} && echo {token} > /tmp/scratch-{token}").ok
+    assert alice.run(f"cat /root/secret-{token} /tmp/scratch-{token}").output == f"{token}\n{token}\n"
+    assert not bob.run(f"cat /root/secret-{token}").ok
+    assert not bob.run(f"cat /tmp/scratch-{token}").ok
+    assert not os.path.exists(f"/root/secret-{token}") and not os.path.exists(f"/tmp/scratch-{token}")
+    # the host's state directory (where both layers are) is hidden inside
+    assert os.path.isdir(traces[0]["directory"] + "/upper")
+    listed = bob.run(f"ls -A {traces[0]['directory']} {os.path.dirname(traces[0]['directory'])} 2>/dev/null")
+    assert listed.output == "" and not bob.run(f"test -e {traces[0]['directory']}/upper").ok
+    # results fold like machines'
+    both = cluster["cloudlet:*"]
+    assert both.names == ["cloudlet:alice", "cloudlet:bob"]
+    groups = both.run("cat /etc/debian_version").groups()
+    assert len(groups) == 1 and groups[0].machines.names == ["cloudlet:alice", "cloudlet:bob"]
+
+    alice.release()
+    bob.release()
+    assert leftovers(traces) == []
+    assert cluster.cloudlets.scan() == {}
+
+
+def test_saved_state_follows_the_user_when_her_machine_is_terminated(cluster, fleet, tmp_path):
+    fleet(hosts=2)
+    alice = cluster.cloudlet("alice")
+    first = alice.machine.name
+    traces = [sandbox_traces(alice)]
+    assert alice.run("mkdir -p /home/alice && echo kept > /home/alice/notes && rm /etc/motd").ok
+    note = tmp_path / "put.txt"
+    note.write_text("through put\n")
+    assert alice.put(str(note), "/root/put.txt").ok
+    assert alice.mark("configured").ok  # a marker inside the cloudlet travels with its state
+    saved = alice.save()
+    assert saved.machine == first and saved.size > 0
+    assert alice.run("echo after-save > /home/alice/unsaved").ok
+
+    cluster.terminate(alice.machine)  # the host is gone, with everything not saved
+    assert leftovers(traces) == []
+
+    again = cluster.cloudlet("alice")
+    assert again.machine.name != first
+    assert "gone" in again.notice and "changes made after that save are lost" in again.notice
+    assert again.run("cat /home/alice/notes").output == "kept\n"
+    assert not again.run("test -e /etc/motd").ok  # a deletion is state too (an overlay whiteout)
+    assert not again.run("test -e /home/alice/unsaved").ok
+    assert "configured" in again.markers()
+    got = again.get("/root/put.txt", str(tmp_path / "back"))
+    assert got.ok and (tmp_path / "back" / "cloudlet:alice" / "put.txt").read_text() == "through put\n"
+
+    # a new shell finds it on its machine, from the markers there
+    with Cluster(LocalFabric()) as other:
+        other.cloudlets.configure(store=DirectoryStore(other.machine("store-0"), store_path(other.machine("store-0"))))
+        found = other.cloudlets.find("alice")
+        assert found is not None and found.machine.name == again.machine.name
+        assert other.cloudlet("alice").run("cat /home/alice/notes").output == "kept\n"
+    traces.append(sandbox_traces(again))
+    cluster.terminate("all")
+    assert leftovers(traces) == []
+
+
+def test_move_carries_state_and_processes_stop(cluster, fleet):
+    pool = fleet(hosts=2)
+    alice = cluster.cloudlet("alice")
+    traces = [sandbox_traces(alice)]
+    assert alice.run("echo moving > /root/m && nohup sleep 600 >/dev/null 2>&1 &").ok
+    target = next(m for m in pool.scan()["free"] if m.name != alice.machine.name)
+    moved = alice.move(target)
+    assert moved.machine.name == target.name
+    assert leftovers(traces, running_now=[sandbox_traces(moved)]) == []  # the old sandbox and its sleep are gone
+    assert moved.run("cat /root/m").output == "moving\n"
+    assert "sleep 600" not in moved.run("ps -eo args").output
+    traces.append(sandbox_traces(moved))
+    moved.release()
+    assert leftovers(traces) == []
+
+
+def test_two_shells_placing_one_user_end_with_one_cloudlet(cluster, fleet):
+    fleet(hosts=2)
+    script = (
+        "import sys\n"
+        "from ecshell import Cluster, LocalFabric\n"
+        "from ecshell.cloudlets import DirectoryStore\n"
+        "c = Cluster(LocalFabric())\n"
+        "store = c.machine('store-0')\n"
+        "path = store.prototype.extra['directory'] + '/cloudlets'\n"
+        "c.cloudlets.configure(hosts=c.free_list('cloudlets', size=2), store=DirectoryStore(store, path))\n"
+        "print(c.cloudlet('carol').machine.name)\n"
+        "c.close()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), os.environ.get("PYTHONPATH")) if p))
+    shells = [subprocess.Popen([sys.executable, "-c", script], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [s.communicate(timeout=120) for s in shells]
+    assert all(s.returncode == 0 for s in shells), outs
+    hosts = {out.strip() for out, _ in outs}
+    assert len(hosts) == 1, outs  # both shells got the same cloudlet
+    placed = [m for m, marks in cluster.machines.reachable().markers().items() if marks and "cloudlet.carol" in marks]
+    assert placed == list(hosts)
+    status = cluster.machine(placed[0]).run('ls "$ECSHELL_STATE_DIR/cloudlets"').output.split()
+    assert status == ["carol"]
+
+
+def test_bad_names_are_refused_before_anything_runs(cluster):
+    for bad in ("Alice", "al ice", "../x", "a" * 40, "", "x;rm -rf /", "-x"):
+        with pytest.raises(Exception, match="lower-case letters"):
+            cluster.cloudlet(bad)
