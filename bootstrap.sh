@@ -33,6 +33,7 @@ have ip || test_missing+=(iproute2)
 have iptables || test_missing+=(iptables)
 have sudo || test_missing+=(sudo)
 have unshare || test_missing+=(util-linux)
+have bwrap || test_missing+=(bubblewrap)   # cloudlets: the sandbox runtime
 
 need=("${shell_missing[@]}")
 [ "$mode" = install ] && need+=("${test_missing[@]}")

@@ -15,6 +15,7 @@ import pytest
 
 from ecshell import Cluster, LocalFabric
 from ecshell.cloudlets import Cloudlet, DirectoryStore, runtime_recipe
+from ec2_support import aws, moto_url  # noqa: F401
 from procs import running
 
 pytestmark = [
@@ -202,3 +203,30 @@ def test_bad_names_are_refused_before_anything_runs(cluster):
     for bad in ("Alice", "al ice", "../x", "a" * 40, "", "x;rm -rf /", "-x"):
         with pytest.raises(Exception, match="lower-case letters"):
             cluster.cloudlet(bad)
+
+
+def test_s3_store_keeps_state_and_locks_on_a_moto_server(cluster, fleet, aws):
+    import boto3
+
+    from ecshell.cloudlets import S3Store
+
+    s3 = boto3.session.Session(region_name="us-east-1").client("s3", endpoint_url=aws)
+    s3.create_bucket(Bucket="cloudlets")
+    fleet(hosts=2)
+    store = S3Store("cloudlets", region="us-east-1", endpoint_url=aws, lock_timeout=0.5)
+    cluster.cloudlets.configure(store=store)
+    alice = cluster.cloudlet("alice")
+    assert alice.run("echo in-s3 > /root/kept").ok
+    saved = alice.release()
+    assert store.users() == ["alice"] and store.read("alice").saved.size == saved.size
+    assert s3.head_object(Bucket="cloudlets", Key="cloudlets/alice.tar")["ContentLength"] == saved.size
+    # the lock is one object created only if absent: a second taker waits, then is refused
+    with store.lock("alice"):
+        with pytest.raises(Exception, match="being placed by another shell"):
+            with store.lock("alice"):
+                pass
+    assert "Contents" not in s3.list_objects_v2(Bucket="cloudlets", Prefix="cloudlets/locks/")
+    again = cluster.cloudlet("alice")
+    assert again.run("cat /root/kept").output == "in-s3\n"
+    assert again.notice == ""  # released properly: nothing was lost
+    again.release()

@@ -16,7 +16,8 @@
 from .cloudlet import Cloudlet
 from .manager import CloudletError, Cloudlets
 from .runtime import runtime_recipe
+from .s3 import S3Store
 from .stores import DirectoryStore, Record, Saved, Store, StoreError
 
-__all__ = ["Cloudlet", "CloudletError", "Cloudlets", "DirectoryStore", "Record", "Saved", "Store", "StoreError",
+__all__ = ["Cloudlet", "CloudletError", "Cloudlets", "DirectoryStore", "Record", "S3Store", "Saved", "Store", "StoreError",
            "runtime_recipe"]
