@@ -230,3 +230,85 @@ def test_s3_store_keeps_state_and_locks_on_a_moto_server(cluster, fleet, aws):
     assert again.run("cat /root/kept").output == "in-s3\n"
     assert again.notice == ""  # released properly: nothing was lost
     again.release()
+
+
+def test_a_timed_out_command_is_killed_inside_the_cloudlet(cluster, fleet):
+    fleet(hosts=1)
+    alice = cluster.cloudlet("alice")
+    late = alice.run("sleep 97; echo never", timeout=1)
+    assert late.error == "timeout"
+    assert "sleep 97" not in alice.run("ps -eo args").output
+    alice.release()
+
+
+def test_login_gives_an_interactive_shell_inside(cluster, fleet):
+    import pty
+    import select
+    import threading
+    import time
+
+    from ecshell.cloudlets.login import login
+
+    fleet(hosts=1)
+    alice = cluster.cloudlet("alice")
+    master, slave = pty.openpty()  # a real terminal, as the operator's would be
+    status = {}
+    thread = threading.Thread(target=lambda: status.setdefault("exit", login(alice, stdin=slave, stdout=slave)),
+                              daemon=True)
+    thread.start()
+    seen, typed, deadline = b"", False, time.monotonic() + 30
+    try:
+        while thread.is_alive() and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                seen += os.read(master, 65536)
+            if not typed and b"# " in seen:  # typed once the prompt shows, as a person would
+                os.write(master, b"echo inside-$(uname -n)-$(id -u); exit 7\r")
+                typed = True
+        thread.join(5)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert b"inside-alice-0" in seen, seen
+    assert status.get("exit") == 7, seen
+    alice.release()
+
+
+def test_cloudlet_magic_places_lists_and_cluster_shows_it_under_its_machine(ip_with_fleet):
+    ip, cluster = ip_with_fleet
+    placed = ip.run_line_magic("cloudlet", "alice")
+    assert placed.name == "cloudlet:alice"
+    listed = str(ip.run_line_magic("cloudlet", ""))
+    assert "cloudlet:alice" in listed and placed.machine.name in listed
+    table = str(ip.run_line_magic("cluster", "")).splitlines()
+    row = next(i for i, line in enumerate(table) if line.startswith(placed.machine.name))
+    assert table[row + 1].strip().startswith("cloudlet:alice")
+    result = ip.run_line_magic("on", "cloudlet:alice uname -n")
+    assert result["cloudlet:alice"].output == "alice\n"
+    saved = ip.run_line_magic("cloudlet", "alice --release")
+    assert saved.user == "alice"
+    assert "no cloudlets running" in str(ip.run_line_magic("cloudlet", ""))
+
+
+@pytest.fixture
+def ip_with_fleet(isolated_home):
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
+    try:
+        shell.run_line_magic("load_ext", "ecshell")
+        cluster = shell.user_ns["cluster"]
+        store = cluster.launch(1, name="store")[0]
+        pool = cluster.free_list("cloudlets", size=1, recipe=runtime_recipe())
+        pool.fill()
+        cluster.cloudlets.configure(hosts=pool, store=DirectoryStore(store, store_path(store)))
+        yield shell, cluster
+    finally:
+        try:
+            shell.run_line_magic("unload_ext", "ecshell")
+        finally:
+            InteractiveShell.clear_instance()
+            fabric = LocalFabric()
+            fabric.terminate([p.id for p in fabric.discover()])
