@@ -54,29 +54,28 @@ def sandbox_traces(cloudlet):
     return {"pids": [int(holder), child], "namespaces": namespaces, "directory": directory}
 
 
-def leftovers(traces, running_now=()):
-    """Whatever of those traces still exists on this computer (running pids, namespaces in use, mounts).
+def leftovers(traces):
+    """Whatever of those traces still exists on this computer: running pids, and processes in their
+    namespaces or seeing their overlay mount.
 
-    Linux hands a freed namespace's number to the next one made, so the
-    sandboxes in ``running_now`` (traces of cloudlets started since) are told
-    apart by their processes, not by number.
+    Linux hands a freed namespace's number to the next namespace made (by
+    anyone on this computer), so a process counts only if its mount table
+    shows the sandbox's directory (sandboxes started since have their own).
     """
     found = [f"pid {pid} runs" for t in traces for pid in t["pids"] if running(pid)]
-    theirs = {os.readlink(f"/proc/{t['pids'][1]}/ns/pid") for t in running_now}
-    their_holders = {str(t["pids"][0]) for t in running_now}
-    in_use = set()
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if entry in their_holders or os.readlink(f"/proc/{entry}/ns/pid") in theirs:
-                    continue
-                in_use.update(os.readlink(f"/proc/{entry}/ns/{kind}") for kind in ("mnt", "pid", "uts", "ipc", "user"))
-            except OSError:
-                pass
-    found += [f"namespace {ns} in use" for t in traces for ns in t["namespaces"] & in_use]
-    with open("/proc/self/mountinfo") as f:
-        mounts = f.read()
-    found += [f"mount of {t['directory']}" for t in traces if t["directory"] in mounts or "ecshell-cloudlet" in mounts]
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/mountinfo") as f:
+                mounts = f.read()
+            held = {os.readlink(f"/proc/{entry}/ns/{kind}") for kind in ("mnt", "pid", "uts", "ipc", "user")}
+        except OSError:
+            continue
+        for t in traces:
+            if t["directory"] + "/" in mounts:
+                found.append(f"pid {entry} sees the overlay of {t['directory']}"
+                             + (f" (namespaces {sorted(held & t['namespaces'])})" if held & t["namespaces"] else ""))
     return found
 
 
@@ -90,6 +89,11 @@ def test_two_users_on_one_machine_are_isolated(cluster, fleet):
     assert alice.run("uname -n").output == "alice\n"
     assert bob.run("hostname").output == "bob\n"
     assert alice.run("id -u; pwd").output == "0\n/root\n"
+    # a new cloudlet's /root and /home are its own (empty), and the machine's SSH host keys cannot be read
+    assert alice.run("ls -A /root /home").output == "/home:\n\n/root:\n"
+    host_keys = [f for f in os.listdir("/etc/ssh") if f.startswith("ssh_host_") and f.endswith("_key")]
+    for key in host_keys:
+        assert alice.run(f"cat /etc/ssh/{key} 2>/dev/null | wc -c").output == "0\n"
     # processes: alice's daemon keeps running between her commands, and bob never sees it
     assert alice.run("nohup python3 -c 'import time; time.sleep(600)' alice-daemon >/dev/null 2>&1 &").ok
     assert "alice-daemon" in alice.run("ps -eo args").output
@@ -112,6 +116,8 @@ def test_two_users_on_one_machine_are_isolated(cluster, fleet):
     groups = both.run("cat /etc/debian_version").groups()
     assert len(groups) == 1 and groups[0].machines.names == ["cloudlet:alice", "cloudlet:bob"]
 
+    running_now = leftovers(traces)  # the check sees running sandboxes: pids, namespaces, the overlay
+    assert len(running_now) >= 4 and any("namespaces" in found for found in running_now), running_now
     alice.release()
     bob.release()
     assert leftovers(traces) == []
@@ -164,7 +170,7 @@ def test_move_carries_state_and_processes_stop(cluster, fleet):
     target = next(m for m in pool.scan()["free"] if m.name != alice.machine.name)
     moved = alice.move(target)
     assert moved.machine.name == target.name
-    assert leftovers(traces, running_now=[sandbox_traces(moved)]) == []  # the old sandbox and its sleep are gone
+    assert leftovers(traces) == []  # the old sandbox and its sleep are gone
     assert moved.run("cat /root/m").output == "moving\n"
     assert "sleep 600" not in moved.run("ps -eo args").output
     traces.append(sandbox_traces(moved))

@@ -24,6 +24,7 @@ from the last save, and its ``notice`` (also logged) says what was lost.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,8 @@ class Cloudlets:
 
     def _running(self, cloudlet: Cloudlet) -> Cloudlet:
         """The cloudlet, its sandbox started again if it had stopped (the host rebooted, say)."""
-        started = self._op(cloudlet.machine, "start", {"name": cloudlet.owner, "hostname": cloudlet.owner},
+        started = self._op(cloudlet.machine, "start", {"name": cloudlet.owner, "hostname": cloudlet.owner,
+                                                       "hide": self._hidden(cloudlet.machine)},
                            f"starting {cloudlet.owner}'s cloudlet again")
         if not started.get("already"):
             cloudlet.notice = (f"{cloudlet.owner}'s cloudlet on {cloudlet.machine.name} had stopped; started again "
@@ -207,8 +209,8 @@ class Cloudlets:
                     prepared = self._op(host, "prepare", {"name": user}, f"preparing {user}'s cloudlet")
                     self._transfer(host, Put(local, str(prepared["restore"])), f"sending {user}'s state")
                 restore = True
-            started = self._op(host, "start", {"name": user, "hostname": user, "restore": restore},
-                               f"starting {user}'s cloudlet")
+            started = self._op(host, "start", {"name": user, "hostname": user, "restore": restore,
+                                               "hide": self._hidden(host)}, f"starting {user}'s cloudlet")
         except BaseException:
             host.execute(StateCommand([Op("unmark", MARKER_PREFIX + user)], label=f"unplace cloudlet {user}"))
             raise
@@ -217,6 +219,17 @@ class Cloudlets:
         self._store().write(placed)
         at = started.get("started_at")
         return Cloudlet(user, host, self, started_at=at if isinstance(at, (int, float)) else None, notice=notice)
+
+    @staticmethod
+    def _hidden(host: Machine) -> list[str]:
+        """Paths of the host a sandbox must not see besides its state directory: for machines on this
+        computer (LocalFabric), the fabric's directory and the operator's ecshell home (keys)."""
+        paths = []
+        for name in ("directory", "key_file"):
+            value = getattr(host.fabric, name, None)
+            if host.fabric.kind == "local" and isinstance(value, str) and value:
+                paths.append(os.path.dirname(value) if name == "key_file" else value)
+        return paths
 
     def _op(self, host: Machine, op: str, params: dict[str, Any], what: str) -> dict[str, Any]:
         result = host.execute(RuntimeOp(op, params))

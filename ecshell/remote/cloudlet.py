@@ -14,6 +14,11 @@ namespace: ``PID MNTNS``). A command enters the sandbox with ``nsenter``
 after checking that pid still has that mount namespace, so a reused pid is
 never entered.
 
+Inside, the machine's state directory, its SSH host keys and any path the
+controller asks to hide are covered (an empty tmpfs, or /dev/null), and a
+new cloudlet's ``/root`` and ``/home`` start empty: they are opaque
+directories of its own layer, not the machine's.
+
 ops:
   status    every cloudlet in <base>: running or not, since when
   prepare   make NAME's directory; say where a state archive to restore goes
@@ -111,10 +116,29 @@ def op_prepare(params, base):
     say(dir=path, restore=os.path.join(path, "restore.tar"), running=running(path) is not None)
 
 
+#: Directories a new cloudlet gets empty and its own: opaque in its upper layer, so the machine's are not seen.
+OWN_DIRECTORIES = (("root", 0o700), ("home", 0o755))
+#: Files of the machine a cloudlet never reads (its SSH host keys), shown as empty.
+HOST_SECRETS = "/etc/ssh"
+
+
 def _fresh(path):
     for part in ("upper", "work"):
         shutil.rmtree(os.path.join(path, part), ignore_errors=True)
         os.makedirs(os.path.join(path, part), mode=0o755)
+    for name, mode in OWN_DIRECTORIES:
+        own = os.path.join(path, "upper", name)
+        os.makedirs(own, mode=mode)
+        os.chmod(own, mode)
+        os.setxattr(own, "trusted.overlay.opaque", b"y")
+
+
+def _host_secrets():
+    try:
+        names = sorted(os.listdir(HOST_SECRETS))
+    except OSError:
+        return []
+    return [os.path.join(HOST_SECRETS, n) for n in names if n.startswith("ssh_host_") and n.endswith("_key")]
 
 
 def _restore(path):
@@ -140,7 +164,10 @@ def sandbox_command(path, hostname, hide, info_fd):
              'ecshell-cloudlet "$3" && shift 3 && exec "$@"')
     bwrap = ["bwrap", "--bind", merged, "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     for secret in hide:  # the machine's own state (other users' layers among it) is not the user's to see
-        bwrap += ["--tmpfs", secret]
+        if os.path.isdir(secret):
+            bwrap += ["--tmpfs", secret]
+        elif os.path.exists(secret):
+            bwrap += ["--ro-bind", "/dev/null", secret]
     bwrap += ["--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
               "--unshare-cgroup-try", "--hostname", hostname, "--info-fd", str(info_fd),
               "--clearenv", "--setenv", "PATH", PATH, "--setenv", "HOME", "/root", "--chdir", "/root",
@@ -167,7 +194,8 @@ def op_start(params, base):
         shutil.rmtree(os.path.join(path, "work"), ignore_errors=True)
         os.makedirs(os.path.join(path, "work"), mode=0o755)
     os.makedirs(os.path.join(path, "root"), mode=0o755, exist_ok=True)
-    hide = [os.path.dirname(os.path.abspath(base))]
+    asked = [p for p in params.get("hide", []) if isinstance(p, str) and os.path.isabs(p) and "\0" not in p]
+    hide = [os.path.dirname(os.path.abspath(base)), *_host_secrets(), *asked]
     reading, writing = os.pipe()
     with open(os.path.join(path, "sandbox.log"), "ab") as log:
         holder = subprocess.Popen(sandbox_command(path, hostname, hide, writing), stdin=subprocess.DEVNULL,

@@ -308,9 +308,7 @@ class Session:
 
     def cloudlet(self, user, login=False, save=False, release=False):
         """``user``'s cloudlet (placed if needed); or what --login, --save, --release gave."""
-        cloudlet = self.cluster.cloudlet(user)
-        if cloudlet.notice:
-            self.say(cloudlet.notice)
+        cloudlet = self.cluster.cloudlet(user)  # what placing it found (changes lost, ...) is logged
         if save:
             return cloudlet.save()
         if release:
