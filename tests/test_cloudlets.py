@@ -318,3 +318,38 @@ def ip_with_fleet(isolated_home):
             InteractiveShell.clear_instance()
             fabric = LocalFabric()
             fabric.terminate([p.id for p in fabric.discover()])
+
+
+def test_a_stopped_sandbox_starts_again_over_its_layer_and_a_lost_layer_comes_from_the_store(cluster, fleet):
+    from ecshell.cloudlets.runtime import RuntimeOp
+
+    fleet(hosts=1)
+    alice = cluster.cloudlet("alice")
+    assert alice.run("echo saved > /root/a").ok
+    alice.save()
+    assert alice.run("echo unsaved > /root/b && nohup sleep 600 >/dev/null 2>&1 &").ok
+    # the sandbox dies (as in a reboot of its host); its layer stays on the host
+    assert alice.machine.execute(RuntimeOp("stop", {"name": "alice"})).ok
+    assert not alice.run("true").ok
+    again = cluster.cloudlet("alice")
+    assert "had stopped" in again.notice
+    assert again.run("cat /root/a /root/b").output == "saved\nunsaved\n"
+    assert "sleep 600" not in again.run("ps -eo args").output
+    # the layer is lost but the marker stays: the last save is placed instead
+    assert alice.machine.execute(RuntimeOp("stop", {"name": "alice", "remove": True})).ok
+    third = cluster.cloudlet("alice")
+    assert third.run("cat /root/a").output == "saved\n"
+    assert not third.run("test -e /root/b").ok
+    assert "no longer holds it" in third.notice
+    third.release()
+
+
+def test_paths_a_machine_reports_are_taken_only_in_their_expected_form():
+    from ecshell.cloudlets.runtime import reported_path
+
+    good = {"archive": "/srv/state/cloudlets/alice/save.tar"}
+    assert reported_path(good, "archive", "alice", "save.tar") == good["archive"]
+    for bad in ("/srv/state/cloudlets/bob/save.tar", "relative/cloudlets/alice/save.tar",
+                "/srv/../etc/cloudlets/alice/save.tar", "/srv/state/cloudlets/alice/save.tar\n", None, 3):
+        with pytest.raises(Exception, match="refused"):
+            reported_path({"archive": bad}, "archive", "alice", "save.tar")

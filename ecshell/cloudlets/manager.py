@@ -35,7 +35,7 @@ from ..freelist import FreeList
 from ..machineset import MachineSet
 from ..state import Op, StateCommand, StateError, age, markers
 from .cloudlet import Cloudlet
-from .runtime import USER_NAME, RuntimeOp, check_user
+from .runtime import USER_NAME, RuntimeOp, check_user, reported_path
 from .stores import Record, Saved, Store, scratch_directory
 
 if TYPE_CHECKING:
@@ -146,22 +146,32 @@ class Cloudlets:
         user = check_user(user)
         store = self._store()
         found, _ = self._read()
-        if user in found:
-            return self._running(found[user])
+        running = self._running(found[user]) if user in found else None
+        if running is not None:
+            return running
         with store.lock(user):
             found, seen = self._read()  # again, now that no other shell can be placing it
             if user in found:
-                return self._running(found[user])
+                running = self._running(found[user])
+                if running is not None:
+                    return running
+                # its marker outlived its layer on that host (a stop whose unmark failed): placed afresh
+                self._unplace(found[user].machine, user)
+                seen[found[user].machine.name] = {k: v for k, v in (seen[found[user].machine.name] or {}).items()
+                                                  if k != MARKER_PREFIX + user}
             record = store.read(user)
             notice = self._lost(user, record, seen)
             host = on if on is not None else self._choose(seen)
             return self._start_on(user, host, record, notice=notice)
 
-    def _running(self, cloudlet: Cloudlet) -> Cloudlet:
-        """The cloudlet, its sandbox started again if it had stopped (the host rebooted, say)."""
+    def _running(self, cloudlet: Cloudlet) -> Cloudlet | None:
+        """The cloudlet, its sandbox started again if it had stopped (the host rebooted, say);
+        None if its host has no layer for it."""
         started = self._op(cloudlet.machine, "start", {"name": cloudlet.owner, "hostname": cloudlet.owner,
-                                                       "hide": self._hidden(cloudlet.machine)},
+                                                       "hide": self._hidden(cloudlet.machine), "existing": True},
                            f"starting {cloudlet.owner}'s cloudlet again")
+        if started.get("missing"):
+            return None
         if not started.get("already"):
             cloudlet.notice = (f"{cloudlet.owner}'s cloudlet on {cloudlet.machine.name} had stopped; started again "
                                "over the state layer there (processes it ran are gone)")
@@ -207,12 +217,13 @@ class Cloudlets:
                 with scratch_directory() as scratch:
                     local = archive or self._store().download(user, scratch)
                     prepared = self._op(host, "prepare", {"name": user}, f"preparing {user}'s cloudlet")
-                    self._transfer(host, Put(local, str(prepared["restore"])), f"sending {user}'s state")
+                    where = reported_path(prepared, "restore", user, "restore.tar")
+                    self._transfer(host, Put(local, where), f"sending {user}'s state")
                 restore = True
             started = self._op(host, "start", {"name": user, "hostname": user, "restore": restore,
                                                "hide": self._hidden(host)}, f"starting {user}'s cloudlet")
         except BaseException:
-            host.execute(StateCommand([Op("unmark", MARKER_PREFIX + user)], label=f"unplace cloudlet {user}"))
+            self._unplace(host, user)
             raise
         placed = Record(user, record.saved if record else None, placed_on=host.name,
                         placed_at=started.get("started_at"))
@@ -230,6 +241,10 @@ class Cloudlets:
             if host.fabric.kind == "local" and isinstance(value, str) and value:
                 paths.append(os.path.dirname(value) if name == "key_file" else value)
         return paths
+
+    @staticmethod
+    def _unplace(host: Machine, user: str) -> Result:
+        return host.execute(StateCommand([Op("unmark", MARKER_PREFIX + user)], label=f"unplace cloudlet {user}"))
 
     def _op(self, host: Machine, op: str, params: dict[str, Any], what: str) -> dict[str, Any]:
         result = host.execute(RuntimeOp(op, params))
@@ -255,7 +270,8 @@ class Cloudlets:
         """Save under the store lock (held by the caller); ``(Saved, the archive's local path)``."""
         store, user, host = self._store(), cloudlet.owner, cloudlet.machine
         made = self._op(host, "save", {"name": user}, f"saving {user}'s cloudlet")
-        got = self._transfer(host, Get(str(made["archive"]), scratch), f"fetching {user}'s state")
+        archive = reported_path(made, "archive", user, "save.tar")
+        got = self._transfer(host, Get(archive, scratch), f"fetching {user}'s state")
         local = str(got.detail["path"])
         store.upload(user, local)
         at = made.get("at")
@@ -270,7 +286,7 @@ class Cloudlets:
         """Stop the sandbox, delete its layer on the host and take its marker off."""
         user, host = cloudlet.owner, cloudlet.machine
         self._op(host, "stop", {"name": user, "remove": True}, f"stopping {user}'s cloudlet")
-        gone = host.execute(StateCommand([Op("unmark", MARKER_PREFIX + user)], label=f"unplace cloudlet {user}"))
+        gone = self._unplace(host, user)
         if not gone.ok:
             raise StateError(f"{user}'s cloudlet stopped, but its marker on {host.name} stays: "
                              f"{gone.status} {gone.message}".rstrip(), gone)

@@ -18,11 +18,12 @@ import base64
 import functools
 import json
 import os
+import posixpath
 import re
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from ..adapters import once, sudo
+from ..adapters import once
 from ..commands import Command, Shell
 from ..errors import ArgumentError, ErrorKind
 from ..state import state_dir_expr
@@ -83,6 +84,15 @@ def enter_line(user: str, command: str, settings: object) -> str:
             f'ECSHELL_RUN="${{ECSHELL_RUN-}}" TERM="${{TERM-dumb}}" /bin/sh -c {shlex.quote(command)}')
 
 
+def reported_path(report: dict[str, Any], key: str, user: str, leaf: str) -> str:
+    """The machine's path ``report[key]``, accepted only as what it must be: ``/.../cloudlets/<user>/<leaf>``."""
+    path = report.get(key)
+    if (not isinstance(path, str) or not path.startswith("/") or posixpath.normpath(path) != path
+            or not path.endswith(f"/cloudlets/{user}/{leaf}") or not path.isprintable()):
+        raise ArgumentError(f"the machine reported {path!r} as {user}'s {leaf}: refused")
+    return path
+
+
 def reports(output: bytes) -> list[dict[str, Any]]:
     found = []
     for line in output.splitlines():
@@ -101,16 +111,15 @@ class RuntimeOp(Command):
 
     timeout = 120.0
 
-    def __init__(self, op: str, params: dict[str, Any] | None = None, as_root: bool = False) -> None:
-        self.op, self.params, self.as_root = op, dict(params or {}), as_root
+    def __init__(self, op: str, params: dict[str, Any] | None = None) -> None:
+        self.op, self.params = op, dict(params or {})
 
     def __repr__(self) -> str:
         who = f" {self.params['name']}" if "name" in self.params else ""
         return f"cloudlet {self.op}{who}"
 
     def shell(self, settings: object) -> Command:
-        line = Shell(remote_line(self.op, self.params, settings), timeout=self.timeout)
-        return sudo("root")(line) if self.as_root else line
+        return Shell(remote_line(self.op, self.params, settings), timeout=self.timeout)
 
     def execute(self, attempt: Attempt) -> Result:
         quiet = attempt.fork()
@@ -127,17 +136,15 @@ class RuntimeOp(Command):
         return result
 
 
-def runtime_recipe(as_root: bool = False) -> list[Command]:
+def runtime_recipe() -> list[Command]:
     """The free-list recipe that makes a machine a cloudlet host: bubblewrap installed, overlayfs there.
 
-    ``as_root``: run through ``sudo -n`` (a login user other than root, e.g. on EC2).
+    Cloudlets need root on their hosts (mounts and namespaces), so the
+    recipe, like every cloudlet operation, runs as the login user, root.
     """
     install = Shell("command -v bwrap >/dev/null || { apt-get update -qq && "
                     "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap; }",
                     timeout=600)
     check = Shell("bwrap --version && command -v nsenter unshare tar python3 >/dev/null && "
                   "{ grep -qw overlay /proc/filesystems || modprobe overlay; }", timeout=60)
-    steps: list[Command] = [install, check]
-    if as_root:
-        steps = [sudo("root")(step) for step in steps]
-    return [once("cloudlet-runtime")(steps[0]), steps[1]]
+    return [once("cloudlet-runtime")(install), check]

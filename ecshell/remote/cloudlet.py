@@ -22,7 +22,8 @@ directories of its own layer, not the machine's.
 ops:
   status    every cloudlet in <base>: running or not, since when
   prepare   make NAME's directory; say where a state archive to restore goes
-  start     (restore the archive if asked, then) start NAME's sandbox; no-op if it runs
+  start     (restore the archive if asked, then) start NAME's sandbox; no-op if it runs;
+            with existing, only over a layer already there
   save      write NAME's upper layer to <dir>/save.tar (GNU tar, xattrs and whiteouts kept)
   stop      kill NAME's sandbox (every process in it); with remove, delete its directory
 """
@@ -185,6 +186,9 @@ def op_start(params, base):
     alive = running(path)
     if alive is not None:
         say(dir=path, pid=alive[1], started_at=_started_at(path), already=True)
+        return
+    if params.get("existing") and not os.path.isdir(os.path.join(path, "upper")):
+        say(dir=path, missing=True)  # its layer is not here: the controller places it from the store
         return
     if params.get("restore"):
         _restore(path)
