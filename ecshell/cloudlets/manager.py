@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -266,18 +267,23 @@ class Cloudlets:
         with self._store().lock(cloudlet.owner), scratch_directory() as scratch:
             return self._save(cloudlet, scratch)[0]
 
-    def _save(self, cloudlet: Cloudlet, scratch: str) -> tuple[Saved, str]:
-        """Save under the store lock (held by the caller); ``(Saved, the archive's local path)``."""
-        store, user, host = self._store(), cloudlet.owner, cloudlet.machine
+    def _fetch(self, cloudlet: Cloudlet, scratch: str) -> tuple[Saved, str]:
+        """Archive the state layer on the host and bring it here: ``(Saved, the archive's local path)``."""
+        user, host = cloudlet.owner, cloudlet.machine
         made = self._op(host, "save", {"name": user}, f"saving {user}'s cloudlet")
         archive = reported_path(made, "archive", user, "save.tar")
         got = self._transfer(host, Get(archive, scratch), f"fetching {user}'s state")
-        local = str(got.detail["path"])
-        store.upload(user, local)
         at = made.get("at")
         saved = Saved(user, float(at) if isinstance(at, (int, float)) else time.time(),
                       int(got.detail["size"]), host.name)
-        record = store.read(user) or Record(user, placed_on=host.name)
+        return saved, str(got.detail["path"])
+
+    def _save(self, cloudlet: Cloudlet, scratch: str) -> tuple[Saved, str]:
+        """Save under the store lock (held by the caller); ``(Saved, the archive's local path)``."""
+        store, user = self._store(), cloudlet.owner
+        saved, local = self._fetch(cloudlet, scratch)
+        store.upload(user, local)
+        record = store.read(user) or Record(user, placed_on=cloudlet.machine.name)
         record.saved = saved
         store.write(record)
         return saved, local
@@ -301,18 +307,43 @@ class Cloudlets:
         return saved
 
     def move(self, cloudlet: Cloudlet, machine: Machine) -> Cloudlet:
-        """Save, stop, and start on ``machine`` with the state just saved; the Cloudlet there."""
+        """Save, stop, and start on ``machine`` with the state just saved; the Cloudlet there.
+
+        The archive goes to the store and to ``machine`` at the same time;
+        the store's record names the new save only once the store has it.
+        """
         if machine.name == cloudlet.machine.name:
             return cloudlet
         if isinstance(machine, Cloudlet):
             raise ArgumentError(f"move a cloudlet to a machine, not into {machine.name}")
-        store = self._store()
-        with store.lock(cloudlet.owner), scratch_directory() as scratch:
-            saved, archive = self._save(cloudlet, scratch)
-            self._stop(cloudlet)
-            moved = self._start_on(cloudlet.owner, machine, Record(cloudlet.owner, saved), archive=archive,
-                                   notice=f"moved from {cloudlet.machine.name}")
+        store, user = self._store(), cloudlet.owner
+        with store.lock(user), scratch_directory() as scratch:
+            saved, archive = self._fetch(cloudlet, scratch)
+            failure: list[BaseException] = []
+            upload = threading.Thread(target=self._upload, args=(user, archive, failure),
+                                      name=f"ecshell-cloudlet-save-{user}", daemon=True)
+            upload.start()
+            try:
+                self._stop(cloudlet)
+                moved = self._start_on(user, machine, store.read(user), archive=archive,
+                                       notice=f"moved from {cloudlet.machine.name}")
+            except BaseException:
+                upload.join()
+                if not failure:  # not placed anywhere now; its state is the save just made
+                    store.write(Record(user, saved))
+                raise
+            upload.join()
+            if failure:
+                raise CloudletError(f"{user}'s cloudlet moved to {machine.name} with all its state, but the store "
+                                    f"kept the save before: {failure[0]}")
+            store.write(Record(user, saved, placed_on=machine.name, placed_at=moved.started_at))
         return moved
+
+    def _upload(self, user: str, archive: str, failure: list[BaseException]) -> None:
+        try:
+            self._store().upload(user, archive)
+        except Exception as exc:  # a thread has nobody to raise to: the caller reports it
+            failure.append(exc)
 
     def __repr__(self) -> str:
         return f"<Cloudlets hosts={self.hosts!r} store={self.store!r} slots={self.slots}>"
