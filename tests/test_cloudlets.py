@@ -17,6 +17,7 @@ from ecshell import Cluster, LocalFabric
 from ecshell.cloudlets import Cloudlet, DirectoryStore, runtime_recipe
 from ec2_support import aws, moto_url  # noqa: F401
 from procs import running
+from test_terminal import ecshell_command, terminal  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="cloudlets mount overlays and make namespaces: root only"),
@@ -353,3 +354,31 @@ def test_paths_a_machine_reports_are_taken_only_in_their_expected_form():
                 "/srv/../etc/cloudlets/alice/save.tar", "/srv/state/cloudlets/alice/save.tar\n", None, 3):
         with pytest.raises(Exception, match="refused"):
             reported_path({"archive": bad}, "archive", "alice", "save.tar")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (bootstrap.sh installs it)")
+def test_cloudlet_login_in_a_real_terminal(terminal, isolated_home, tmp_path):
+    """``%cloudlet alice --login`` in ecshell on tmux: a shell inside, resized with the window, and back."""
+    env = {"HOME": os.environ["HOME"], "ECSHELL_HOME": os.environ["ECSHELL_HOME"], "TERM": "xterm-256color",
+           "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    if os.environ.get("PYTHONPATH"):  # a worktree run: the shell imports the same ecshell as this test
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    setup = tmp_path / "setup.py"
+    setup.write_text(
+        "from ecshell.cloudlets import DirectoryStore, runtime_recipe\n"
+        "store = cluster.launch(1, name='store')[0]\n"
+        "hosts = cluster.free_list('cloudlets', size=1, recipe=runtime_recipe()); hosts.fill()\n"
+        f"cluster.cloudlets.configure(hosts=hosts, store=DirectoryStore(store, {str(tmp_path / 'store')!r}))\n")
+    terminal.start(ecshell_command() + ["--fabric", "local"], env)
+    _, at = terminal.wait_for(r"In \[1\]:")
+    terminal.type(f"%run -i {setup}")
+    _, at = terminal.wait_for(r"In \[2\]:", at)
+    terminal.type("%cloudlet alice --login")
+    _, at = terminal.wait_for(r"root@alice:~# ", at)
+    terminal.type("echo in-$(hostname); tput cols")
+    _, at = terminal.wait_for(r"in-alice\s+160\s+root@alice:~# ", at)
+    terminal.tmux("resize-window", "-x", "100", "-y", "40")
+    terminal.type("tput cols; exit 3")
+    _, at = terminal.wait_for(r"\b100\b.*?exited with status 3.*?In \[3\]:", at)
+    terminal.type("6*7")  # the local terminal is IPython's again
+    terminal.wait_for(r"Out\[3\]: 42", at)
