@@ -382,3 +382,17 @@ def test_cloudlet_login_in_a_real_terminal(terminal, isolated_home, tmp_path):
     _, at = terminal.wait_for(r"\b100\b.*?exited with status 3.*?In \[3\]:", at)
     terminal.type("6*7")  # the local terminal is IPython's again
     terminal.wait_for(r"Out\[3\]: 42", at)
+
+
+def test_without_hosts_or_store_the_message_says_what_to_configure(cluster, machines):
+    from ecshell import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"cluster.cloudlets.configure\(store=DirectoryStore"):
+        cluster.cloudlet("alice")
+    store = machines(1, name="store")[0]
+    cluster.cloudlets.configure(store=DirectoryStore(store, store_path(store)))
+    with pytest.raises(ArgumentError, match=r"no cloudlet hosts: cluster.cloudlets.configure\(hosts="):
+        cluster.cloudlet("alice")
+    with pytest.raises(ArgumentError, match="slots is how many"):
+        cluster.cloudlets.configure(slots=0)
+    assert not store.run(f"ls {store_path(store)}/*.json 2>/dev/null").output  # nothing was placed

@@ -64,7 +64,13 @@ def _when(at: float | None) -> str:
 
 
 class Cloudlets:
-    """``cluster.cloudlets``: where cloudlets go (``hosts``, ``slots`` each) and where state is kept (``store``)."""
+    """``cluster.cloudlets``: where cloudlets go (``hosts``, ``slots`` each) and where state is kept (``store``).
+
+    A free list given as ``hosts`` is the cloudlets' own: its warm members
+    are the hosts, and none is ever ``take()``-n for anything else. ``slots``
+    is checked against the markers read before placing, so two shells
+    placing different users at the same moment may each use the last slot.
+    """
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
