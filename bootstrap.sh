@@ -35,6 +35,7 @@ have nft || test_missing+=(nftables)
 have sudo || test_missing+=(sudo)
 have unshare || test_missing+=(util-linux)
 have chromium || test_missing+=(chromium)   # renders the notebook HTML in tests
+have bwrap || test_missing+=(bubblewrap)   # cloudlets: the sandbox runtime
 
 need=("${shell_missing[@]}")
 [ "$mode" = install ] && need+=("${test_missing[@]}")

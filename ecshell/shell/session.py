@@ -348,6 +348,27 @@ class Session:
     def cost(self):
         return report.cost_table(self.cluster)
 
+    # -- cloudlets ---------------------------------------------------------------
+
+    def cloudlet(self, user, login=False, save=False, release=False):
+        """``user``'s cloudlet (placed if needed); or what --login, --save, --release gave."""
+        cloudlet = self.cluster.cloudlet(user)  # what placing it found (changes lost, ...) is logged
+        if save:
+            return cloudlet.save()
+        if release:
+            return cloudlet.release()
+        if login:
+            from ..cloudlets.login import login as interactive
+
+            status = interactive(cloudlet)
+            if status:
+                self.say(f"(the shell in {cloudlet.name} exited with status {status})")
+            return None
+        return cloudlet
+
+    def cloudlet_table(self):
+        return report.cloudlet_table(self.cluster.cloudlets.scan())
+
     def toolbar(self):
         return report.toolbar_text(self.cluster)
 

@@ -104,7 +104,7 @@ def resolve(cluster, text):
         if not chosen:
             raise SelectionError(f"no machine carries marker {value!r}; machines are: {fold(machines.names)}")
         return chosen
-    chosen = machines[value]
+    chosen = cluster[value] if "cloudlet:" in value else machines[value]
     if not chosen:
         raise SelectionError(f"target {text!r} selects no machine; machines are: {fold(machines.names)}")
     return chosen
