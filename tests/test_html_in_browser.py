@@ -124,3 +124,20 @@ def test_what_a_person_sees(machines, cluster, tmp_path):
     assert seen["details"] == [{"open": False, "summary": "40 lines: 1 ..."}]
     assert seen["copied"] == ["\n".join(str(i) for i in range(1, 41)), rs["node-0"].output.replace(
         "\x1b[01;31m\x1b[K", "").replace("\x1b[m\x1b[K", "").rstrip("\n")]
+
+
+def test_machine_and_cost_tables_are_left_aligned(machines, cluster, tmp_path):
+    """%cluster and %cost read like the terminal's tables, whatever the notebook's table CSS says."""
+    from ecshell.shell.report import cost_table, machine_table
+
+    machines(2)
+    probe = ("<script>setTimeout(function () { var out = document.createElement('pre'); out.id = 'probe';"
+             " out.textContent = JSON.stringify(Array.from(document.querySelectorAll('#ecshell td, #ecshell th'))"
+             ".map(function (c) { return getComputedStyle(c).textAlign; })); document.body.appendChild(out);"
+             " }, 100);</script>")
+    for table in (machine_table(cluster), cost_table(cluster)):
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><style>{JUPYTERLAB_TABLE_CSS}</style></head>"
+                f"<body><div id='ecshell' class='jp-RenderedHTMLCommon'>{table._repr_html_()}</div>{probe}"
+                "</body></html>")
+        aligned = render(page, tmp_path)
+        assert aligned and set(aligned) == {"left"}, (table.header, aligned)

@@ -19,6 +19,9 @@ from ..hostset import fold
 from ..output import printable
 
 
+_CELL = "text-align:left;white-space:nowrap"
+
+
 class Table:
     """Rows of text with a header; prints aligned in a terminal, as HTML in Jupyter."""
 
@@ -42,9 +45,11 @@ class Table:
         p.text(str(self))
 
     def _repr_html_(self):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
-        foot = f"<p>{html.escape(self.footer)}</p>" if self.footer else ""
+        # Left-aligned as in the terminal: Jupyter's table CSS right-aligns every cell.
+        head = "".join(f'<th style="{_CELL}">{html.escape(h)}</th>' for h in self.header)
+        body = "".join("<tr>" + "".join(f'<td style="{_CELL}">{html.escape(printable(c))}</td>' for c in r) + "</tr>"
+                       for r in self.rows)
+        foot = f'<p style="text-align:left">{html.escape(self.footer)}</p>' if self.footer else ""
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}"
 
 
