@@ -434,6 +434,10 @@ def test_completion_of_targets(ip, capsys):
     ip.user_ns["cluster"]["node-0"].mark("configured")
     ip.run_line_magic("cluster", "")  # reads markers
     assert complete("%on marker=") == ["marker=configured"]
+    ip.user_ns["cluster"]["node-1"].mark("cloudlet.alice")  # what placing alice's cloudlet leaves on its host
+    ip.run_line_magic("cluster", "")
+    assert complete("%on cloudlet:") == ["cloudlet:*", "cloudlet:alice"]
+    assert complete("%on cloudlet:a") == ["cloudlet:alice"]
 
 
 def test_config_traits_are_tagged_with_help(ip, capsys):

@@ -18,6 +18,7 @@ import re
 import sys
 
 from . import report, targets
+from ..cloudlets.manager import MARKER_PREFIX as CLOUDLET_MARKER
 from ..errors import ArgumentError, SelectionError
 from ..hostset import check_prefix, fold
 from ..results import ResultSet
@@ -353,10 +354,13 @@ class Session:
     def cloudlet(self, user, login=False, save=False, release=False):
         """``user``'s cloudlet (placed if needed); or what --login, --save, --release gave."""
         cloudlet = self.cluster.cloudlet(user)  # what placing it found (changes lost, ...) is logged
+        marker = CLOUDLET_MARKER + cloudlet.owner  # its host's marker: completion offers cloudlet:<user>
         if save:
             return cloudlet.save()
         if release:
+            self.known_markers.discard(marker)
             return cloudlet.release()
+        self.known_markers.add(marker)
         if login:
             from ..cloudlets.login import login as interactive
 
@@ -367,7 +371,9 @@ class Session:
         return cloudlet
 
     def cloudlet_table(self):
-        return report.cloudlet_table(self.cluster.cloudlets.scan())
+        found = self.cluster.cloudlets.scan()
+        self.known_markers.update(CLOUDLET_MARKER + user for user in found)
+        return report.cloudlet_table(found)
 
     def toolbar(self):
         return report.toolbar_text(self.cluster)

@@ -21,6 +21,8 @@ Parsing is done here, never with ``eval``; every mistake raises
 
 import re
 
+from ..cloudlets.manager import MARKER_PREFIX as CLOUDLET_MARKER
+from ..cloudlets.runtime import USER_NAME
 from ..errors import SelectionError
 from ..hostset import fold
 
@@ -120,4 +122,9 @@ def candidates(cluster, markers=()):
     words += tags
     words += [f"marker={m}" for m in sorted(set(markers))]
     words += names
+    # A cloudlet's marker on its host names its user (ecshell.cloudlets): read from markers already known.
+    users = sorted({u for m in markers if m.startswith(CLOUDLET_MARKER)
+                    and USER_NAME.fullmatch(u := m[len(CLOUDLET_MARKER):])})
+    if users:
+        words += ["cloudlet:*"] + [f"cloudlet:{u}" for u in users]
     return words
