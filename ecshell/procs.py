@@ -14,7 +14,7 @@ tests and benchmarks use them to find the processes a machine runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 
 def cmdline(pid: int) -> bytes:
@@ -28,20 +28,25 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def children_map() -> dict[int, list[int]]:
-    """``{ppid: [pid, ...]}`` for every process, read from /proc once."""
-    tree: dict[int, list[int]] = {}
+def each(name: str) -> Iterator[tuple[int, bytes]]:
+    """``(pid, contents of /proc/<pid>/<name>)`` for every process whose file this user may read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
+            with open(f"/proc/{entry}/{name}", "rb") as f:
+                yield int(entry), f.read()
         except OSError:
             continue
+
+
+def children_map() -> dict[int, list[int]]:
+    """``{ppid: [pid, ...]}`` for every process, read from /proc once."""
+    tree: dict[int, list[int]] = {}
+    for pid, stat in each("stat"):
         # the command name may hold spaces and parentheses: split after the last ')'
         fields = stat[stat.rfind(b")") + 2:].split()
-        tree.setdefault(int(fields[1]), []).append(int(entry))
+        tree.setdefault(int(fields[1]), []).append(pid)
     return tree
 
 
@@ -58,15 +63,4 @@ def descendants(pid: int, tree: Mapping[int, Iterable[int]]) -> list[int]:
 def with_environment(name: str, value: str) -> list[int]:
     """Pids of the processes whose environment sets ``name=value`` (those this user may read)."""
     wanted = f"{name}={value}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environment = f.read()
-        except OSError:
-            continue
-        if wanted in environment.split(b"\0"):
-            found.append(int(entry))
-    return found
+    return [pid for pid, environment in each("environ") if wanted in environment.split(b"\0")]
