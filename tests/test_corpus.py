@@ -98,6 +98,7 @@ def lab(isolated_home):
 
 def test_every_path_gives_what_ssh_gives(lab, monkeypatch):
     from ecshell import Cluster, StaticFabric
+    from ecshell.ssh import executor as executor_module
 
     key = lab.keygen("id_ed25519")
     server = lab.server("web", authorized=[key])
@@ -111,7 +112,7 @@ def test_every_path_gives_what_ssh_gives(lab, monkeypatch):
 
     monkeypatch.setenv("HOME", str(lab.home))
     cluster = Cluster(StaticFabric(["web"], ssh_config=str(lab.config_path)))
-    seen = {}
+    seen, executors = {}, {}
     try:
         (machine,) = cluster.machines
         for path, executor, shortcut in (("channel", "channel", True), ("executor", "executor", False),
@@ -122,9 +123,14 @@ def test_every_path_gives_what_ssh_gives(lab, monkeypatch):
             started = time.monotonic()
             seen[path] = [machine.run(command, timeout=30) for command in commands]
             timings[path] = time.monotonic() - started
+            if executor == "executor":
+                hello = executor_module.peek(machine.connection()).hello
+                assert hello["shortcut"] == "on", hello  # else the shortcut paths would be the shell's
+                executors[path] = hello["pid"]
     finally:
         cluster.close()
 
+    assert executors["executor"] != executors["shortcut, cold"] == executors["shortcut, warm"]
     differences = []
     for path, results in seen.items():
         for command, (status, stdout, stderr), r in zip(commands, theirs, results):
