@@ -19,7 +19,7 @@ A command killed by a signal is ssh's exit 255, ecshell's ``r.signal``.
 
 from __future__ import annotations
 
-import os
+import concurrent.futures
 import pathlib
 import re
 import time
@@ -96,41 +96,57 @@ def lab(isolated_home):
         lab.close()
 
 
-def test_every_path_gives_what_ssh_gives(lab, monkeypatch):
+def through_ecshell(config: pathlib.Path, commands: list[str], passes: int, **settings) -> tuple[list, list]:
+    """Each pass of ``commands`` on one machine of a new Cluster (so a new connection and executor):
+    ([[Result per command] per pass], [the executor's hello after each pass, or None])."""
     from ecshell import Cluster, StaticFabric
     from ecshell.ssh import executor as executor_module
 
+    cluster = Cluster(StaticFabric(["web"], ssh_config=str(config)), **settings)
+    runs, hellos = [], []
+    try:
+        (machine,) = cluster.machines
+        for _ in range(passes):
+            runs.append([machine.run(command, timeout=30) for command in commands])
+            executor = executor_module.peek(machine.connection())
+            hellos.append(executor.hello if executor else None)
+    finally:
+        cluster.close()
+    return runs, hellos
+
+
+def test_every_path_gives_what_ssh_gives(lab, monkeypatch):
     key = lab.keygen("id_ed25519")
     server = lab.server("web", authorized=[key])
     lab.known_hosts(server)
-    lab.config(f"Host web\n  HostName 127.0.0.1\n  Port {server.port}\n  User root\n  IdentityFile {key}\n"
-               "  IdentitiesOnly yes\n")
+    config = lab.config(f"Host web\n  HostName 127.0.0.1\n  Port {server.port}\n  User root\n"
+                        f"  IdentityFile {key}\n  IdentitiesOnly yes\n")
+    monkeypatch.setenv("HOME", str(lab.home))  # ecshell's ~ is the lab's, as ssh's is
     commands = corpus_commands()
-    started = time.monotonic()
-    theirs = via_ssh_many(lab, "web", commands)
-    timings = {"ssh": time.monotonic() - started}
+    timings = {}
 
-    monkeypatch.setenv("HOME", str(lab.home))
-    cluster = Cluster(StaticFabric(["web"], ssh_config=str(lab.config_path)))
-    seen, executors = {}, {}
-    try:
-        (machine,) = cluster.machines
-        for path, executor, shortcut in (("channel", "channel", True), ("executor", "executor", False),
-                                         ("shortcut, cold", "executor", True), ("shortcut, warm", "executor", True)):
-            cluster.settings.executor, cluster.settings.executor_shortcut = executor, shortcut
-            if path == "shortcut, cold":
-                machine.close()  # a new connection, so a new executor that probes afresh
-            started = time.monotonic()
-            seen[path] = [machine.run(command, timeout=30) for command in commands]
-            timings[path] = time.monotonic() - started
-            if executor == "executor":
-                hello = executor_module.peek(machine.connection()).hello
-                assert hello["shortcut"] == "on", hello  # else the shortcut paths would be the shell's
-                executors[path] = hello["pid"]
-    finally:
-        cluster.close()
+    def timed(name, run, *args, **kwargs):
+        started = time.monotonic()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            timings[name] = time.monotonic() - started
 
-    assert executors["executor"] != executors["shortcut, cold"] == executors["shortcut, warm"]
+    # Side by side, each path on a connection of its own: the paths share nothing but the sshd.
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        ssh = pool.submit(timed, "ssh", via_ssh_many, lab, "web", commands, parallel=2)
+        channel = pool.submit(timed, "channel", through_ecshell, config, commands, 1, executor="channel")
+        executor = pool.submit(timed, "executor", through_ecshell, config, commands, 1, executor="executor",
+                               executor_shortcut=False)
+        shortcut = pool.submit(timed, "shortcut, cold and warm", through_ecshell, config, commands, 2,
+                               executor="executor", executor_shortcut=True)
+    theirs = ssh.result()
+    (cold, warm), hellos = shortcut.result()
+    assert [h and h["shortcut"] for h in hellos] == ["on", "on"], hellos  # else it was the shell's path
+    assert hellos[0]["pid"] == hellos[1]["pid"]  # warm: the executor of the cold pass
+    seen = {"channel": channel.result()[0][0], "executor": executor.result()[0][0],
+            "shortcut, cold": cold, "shortcut, warm": warm}
+
     differences = []
     for path, results in seen.items():
         for command, (status, stdout, stderr), r in zip(commands, theirs, results):
@@ -140,4 +156,5 @@ def test_every_path_gives_what_ssh_gives(lab, monkeypatch):
                                    f"    ecshell: {ours} {r.error} {r.output_bytes!r} {r.message!r}")
     print(f"{len(commands)} commands; seconds per path: "
           + ", ".join(f"{path} {seconds:.1f}" for path, seconds in timings.items()))
-    assert not differences, f"{len(differences)} differences:\n" + "\n".join(differences[:40])
+    counts = {path: sum(d.startswith(path + ":") for d in differences) for path in seen}
+    assert not differences, f"{len(differences)} differences {counts}:\n" + "\n".join(differences[:40])
