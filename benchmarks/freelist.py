@@ -50,9 +50,9 @@ def recipe(install_seconds):
 
 
 def last(user):
-    from ecshell import Shell
+    from ecshell import Shell, quote
 
-    return Shell(f'echo {user} > "$ECSHELL_STATE_DIR/../owner"')
+    return Shell(f'echo {quote(user)} > "$ECSHELL_STATE_DIR/../owner"')
 
 
 def summary(values):

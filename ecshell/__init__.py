@@ -28,6 +28,7 @@ _EXPORTS = {
     "Get": "commands",
     "Noop": "commands",
     "Command": "commands",
+    "quote": "commands",
     "EcShellError": "errors",
     "SelectionError": "errors",
     "ArgumentError": "errors",
@@ -60,7 +61,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .adapters import apply as apply, once as once, retry as retry, sudo as sudo, timeout as timeout
     from .cluster import Cluster as Cluster
-    from .commands import Command as Command, Get as Get, Noop as Noop, Put as Put, Shell as Shell
+    from .commands import Command as Command, Get as Get, Noop as Noop, Put as Put, Shell as Shell, quote as quote
     from .config import EcShell as EcShell
     from .diagnostics import (
         Diagnosis as Diagnosis,

@@ -30,7 +30,7 @@ from .states import MachineState
 if TYPE_CHECKING:
     from traitlets.config import Config, Configurable
 
-    from .commands import Command
+    from .commands import Command, CommandLine
     from .fabrics.base import Fabric, Prototype
     from .freelist import FreeList
     from .results import ResultSet
@@ -311,7 +311,7 @@ class Cluster:
 
     # -- broadcasts -----------------------------------------------------------
 
-    def run(self, command: str, target: Target = None, **options: Any) -> ResultSet:
+    def run(self, command: CommandLine, target: Target = None, **options: Any) -> ResultSet:
         """Run a shell command on every running machine (or ``target``); a ResultSet."""
         results = self._live(target).run(command, **options)
         self.history.append(results)

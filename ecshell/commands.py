@@ -7,6 +7,14 @@ wrapping a command (:mod:`ecshell.adapters`), never by growing Machine.
 
 >>> Shell("uptime", timeout=10)
 Shell('uptime', timeout=10)
+
+A command built from values takes them as separate words, each quoted for
+the shell (:func:`quote`), so a value is never read as shell syntax:
+
+>>> Shell(["useradd", "-m", "alice; rm -rf ~"])
+Shell("useradd -m 'alice; rm -rf ~'")
+>>> Shell(f"id -u {quote('bob')} || useradd -m {quote('bob')}")
+Shell('id -u bob || useradd -m bob')
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import os
 import posixpath
 import secrets
+import shlex
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import arguments
@@ -23,6 +33,24 @@ from .ssh.transport import Exit, Lost, Request, Stopped, run_token
 if TYPE_CHECKING:
     from .engine import Attempt
     from .results import Result
+
+
+#: A command as run() and Shell take it: a shell string, or a list of words each quoted for the shell.
+CommandLine = Union[str, Sequence[Union[str, int, "os.PathLike[str]"]]]
+
+
+def quote(value: str | int | os.PathLike[str]) -> str:
+    """``value`` as one shell word (``shlex.quote``): put it into a command string as data."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, os.PathLike)):
+        raise ArgumentError(f"quote() takes a str, an int or a path, not {type(value).__name__} {value!r}")
+    return shlex.quote(os.fspath(value) if isinstance(value, os.PathLike) else str(value))
+
+
+def words(argv: Sequence[str | int | os.PathLike[str]]) -> str:
+    """A command line of ``argv``, each word quoted: ``words(["useradd", "-m", user])``."""
+    if not argv:
+        raise ArgumentError("give at least one word, e.g. ['useradd', '-m', user]")
+    return " ".join(quote(word) for word in argv)
 
 
 class Command:
@@ -46,6 +74,9 @@ class Command:
 class Shell(Command):
     """Run a shell string in the user's login shell, as ``ssh host CMD`` would.
 
+    ``command`` is that string, or a list of words (an argv) that are each
+    quoted for the shell and joined: ``Shell(["useradd", "-m", user])``.
+
     Output is stdout and stderr combined, in arrival order. stdin is closed at
     once unless ``input`` (bytes or str) is given. No PTY unless ``pty=True``.
     It goes over the machine's persistent executor or a channel of its own
@@ -57,10 +88,13 @@ class Shell(Command):
     #: Whether this command may go through the machine's persistent executor.
     via_executor = True
 
-    def __init__(self, command: str, timeout: Optional[float] = None,
+    def __init__(self, command: CommandLine, timeout: Optional[float] = None,
                  input: Union[bytes, str, None] = None, pty: bool = False):
+        if isinstance(command, (list, tuple)):
+            command = words(command)
         if not isinstance(command, str) or not command.strip():
-            raise ArgumentError("give the command as a non-empty string, e.g. run('uptime')")
+            raise ArgumentError("give the command as a non-empty string, e.g. run('uptime'), "
+                                "or a list of words to quote, e.g. run(['useradd', '-m', user])")
         self.command = command
         self.timeout = arguments.seconds("timeout", timeout)
         given = arguments.stdin_input(input)
@@ -100,19 +134,20 @@ class Shell(Command):
             killed = process.kill(attempt.output)
             message = f"no exit after {timeout:g}s" if stop.kind is ErrorKind.TIMEOUT else "interrupted"
             return attempt.result(self, error=stop.kind, message=f"{message}; {killed}" if killed else message,
-                                  detail=process.detail)
+                                  detail=process.detail, via=process.via)
         except Lost as lost:
-            return attempt.result(self, error=ErrorKind.LOST, message=str(lost), detail=process.detail)
+            return attempt.result(self, error=ErrorKind.LOST, message=str(lost), detail=process.detail,
+                                  via=process.via)
         finally:
             process.close()
-        return self.exited(attempt, exit)
+        return self.exited(attempt, exit, process.via)
 
-    def exited(self, attempt: Attempt, exit: Exit) -> Result:
+    def exited(self, attempt: Attempt, exit: Exit, via: Optional[str] = None) -> Result:
         """The Result of a command that ran to its end."""
         if exit.code is None:
             killed = f"killed by SIG{exit.signal}" if exit.signal else "killed by a signal"
-            return attempt.result(self, error=ErrorKind.EXIT, message=killed, signal=exit.signal)
-        return attempt.result(self, exit_code=exit.code, error=ErrorKind.EXIT if exit.code else None)
+            return attempt.result(self, error=ErrorKind.EXIT, message=killed, signal=exit.signal, via=via)
+        return attempt.result(self, exit_code=exit.code, error=ErrorKind.EXIT if exit.code else None, via=via)
 
 
 def _remote_path(path: str) -> str:
@@ -153,7 +188,7 @@ class Put(Command):
             except (IOError, OSError) as exc:
                 return attempt.result(self, error=ErrorKind.EXIT, message=f"put {remote}: {exc}")
         attempt.output(f"{self.local} -> {remote} ({attrs.st_size} bytes)\n".encode())
-        return attempt.result(self, exit_code=0, detail={"path": remote, "size": attrs.st_size})
+        return attempt.result(self, exit_code=0, detail={"path": remote, "size": attrs.st_size}, via="sftp")
 
 
 class Get(Command):
@@ -209,7 +244,7 @@ class Get(Command):
                 raise
         size = os.path.getsize(target)
         attempt.output(f"{remote} -> {target} ({size} bytes)\n".encode())
-        return attempt.result(self, exit_code=0, detail={"path": target, "size": size})
+        return attempt.result(self, exit_code=0, detail={"path": target, "size": size}, via="sftp")
 
 
 def _new_file_beside(path: str) -> str:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast, overload
 
 from .commands import Command, Shell
 from .errors import ArgumentError, ErrorKind
-from .state import LISTING, PREAMBLE, PerMachine, parse_listing, remember, state_dir_expr, whoami
+from .state import LISTING, PREAMBLE, PerMachine, parse_listing, records, remember, state_dir_expr, unbase64, whoami
 
 if TYPE_CHECKING:
     from .engine import Attempt
@@ -219,21 +219,12 @@ class Diagnose(Command):
         result.command = self
         text = result.output
         outcomes = {}
-        current: tuple[Diagnostic, int] | None = None
-        chunks: list[str] = []
-        for line in text.split("\n") + ["\x1eEND"]:
-            if line.startswith("\x1e"):
-                if current is not None:
-                    diagnostic, code = current
-                    raw = base64.b64decode("".join(chunks)).decode("utf-8", "replace")
-                    outcomes[diagnostic.name] = diagnostic.judge(raw[:-1] if raw.endswith("\n") else raw, code)
-                current, chunks = None, []
-                kind, _, rest = line[1:].partition(" ")
-                if kind == "DIAG":
-                    index, _, status = rest.partition(" ")
-                    current = (self.diagnostics[int(index)], int(status))
-            elif current is not None:
-                chunks.append(line.strip())
+        for kind, rest, body in records(text):
+            index, _, status = rest.partition(" ")
+            if kind == "DIAG" and index.isdecimal() and int(index) < len(self.diagnostics):
+                diagnostic, raw = self.diagnostics[int(index)], unbase64(body)
+                code = int(status) if status.isdecimal() else -1
+                outcomes[diagnostic.name] = diagnostic.judge(raw[:-1] if raw.endswith("\n") else raw, code)
         _, markers, now, error, _ = parse_listing(text)
         if error is not None and result.ok:
             result.error, result.message = ErrorKind.EXIT, error

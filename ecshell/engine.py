@@ -160,10 +160,10 @@ class Attempt:
         if self.on_output is not None and data:
             self.on_output(self.machine, data)
 
-    def result(self, command, exit_code=None, error=None, message="", detail=None, signal=None) -> Result:
+    def result(self, command, exit_code=None, error=None, message="", detail=None, signal=None, via=None) -> Result:
         self.buffer.close()
         return Result(self.machine, command, self.buffer, exit_code, error, message,
-                      time.monotonic() - self.started, self.reconnected, detail, signal)
+                      time.monotonic() - self.started, self.reconnected, detail, signal, via)
 
 
 #: Every live Engine: their connections are closed at exit, while threads still run.

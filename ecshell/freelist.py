@@ -4,7 +4,7 @@
 >>> pool = cluster.free_list("build", size=3, recipe=[
 ...     once("toolchain")("apt-get install -y build-essential"),
 ...     once("warm-cache")("make -C /srv/src deps"),
-... ], last=lambda user: Shell(f"useradd -m {user}"))              # doctest: +SKIP
+... ], last=lambda user: Shell(["useradd", "-m", user]))          # doctest: +SKIP
 >>> pool.fill()                      # launch and configure 3 machines  # doctest: +SKIP
 >>> m = pool.take(user="alice")      # a warm one: runs only the last step; refills in the background  # doctest: +SKIP
 

@@ -191,7 +191,7 @@ def install_login_shell(machines, user, prefix=DEFAULT_PREFIX, wheel=None, wheel
         raise ArgumentError(
             f"{', '.join(local)} are LocalFabric machines, i.e. this host: installing would change "
             f"the login shell of {user!r} on this very machine. Pass allow_this_host=True if that is meant")
-    if not isinstance(user, str) or not re.match(r"^[a-z_][a-z0-9_.-]*\$?$", user):
+    if not isinstance(user, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", user):
         raise ArgumentError(f"give the user as a login name such as 'ops', not {user!r}")
     if wheels not in ("index", "ship"):
         raise ArgumentError(f"wheels must be 'index' or 'ship', not {wheels!r}")
@@ -289,8 +289,9 @@ def _say(r):
     if "changed" in r:
         if not r["changed"]:
             return f"ecshell-login was not {r['user']}'s shell (it is {r['shell']}): nothing to undo"
+        kept = f" (kept what ecshell did not put there: {', '.join(r['kept'])})" if r.get("kept") else ""
         return (f"the login shell of {r['user']} is {r['shell']} again"
-                + ("; ecshell-login removed from the machine" if r.get("removed") else ""))
+                + (f"; ecshell-login removed from the machine{kept}" if r.get("removed") else ""))
     if "home" in r:
         return f"user {r['user']}: shell {r['shell']}, home {r['home']}; python {r['python']}"
     return json.dumps(r)
@@ -302,7 +303,7 @@ def _retell(result, text, duration):
     buffer.write(text.encode())
     buffer.close()
     return Result(result.machine, result.command, buffer, result.exit_code, result.error, result.message,
-                  duration, result.reconnected, result.detail)
+                  duration, result.reconnected, result.detail, result.signal, result.via)
 
 
 # -- switching, verified ---------------------------------------------------------

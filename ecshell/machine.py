@@ -19,7 +19,7 @@ from .states import MachineState
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .commands import Command
+    from .commands import Command, CommandLine
     from .diagnostics import Diagnosis
     from .diagnostics import Names as DiagnosticNames
     from .engine import Engine
@@ -139,7 +139,7 @@ class Machine:
 
     # -- one-machine conveniences -------------------------------------------
 
-    def run(self, command: str, timeout: float | None = None, input: bytes | str | None = None,
+    def run(self, command: CommandLine, timeout: float | None = None, input: bytes | str | None = None,
             pty: bool = False) -> Result:
         """Run a shell command here; the Result (never raises for the host's failure)."""
         return self.execute(Shell(command, timeout=timeout, input=input, pty=pty))

@@ -18,6 +18,7 @@ from .errors import ArgumentError, SelectionError
 from .hostset import fold, match, natural_key
 
 if TYPE_CHECKING:
+    from .commands import CommandLine
     from .diagnostics import Diagnosis
     from .engine import Engine
     from .machine import Machine
@@ -143,7 +144,7 @@ class MachineSet(Sequence["Machine"]):
         return self._engine().broadcast(self._machines, command, on_output=on_output,
                                         on_result=on_result, total_timeout=total_timeout)
 
-    def run(self, command: str, timeout: float | None = None, input: bytes | str | None = None,
+    def run(self, command: CommandLine, timeout: float | None = None, input: bytes | str | None = None,
             pty: bool = False, on_output: Callable[[Machine, bytes], object] | None = None,
             on_result: Callable[[Result], object] | None = None,
             total_timeout: float | None = None) -> ResultSet:

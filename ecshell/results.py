@@ -40,7 +40,11 @@ class Result:
     - ``message``: what went wrong, in words (empty for a plain non-zero exit);
     - ``duration``: seconds from the start of this machine's run to its result;
     - ``reconnected``: True when a dead pooled connection was replaced on the way;
-    - ``detail``: more, per command (``path`` and ``size`` of a transfer, a state step's ``markers``, ...).
+    - ``detail``: more, per command (``path`` and ``size`` of a transfer, a state step's ``markers``, ...);
+    - ``signal``: the signal that killed the command (``"TERM"``), else None;
+    - ``via``: which path ran it: ``channel`` (one SSH channel, as ``ssh host CMD``), ``executor``
+      (the login shell, started by the executor), ``shortcut`` (the executor exec'd the program
+      itself: no startup files ran), ``sftp`` (a transfer), or None (it never started).
 
     Output is read through ``output_bytes`` (exact), ``output`` (decoded
     for reading) and ``output_path`` (the file it spilled to, if it did).
@@ -48,7 +52,7 @@ class Result:
 
     __slots__ = (
         "machine", "command", "exit_code", "error", "message", "duration",
-        "reconnected", "detail", "signal", "_buffer",
+        "reconnected", "detail", "signal", "via", "_buffer",
     )
 
     machine: Machine
@@ -61,12 +65,14 @@ class Result:
     detail: dict[str, Any]
     #: The signal that killed the command, as sshd names it (``"TERM"``, ``"KILL"``), else None.
     signal: str | None
+    #: Which path ran the command: ``channel``, ``executor``, ``shortcut``, ``sftp``, or None.
+    via: str | None
     _buffer: OutputBuffer
 
     def __init__(self, machine: Machine, command: Command, buffer: OutputBuffer, exit_code: int | None = None,
                  error: ErrorKind | str | None = None, message: str = "", duration: float = 0.0,
                  reconnected: bool = False, detail: dict[str, Any] | None = None,
-                 signal: str | None = None) -> None:
+                 signal: str | None = None, via: str | None = None) -> None:
         self.machine = machine
         self.command = command
         self._buffer = buffer
@@ -77,6 +83,7 @@ class Result:
         self.reconnected = reconnected
         self.detail = detail or {}
         self.signal = signal
+        self.via = via
 
     @property
     def ok(self) -> bool:

@@ -22,6 +22,8 @@ machine, and every one ends by listing the machine's markers: the controller
 keeps only what it last saw (``machine.facts``), and a new shell reads it all
 again from the machines. Values from the controller (who, notes) cross the
 wire base64-encoded; marker names are restricted to a shell-safe alphabet.
+What comes back is framed the same way: a marker file's contents follow its
+record as base64, so no file can hold a line that reads as a record.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import secrets
 import shlex
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from .commands import Command, Shell
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ecshell")
 
 #: Marker names: letters, digits and ``_ . : @ + -``, not starting with a dot.
-NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$")
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}")
 #: The prefix that makes a marker a lock.
 LOCK_PREFIX = "lock."
 RECORD = "\x1e"
@@ -89,7 +91,7 @@ class LockHeld(StateError):
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ArgumentError(f"marker names are letters, digits and _ . : @ + - (not starting with a dot), "
                             f"e.g. 'configured' or 'app:v2'; not {name!r}")
     return name
@@ -137,7 +139,7 @@ class Marker(float):
 
     def holder_gone(self) -> bool | None:
         """True when the setter was a shell on this host whose pid no longer runs; else None (cannot tell)."""
-        match = re.match(r"^\S+@(\S+) pid (\d+)$", self.by)
+        match = re.fullmatch(r"\S+@(\S+) pid (\d+)", self.by)
         if not match or match.group(1) != socket.gethostname():
             return None
         return not os.path.exists(f"/proc/{match.group(2)}")
@@ -189,9 +191,12 @@ _mk() {{ printf 'at=%s\\nby=%s\\nnote=%s\\ntoken=%s\\n' \\
 _op() {{ printf '\\036OP %s %s\\n' "$1" "$2"; }}
 """
 
+# A file's contents cross as base64 lines after its record, so no contents can read as a record;
+# names outside the marker alphabet (a newline, a \036) are not markers and are left out.
 LISTING = """\
 printf '\\036NOW %s\\n' "$(date +%s)"
-for f in "$D"/*; do [ -f "$f" ] || continue; printf '\\036M %s\\n' "${f##*/}"; cat "$f"; echo; done
+for f in "$D"/*; do [ -f "$f" ] || continue; case ${f##*/} in *[!A-Za-z0-9_.:@+-]*) continue;; esac
+printf '\\036M %s\\n' "${f##*/}"; { base64 < "$f"; } 2>/dev/null; done
 exit 0
 """
 
@@ -221,7 +226,7 @@ class Op:
                 body = (f"if grep -qx {shlex.quote('token=' + self.token)} {f} 2>/dev/null; then rm -f {f}; r=ok; "
                         f"elif [ -e {f} ]; then r=other; else r=absent; fi")
             else:
-                show = f"printf '\\036WAS %s\\n' {shlex.quote(self.name)}; cat {f}; echo; "
+                show = f"printf '\\036WAS %s\\n' {shlex.quote(self.name)}; {{ base64 < {f}; }} 2>/dev/null; "
                 body = f"if [ -e {f} ]; then {show}rm -f {f} && r=ok || r=failed; else r=absent; fi"
         else:
             raise ArgumentError(f"unknown state operation {self.kind!r}")
@@ -233,6 +238,30 @@ class Op:
         return f"{self.kind}({self.name!r})"
 
 
+def records(text: str) -> Iterator[tuple[str, str, str]]:
+    """``(kind, rest of the record line, base64 body)`` for each ``\\036KIND rest`` record in a script's output."""
+    kind: str | None = None
+    rest = ""
+    body: list[str] = []
+    for line in text.split("\n"):  # not splitlines(): it splits at \x1e too
+        if line.startswith(RECORD):
+            if kind is not None:
+                yield kind, rest, "".join(body)
+            kind, _, rest = line[1:].partition(" ")
+            body = []
+        elif kind is not None:
+            body.append(line.strip())
+    if kind is not None:
+        yield kind, rest, "".join(body)
+
+
+def unbase64(body: str) -> str:
+    try:
+        return base64.b64decode(body).decode("utf-8", "replace")
+    except ValueError:  # binascii.Error: cut short on the way
+        return ""
+
+
 def parse_listing(text: str) -> tuple[list[str | None], dict[str, Marker], float | None, str | None,
                                       dict[str, Marker]]:
     """``(ops, markers, now, error, removed)`` from a state script's output."""
@@ -241,28 +270,28 @@ def parse_listing(text: str) -> tuple[list[str | None], dict[str, Marker], float
     now: float | None = None
     error: str | None = None
     removed: dict[str, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for line in text.split("\n"):  # not splitlines(): it splits at \x1e too
-        if line.startswith(RECORD):
-            current = None
-            kind, _, rest = line[1:].partition(" ")
-            if kind == "OP":
-                index, _, status = rest.partition(" ")
+    for kind, rest, body in records(text):
+        if kind == "OP":
+            index, _, status = rest.partition(" ")
+            if index.isdecimal():
                 ops[int(index)] = status
-            elif kind == "NOW":
-                now = float(rest) if rest.strip().isdigit() else None
-            elif kind == "M":
-                current = markers[rest] = {}
-            elif kind == "WAS":
-                current = removed[rest] = {}
-            elif kind == "ERR":
-                error = rest
-            continue
-        if current is not None and "=" in line:
-            key, _, value = line.partition("=")
-            current.setdefault(key, value)
+        elif kind == "NOW":
+            now = float(rest) if rest.strip().isdecimal() else None
+        elif kind in ("M", "WAS"):
+            (markers if kind == "M" else removed)[rest] = _fields(unbase64(body))
+        elif kind == "ERR":
+            error = rest
     return ([ops.get(i) for i in range(len(ops))] if ops else [], _markers(markers), now, error,
             _markers(removed))
+
+
+def _fields(contents: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in contents.split("\n"):
+        if "=" in line:
+            key, _, value = line.partition("=")
+            fields.setdefault(key, value)
+    return fields
 
 
 def _markers(records: dict[str, dict[str, str]]) -> dict[str, Marker]:

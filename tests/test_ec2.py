@@ -360,6 +360,7 @@ def test_volumes_create_attach_detach_delete(aws):
 
 
 def test_phone_home_wakes_the_readiness_wait_and_is_only_a_hint(aws, caplog):
+    import re
     import threading
     import urllib.error
     import urllib.parse
@@ -369,7 +370,15 @@ def test_phone_home_wakes_the_readiness_wait_and_is_only_a_hint(aws, caplog):
     url = ec2.listen_for_phone_home(host="127.0.0.1")
     try:
         (p,) = ec2.launch(1)
-        assert f"url: {url}" in user_data(client(aws), p.id)
+        assert url.startswith("http://127.0.0.1:")
+        # the URL in the user data carries this launch's secret; the bare listener URL is refused
+        secret_url = re.search(r"url: (\S+)", user_data(client(aws), p.id)).group(1)
+        assert secret_url.startswith(url) and len(secret_url) > len(url) + 20
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(url, data=urllib.parse.urlencode({"instance_id": p.id}).encode(), timeout=10)
+        (other,) = ec2.launch(1)
+        assert re.search(r"url: (\S+)", user_data(client(aws), other.id)).group(1) != secret_url
+        url = secret_url
         woken = []
         waiter = threading.Thread(target=lambda: woken.append(ec2.wait_for_news([p.id], 30)))
         waiter.start()
@@ -446,3 +455,18 @@ def test_an_instance_terminated_elsewhere_leaves_and_its_pin_is_forgotten(aws):
         assert ec2.pins.ids() == [web[1].id]
     finally:
         cluster.close()
+
+
+def test_user_data_lets_sshd_accept_the_kill_token():
+    """cloud-init writes an sshd_config.d drop-in before sshd starts: the channel path's kill is exact."""
+    import yaml
+
+    from ecshell.fabrics.ec2.userdata import cloud_config
+    from ecshell.ssh.keys import generate_ed25519
+
+    private, public = generate_ed25519()
+    config = yaml.safe_load(cloud_config(private, public, ["ssh-ed25519 AAAA ops"]))
+    (drop_in,) = config["write_files"]
+    assert drop_in["path"] == "/etc/ssh/sshd_config.d/ecshell.conf"
+    assert "AcceptEnv ECSHELL_RUN" in drop_in["content"].splitlines()
+    assert config["ssh_keys"]["ed25519_public"] == " ".join(public.split()[:2])

@@ -528,3 +528,27 @@ def test_console_command_line(isolated_home):
     assert "--profile=operator" not in argv and "--profile=mine" in argv
     with pytest.raises(SystemExit):
         ipython_argv(["--fabric", "cloud9"])
+
+
+# -- nothing typed into a magic is evaluated (issue 15, item 5) -----------------
+
+
+def test_no_magic_expands_braces_or_dollars_from_a_tag_or_a_name(ip, tmp_path):
+    """A tag value from a fabric (a cloud API others write) reaches the magics as data, in every magic."""
+    canary = tmp_path / "expanded"
+    ip.user_ns["canary_path"] = str(canary)
+    hostile = "{open(canary_path,chr(119)).close()}"  # no quotes or spaces: shell-style splitting keeps it whole
+    ip.run_line_magic("launch", "1 --name web")
+    cluster = ip.user_ns["cluster"]
+    cluster.machine("web-0").tags["zone"] = hostile  # as a fabric would report it
+    word = f"zone={hostile}"
+    lines = {"cluster": word, "launch": f"1 --name {hostile}", "on": f"{word} true", "ready": word,
+             "terminate": f"{word} -y", "put": f"{tmp_path}/none /tmp/ {word}", "get": f"/etc/hostname {hostile} {word}",
+             "cost": word}
+    evaluated = []
+    for magic, line in lines.items():
+        ip.run_cell(f"%{magic} {line}")
+        if canary.exists():
+            evaluated.append(magic)
+            canary.unlink()
+    assert evaluated == []

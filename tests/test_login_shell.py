@@ -215,6 +215,7 @@ def installed(host):
     rs = host.uninstall()
     assert rs.all_ok, _explain(rs)
     assert host.shell == "/bin/bash"
+    assert not os.path.exists(host.prefix)  # the install made it, and nothing else is in it
 
 
 @pytest.fixture
@@ -492,11 +493,49 @@ def test_the_machine_restores_the_shell_when_the_controller_vanishes(login):
     _unchanged(login)
 
 
+def _switch_process(host):
+    """The pid of the machine-side process running the switch op (under this module's sshd)."""
+    for pid in descendants(host.pid, children_map()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:2] == [b"-c"] and argv[3:4] == [b"switch"]:
+            return pid
+    return None
+
+
+def test_the_shell_is_restored_when_the_switching_process_is_killed(login):
+    """SIGKILL of the machine-side process that switched leaves it no chance: the rollback cannot be its job."""
+    _back_to_bash(login)
+    channel = _switch(login)
+    try:
+        pid = _switch_process(login)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _wait(lambda: login.shell == "/bin/bash", "the shell to be restored", limit=20)
+        _wait(lambda: login.our_shells() == [], "/etc/shells to be restored", limit=20)
+        _unchanged(login)
+    finally:
+        channel.close()
+
+
+def test_a_killed_switch_after_a_commit_changes_nothing(login):
+    """The guard undoes only a switch the record still calls pending: a committed one stays."""
+    import ecshell.remote.loginshell as machine_side
+
+    assert machine_side.roll_back(login.prefix, login.user) is False
+    assert login.shell == login.entry
+
+
 def test_install_from_wheels_shipped_along(login):
     """wheels="ship": every wheel built here and shipped; pip on the machine uses no index."""
     second = os.path.join(login.dir, "prefix-shipped")
+    os.mkdir(second)  # an empty directory made beforehand is taken; it stays after uninstall
     rs = login.cluster.install_login_shell(MACHINE, user=login.user, prefix=second, wheels="ship", deps="login")
     try:
+        _write(os.path.join(second, "not-ours.txt"), "put here by someone else while installed\n")
         assert rs.all_ok, _explain(rs)
         entry = os.path.join(second, "venv", "bin", "ecshell-login")
         assert login.shell == entry
@@ -511,6 +550,19 @@ def test_install_from_wheels_shipped_along(login):
         rs = login.cluster.uninstall_login_shell(MACHINE, user=login.user, prefix=second)
     assert rs.all_ok, _explain(rs)
     assert login.shell == login.entry  # back to what it was before this install
-    assert not os.path.exists(second)
+    assert os.listdir(second) == ["not-ours.txt"]  # only what the install made is gone
+    assert "kept what ecshell did not put there: not-ours.txt" in rs[MACHINE].output
     with open("/etc/shells") as f:
         assert second not in f.read()
+
+
+def test_install_refuses_a_prefix_holding_files_not_its_own(login):
+    """uninstall(remove=True) removes what the install made; a prefix such as /opt is refused before."""
+    foreign = os.path.join(login.dir, "prefix-foreign")
+    os.mkdir(foreign)
+    _write(os.path.join(foreign, "not-ours.txt"), "was here first\n")
+    rs = login.cluster.install_login_shell(MACHINE, user=login.user, prefix=foreign)
+    assert not rs.all_ok
+    assert "not ecshell's (not-ours.txt)" in rs[MACHINE].output, _explain(rs)
+    assert os.listdir(foreign) == ["not-ours.txt"]
+    assert login.shell == login.entry and foreign not in " ".join(login.our_shells())

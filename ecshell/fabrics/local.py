@@ -82,6 +82,8 @@ MaxStartups 256
 LoginGraceTime 30
 Subsystem sftp {sftp}
 SetEnv {env}
+# A command's kill token (see README, "Killing a command"): the SSH env request may set it.
+AcceptEnv ECSHELL_RUN
 """
 
 

@@ -13,13 +13,12 @@ Requests (client -> executor):
 
 ``R`` run       payload: window (4 bytes), flags (1 byte; 1 = input follows,
                 2 = never take the shortcut), the run token's length (1 byte),
-                the token, then the command. Runs ``<login shell> -c <string>``
-                in a new session (its own process group), stdout and stderr on
-                one pipe so that their order is exact. With a token the string
-                is ``export ECSHELL_RUN=<token>`` and a newline, then the
-                command (the string ``Shell.wire`` gives sshd on the channel
-                path). A command the shell would only look up and exec is
-                exec'd directly: see :class:`Shortcut`.
+                the token, then the command. Runs ``<login shell> -c <command>``
+                (the command exactly as ``ssh host CMD`` sends it) in a new
+                session (its own process group), with ``ECSHELL_RUN=<token>``
+                in its environment, stdout and stderr on one pipe so that their
+                order is exact. A command the shell would only look up and exec
+                is exec'd directly: see :class:`Shortcut`.
 ``I`` input     bytes for the command's stdin.
 ``E`` input EOF close the command's stdin.
 ``C`` cancel    TERM the command's process group now, KILL it a second later.
@@ -32,7 +31,8 @@ Events (executor -> client):
                 forced a command (SSH_ORIGINAL_COMMAND: the client then does
                 not use the executor). Sent once.
 ``O`` output    bytes, never more than the command's window allows.
-``S`` started   payload: the shell's pid (4 bytes).
+``S`` started   payload: the command's pid (4 bytes), then 1 byte: 1 if the
+                shortcut exec'd it, 0 if the login shell runs it.
 ``X`` exit      pid (4 bytes), how (1 byte: 0 = exit code, 1 = signal), the code
                 or the signal number (4 bytes), then for a signal its name
                 (``TERM``, as sshd's exit-signal names it); sent after the command exited
@@ -318,7 +318,7 @@ class Shortcut:
                  b"pwd -P", b'echo "$-" "${EXECIGNORE-}"', DESCRIPTORS,
                  b"cat /proc/self/status /proc/self/limits", b"env -0"]
         script = b"".join(b"echo " + PROBE_MARK + step + b"\n" for step in steps)
-        output = executor.capture(executor.shell_argv(script, b"probe"), executor.shell, executor.env)
+        output = executor.capture(executor.shell_argv(script), executor.shell, executor.environment(b"probe"))
         if output is None:
             return "the probe through the shell failed or took more than %s s" % PROBE_TIMEOUT
         sections = output.split(PROBE_MARK)
@@ -373,8 +373,7 @@ class Shortcut:
         """``(path, argv, env)`` to exec ``command`` as bash would, or None: use the shell."""
         if not self.usable or command.translate(None, LITERAL + BLANKS):
             return None
-        wire = len(command) + (len(b"export =\n") + len(RUN_VARIABLE) + len(token) if token else 0)
-        if wire >= MAX_ARG_STRLEN:
+        if len(command) >= MAX_ARG_STRLEN:
             return None  # the kernel refuses it to ``bash -c``: what the shell path reports, the shortcut must too
         words = command.split()
         if not words or b"=" in words[0] or words[0] in KEYWORDS or words[0] in self.builtins:
@@ -745,10 +744,16 @@ class Executor:
 
     # -- commands -------------------------------------------------------------
 
-    def shell_argv(self, command, token):
-        if token is not None:
-            command = b"export " + RUN_VARIABLE + b"=" + token + b"\n" + command
+    def shell_argv(self, command):
         return [self.argv0.encode(), b"-c", command]
+
+    def environment(self, token):
+        """What sshd gave us, plus the command's ECSHELL_RUN token if it has one."""
+        if token is None:
+            return self.env
+        env = self.env.copy()
+        env[RUN_VARIABLE] = token
+        return env
 
     def start(self, ident, payload):
         (window,) = U32.unpack_from(payload)
@@ -770,7 +775,8 @@ class Executor:
                 except OSError:
                     pass  # the exec failed (a script without #!, ...): the shell knows what to do
             if job.pid is None:
-                job.pid = spawn(self.shell_argv(command, token), self.shell, self.env, in_r, out_w)
+                direct = None
+                job.pid = spawn(self.shell_argv(command), self.shell, self.environment(token), in_r, out_w)
         except OSError as exc:
             for fd in (out_r, out_w, in_r, in_w):
                 os.close(fd)
@@ -784,7 +790,7 @@ class Executor:
         os.close(in_r)
         os.set_blocking(out_r, False)
         self.groups.add(job.pid)
-        self.send(STARTED, ident, U32.pack(job.pid))
+        self.send(STARTED, ident, U32.pack(job.pid) + (b"\1" if direct is not None else b"\0"))
         job.out = out_r
         self.jobs[ident] = job
         if flags & FLAG_INPUT:

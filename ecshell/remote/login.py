@@ -189,7 +189,7 @@ def _markers_dir():
 def _check_marker(name):
     import re
 
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}$", name or ""):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,199}", name):
         raise ValueError(f"a marker name is letters, digits and _ . : @ + - such as 'configured', not {name!r}")
 
 

@@ -7,20 +7,26 @@ it never imports it locally. Each op prints one JSON line starting with
 is on stderr. Exit codes are the contract.
 
 ops:
-  prepare    check the user and python, create the prefix
+  prepare    check the user and python, create the prefix (refusing one that holds
+             anything not ecshell's) and its manifest of what ecshell made there
   install    venv + pip install the shipped wheel; run ecshell-login as the user
   switch     add to /etc/shells, switch the user's shell, then wait on stdin for
              COMMIT; anything else -- ABORT, EOF (the controller or its
-             connection died), a signal, the timeout -- puts everything back
-  uninstall  restore the recorded previous shell; remove what install added
+             connection died), a signal, the timeout -- puts everything back.
+             What to undo is in the user's record first, and a detached guard
+             process undoes it if this one dies without committing (SIGKILL)
+  uninstall  restore the recorded previous shell; remove what the manifest lists
 """
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import pwd
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,6 +34,10 @@ import sys
 import time
 
 ETC_SHELLS = "/etc/shells"
+#: What ecshell made under the prefix: only these are removed by uninstall.
+MANIFEST = "ecshell-manifest.json"
+#: The names an install makes directly under the prefix (an install without a manifest holds only these).
+OWN_NAMES = ("dist", "users", "venv", "installed.json", MANIFEST)
 
 
 class Failed(Exception):
@@ -48,7 +58,7 @@ def _user(name):
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        raise Failed(f"no user {name!r} on this machine; create it first (useradd -m {name})") from None
+        raise Failed(f"no user {name!r} on this machine; create it first (useradd -m {shlex.quote(name)})") from None
 
 
 def _entry(prefix):
@@ -142,10 +152,49 @@ def op_prepare(p):
     if sys.version_info < (3, 11):
         raise Failed(f"{sys.executable} is Python {sys.version.split()[0]}; ecshell needs 3.11 or newer "
                      "(pass python='/path/to/python3.11')")
-    for sub in ("", "dist", "users"):
-        os.makedirs(os.path.join(p["prefix"], sub), mode=0o755, exist_ok=True)
-    os.chmod(p["prefix"], 0o755)
+    prefix = p["prefix"]
+    manifest = _manifest(prefix)
+    if manifest is None:
+        manifest = _claim_prefix(prefix)
+    for sub in ("dist", "users"):
+        _make(prefix, manifest, sub, lambda path: os.makedirs(path, mode=0o755))
+    os.chmod(prefix, 0o755)
     say(user=account.pw_name, shell=account.pw_shell, home=account.pw_dir, python=sys.executable)
+
+
+def _manifest(prefix):
+    manifest = _read_json(os.path.join(prefix, MANIFEST))
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("created"), list):
+        return None
+    return manifest
+
+
+def _claim_prefix(prefix):
+    """A manifest for a prefix that is new, empty, or an install from before manifests; else Failed."""
+    if os.path.islink(prefix) or (os.path.lexists(prefix) and not os.path.isdir(prefix)):
+        raise Failed(f"prefix {prefix} exists and is not a directory; choose another prefix=")
+    existed = os.path.isdir(prefix)
+    there = sorted(os.listdir(prefix)) if existed else []
+    foreign = [name for name in there if name not in OWN_NAMES]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise Failed(f"prefix {prefix} already holds files that are not ecshell's ({shown}); "
+                     "choose a new or empty directory as prefix= (uninstall would remove what ecshell put there)")
+    os.makedirs(prefix, mode=0o755, exist_ok=True)
+    manifest = {"created_prefix": not existed, "created": there}
+    _write_json(os.path.join(prefix, MANIFEST), manifest)
+    return manifest
+
+
+def _make(prefix, manifest, name, make):
+    """Make ``<prefix>/<name>`` with ``make(path)`` unless it exists; record it in the manifest first."""
+    path = os.path.join(prefix, name)
+    if os.path.lexists(path):
+        return
+    if name not in manifest["created"]:
+        manifest["created"].append(name)
+        _write_json(os.path.join(prefix, MANIFEST), manifest)
+    make(path)
 
 
 def _sha256(path):
@@ -165,6 +214,13 @@ def op_install(p):
     sha = _sha256(wheel)
     stamp = _read_json(stamp_path) or {}
     fresh = not (stamp.get("sha256") == sha and stamp.get("deps") == p["deps"] and os.access(_entry(prefix), os.X_OK))
+    manifest = _manifest(prefix)
+    if manifest is None:
+        raise Failed(f"{prefix} has no {MANIFEST}: run the prepare step first")
+    for name in ("venv", "installed.json"):
+        if name not in manifest["created"]:
+            manifest["created"].append(name)
+            _write_json(os.path.join(prefix, MANIFEST), manifest)
     if fresh:
         if not os.access(python, os.X_OK):
             done = subprocess.run([sys.executable, "-m", "venv", venv], stdin=subprocess.DEVNULL,
@@ -218,19 +274,18 @@ def op_switch(p):
                          "set it back with usermod -s /bin/bash first")
         record = {"previous_shell": account.pw_shell, "at": time.time()}
     previous = record["previous_shell"]
-    undo = []
+    # What to undo is on disk before anything changes, so that a guard process can undo it
+    # when this one is gone (SIGKILL leaves no chance to clean up).
+    record["pending"] = {"entry": entry, "new_record": new_record, "etc_shells_added": False}
+    _write_json(record_path, record)
+    _start_guard(prefix, user)
     restored = []
 
     def restore(why):
-        if restored:
-            return
-        restored.append(why)
-        for step in reversed(undo):
-            try:
-                step()
-            except Exception as exc:  # keep going: the shell itself comes first in undo order
-                note(f"while restoring: {exc}")
-        say(restored=previous, why=why)
+        if not restored:
+            restored.append(why)
+            roll_back(prefix, user)
+            say(restored=previous, why=why)
 
     def on_signal(signum, frame):
         restore(f"signal {signum}")
@@ -239,15 +294,9 @@ def op_switch(p):
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, on_signal)
     try:
-        if new_record:
-            _write_json(record_path, record)
-            undo.append(lambda: os.unlink(record_path))
         if etc_shells_add(entry):
-            record["etc_shells_added"] = True
+            record["pending"]["etc_shells_added"] = record["etc_shells_added"] = True
             _write_json(record_path, record)
-            undo.append(lambda: etc_shells_remove(entry))
-        # The previous shell goes back first, whatever else fails (even usermod half-way).
-        undo.append(lambda: set_shell(user, previous))
         if account.pw_shell != entry:
             set_shell(user, entry)
         say(switched=entry, previous=previous)
@@ -255,6 +304,9 @@ def op_switch(p):
         if answer != "COMMIT":
             restore(f"no commit ({answer or 'end of input'})")
             sys.exit(3)
+        with _locked(record_path):
+            del record["pending"]
+            _write_json(record_path, record)  # committed: from here on no one rolls back
         say(committed=entry, previous=previous)
     except Failed as exc:
         restore(str(exc))
@@ -262,6 +314,67 @@ def op_switch(p):
     except Exception as exc:
         restore(f"{type(exc).__name__}: {exc}")
         raise
+
+
+@contextlib.contextmanager
+def _locked(record_path):
+    """The user's record to ourselves: the switch and its guard never both roll back."""
+    with open(record_path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def roll_back(prefix, user):
+    """Undo a switch the record says is pending (once, whoever calls first); True if there was one."""
+    record_path = _record_path(prefix, user)
+    with _locked(record_path):
+        record = _read_json(record_path)
+        pending = record.get("pending") if isinstance(record, dict) else None
+        if not pending:
+            return False
+        # The previous shell goes back first, whatever else fails (even usermod half-way).
+        steps = [lambda: set_shell(user, record["previous_shell"])]
+        if pending.get("etc_shells_added"):
+            steps.append(lambda: etc_shells_remove(pending["entry"]))
+        if pending.get("new_record"):
+            steps.append(lambda: os.unlink(record_path))
+        else:
+            steps.append(lambda: _write_json(record_path, {k: v for k, v in record.items() if k != "pending"}))
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # keep going: the shell itself came first
+                note(f"while restoring: {exc}")
+        return True
+
+
+def _start_guard(prefix, user):
+    """A detached process that rolls the switch back when this one ends without committing.
+
+    It waits on a pipe whose only writer is this process: the pipe ends when this
+    process does, however it ends (SIGKILL included); then the record decides.
+    """
+    read_end, write_end = os.pipe()
+    first = os.fork()
+    if first:
+        os.close(read_end)
+        os.waitpid(first, 0)
+        return write_end  # kept open (never written) until this process exits
+    try:
+        os.setsid()  # out of the ssh session's process group and terminal
+        if os.fork():
+            os._exit(0)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # the channel must close when the switch process ends
+            os.dup2(null, fd)
+        os.closerange(3, read_end)
+        os.closerange(read_end + 1, 65536)
+        while os.read(read_end, 1):
+            pass
+        roll_back(prefix, user)
+    finally:
+        os._exit(0)
 
 
 def _wait_line(timeout):
@@ -297,13 +410,33 @@ def op_uninstall(p):
         set_shell(user, previous)
     os.unlink(record_path)
     left = [n for n in os.listdir(os.path.join(prefix, "users")) if n.endswith(".json")]
-    removed = False
+    removed, kept = False, []
     if not left:
         etc_shells_remove(entry)
         if p.get("remove"):
-            shutil.rmtree(prefix, ignore_errors=True)
-            removed = True
-    say(user=user, shell=previous, changed=True, removed=removed, users_left=len(left))
+            removed, kept = _remove_ours(prefix)
+    say(user=user, shell=previous, changed=True, removed=removed, kept=kept, users_left=len(left))
+
+
+def _remove_ours(prefix):
+    """Remove what the manifest lists, then the prefix if ecshell made it and it is empty; (removed, kept)."""
+    manifest = _manifest(prefix)
+    if manifest is None:
+        note(f"{prefix} has no {MANIFEST}: nothing under it removed")
+        return False, [prefix]
+    for name in reversed(manifest["created"]):
+        path = os.path.join(prefix, name)
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            continue  # a manifest names entries directly under the prefix, nothing else
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    os.unlink(os.path.join(prefix, MANIFEST))
+    kept = sorted(os.listdir(prefix))
+    if manifest.get("created_prefix") and not kept:
+        os.rmdir(prefix)
+    return True, kept
 
 
 OPS = {"prepare": op_prepare, "install": op_install, "switch": op_switch, "uninstall": op_uninstall}

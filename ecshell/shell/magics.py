@@ -3,6 +3,9 @@
 Each magic is a short body over the plain core; nothing here is needed to
 use ecshell from Python. Operator mistakes (a target that selects nothing, a
 bad argument) come back as IPython ``UsageError``s: one line, no traceback.
+
+No magic here lets IPython expand ``$var`` or ``{expr}`` in its line: names and
+tags come from cloud APIs others can write, and a completed ``{...}`` would run.
 """
 
 import argparse
@@ -64,6 +67,7 @@ class EcShellMagics(Magics):
         self.session = session
 
     @line_magic
+    @no_var_expand
     @magic_arguments()
     @argument("--no-markers", action="store_true", help="do not read markers from the machines (faster)")
     def cluster(self, line):
@@ -83,6 +87,7 @@ class EcShellMagics(Magics):
             return self.session.machine_table(markers=not args.no_markers)
 
     @line_magic
+    @no_var_expand
     @magic_arguments()
     @argument("count", type=int, help="how many machines")
     @argument("--name", default="node", help="name prefix: machines are NAME-0, NAME-1, ... (default: node)")
@@ -164,6 +169,7 @@ class EcShellMagics(Magics):
             return self.session.on(args.target, command or None, timeout=args.timeout, live=not args.quiet)
 
     @line_magic
+    @no_var_expand
     @magic_arguments()
     @argument("target", nargs="?", default="all", help="machines to check (default: all)")
     def ready(self, line):
@@ -183,6 +189,7 @@ class EcShellMagics(Magics):
             return self.session.ready(args.target)
 
     @line_magic
+    @no_var_expand
     @magic_arguments()
     @argument("target", help="machines to terminate: all, a name, a glob, a range, a tag, failed")
     @argument("-y", "--yes", action="store_true", help="do not ask, even for all or many machines")
@@ -201,6 +208,7 @@ class EcShellMagics(Magics):
             return self.session.terminate(args.target, yes=args.yes)
 
     @line_magic
+    @no_var_expand
     @magic_arguments()
     @argument("src", help="local file")
     @argument("dest", help="remote path (a directory keeps the file's name)")
@@ -222,6 +230,7 @@ class EcShellMagics(Magics):
             return self.session.put(args.src, args.dest, args.target, mode=mode)
 
     @line_magic
+    @no_var_expand
     @magic_arguments()
     @argument("src", help="remote file")
     @argument("dest", help="local directory (made when missing): each machine's copy goes to DEST/<machine name>/")
@@ -240,6 +249,7 @@ class EcShellMagics(Magics):
             return self.session.get(args.src, args.dest, args.target)
 
     @line_magic
+    @no_var_expand
     @magic_arguments()
     def cost(self, line):
         """What is running, for how long, and what it has cost (an estimate, US dollars).

@@ -27,7 +27,7 @@ from ..hostset import fold
 #: Words with a meaning of their own; a machine cannot be selected by these names.
 KEYWORDS = ("all", "ok", "failed")
 
-_TAG = re.compile(r"^([A-Za-z_][\w.:-]*)=(.*)$")
+_TAG = re.compile(r"([A-Za-z_][\w.:-]*)=(.*)")
 
 
 def parse(text):
@@ -44,7 +44,7 @@ def parse(text):
     if "=" in text and "[" not in text:
         tags = {}
         for piece in text.split(","):
-            found = _TAG.match(piece.strip())
+            found = _TAG.fullmatch(piece.strip())
             if not found or not found.group(2):
                 raise SelectionError(f"cannot read {piece.strip()!r} in target {text!r}: "
                                      "write tags as key=value, e.g. role=db or role=web,zone=a")

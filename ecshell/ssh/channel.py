@@ -1,11 +1,16 @@
 """One SSH channel per command, as ``ssh host CMD`` does it.
 
-sshd runs the request's wire string with the user's login shell ``-c``;
-stdout and stderr are combined on the channel in arrival order. A command
-is killed by a second channel that TERMs (then KILLs) the processes that
-carry its ECSHELL_RUN token: that costs nothing on the wire while the
-command runs, and works for root too (OpenSSH refuses the SSH ``signal``
-request for root sessions). Finding them needs Linux's /proc.
+sshd runs the request's command, exactly as given, with the user's login
+shell ``-c``; stdout and stderr are combined on the channel in arrival
+order. The command's ECSHELL_RUN token travels in an SSH ``env`` request,
+which sshd honours only where its ``AcceptEnv`` allows (LocalFabric's
+machines do; see README, "Killing a command").
+
+A command is killed by a second channel, which TERMs (then KILLs) its
+processes, found by their token where sshd passed it, else as the session
+sshd started for the command's channel (:data:`KILL_SCRIPT`). The SSH
+``signal`` request is not used: OpenSSH refuses it for root sessions and
+forced commands. Finding processes needs Linux's /proc.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Callable, Optional
 import paramiko
 
 from ..errors import ConnectError, ErrorKind
+from .executor import peek
 from .transport import (KILL_TIMEOUT, POLL, RUN_VARIABLE, Broken, Exit, Lost, Process, Request, Silent, Transport,
                         next_chunk, send_input, stopped)
 
@@ -45,21 +51,28 @@ class ChannelTransport(Transport):
         channel = self.open()
         try:
             channel.set_combine_stderr(True)
+            if request.token:
+                channel.set_environment_variable(RUN_VARIABLE, request.token)  # no reply is asked for: no wait
             if request.pty:
                 channel.get_pty(term="xterm", width=200, height=50)
-            channel.exec_command(request.wire())
-            sent_at = time.monotonic()
+            with self.connection.commands_lock:
+                channel.exec_command(request.command)
+                process = ChannelProcess(self.connection, channel, request.token, time.monotonic())
+                self.connection.commands.append(process)
             send_input(channel.sendall, channel.shutdown_write, request.input)
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            self.connection.forget(channel)
             channel.close()
             if not self.connection.alive:
                 raise ConnectError(ErrorKind.LOST, f"connection lost before the command started ({exc}); "
                                    "it was not run") from None
             raise ConnectError(ErrorKind.UNREACHABLE, f"the server refused the command: {exc}") from None
-        return ChannelProcess(self.connection, channel, request.token, sent_at)
+        return process
 
 
 class ChannelProcess(Process):
+    via = "channel"
+
     def __init__(self, connection, channel, token: Optional[str], sent_at: float):
         self.connection = connection
         self.channel = channel
@@ -89,47 +102,85 @@ class ChannelProcess(Process):
     def kill(self, output: Callable[[bytes], None]) -> str:
         if self.token is None or not self.connection.alive:
             return ""
-        return kill_run(self.connection, self.token)
+        return kill_run(self.connection, self)
 
     def close(self) -> None:
+        self.connection.forget(self.channel)
         self.channel.close()
 
 
-def kill_run(connection, token: str) -> str:
-    """TERM every process carrying ECSHELL_RUN=token (and its process group), KILL a second later.
+#: Runs on a new channel of the command's connection; prints the pids it TERMed.
+#: First the processes whose environment carries the token (where sshd accepted
+#: the env request); else the command's session: sshd starts every channel's
+#: command as a session leader whose parent is the connection's sshd process, so
+#: the sessions under that parent, ordered by start, are the connection's running
+#: commands in the order they were sent (the client passes this command's rank
+#: and their number; a different count means it cannot tell, and nothing is
+#: killed). Skipped: this script's own session, the executor's, sftp-server, and
+#: other kill scripts (their command line holds ECSHELL_KILL). An empty search is
+#: tried again for half a second: the shell may not have started when a Ctrl-C comes.
+KILL_SCRIPT = r"""ECSHELL_KILL=1; exec 2>/dev/null
+t={token}; rank={rank}; total={total}; skip={skip}; why=
+sessions() {{
+  for d in /proc/[0-9]*; do q=${{d#/proc/}}
+    read -r s < "$d/stat" || continue; set -- ${{s##*")"}}
+    [ "$2" = "$up" ] && [ "$4" = "$q" ] && [ "$q" != "$me" ] && [ "$q" != "$skip" ] || continue
+    read -r c < "$d/comm"; case $c in sftp-server|sshd|sshd-session) continue; esac
+    grep -qs ECSHELL_KILL "$d/cmdline" && continue
+    echo "${{20}} $q"
+  done | sort -n -k1,1 -k2,2 | cut -d' ' -f2
+}}
+find() {{
+  p=$(grep -ls -e "ECSHELL_RUN=$t" /proc/[0-9]*/environ | cut -d/ -f3 | sort -u)
+  [ -n "$p" ] || [ "$rank" -lt 0 ] && return
+  read -r s < /proc/$$/stat; set -- ${{s##*")"}}; me=$4
+  read -r s < "/proc/$me/stat"; set -- ${{s##*")"}}; up=$2
+  set -- $(sessions)
+  if [ $# -ne "$total" ]; then why=unsure; return; fi
+  why=; shift "$rank"; l=$1
+  p=$(for d in /proc/[0-9]*; do read -r s < "$d/stat" || continue; set -- ${{s##*")"}}
+    [ "$4" = "$l" ] && echo "${{d#/proc/}}"; done)
+}}
+n=0; while :; do find; [ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done
+for q in $p; do kill -TERM -$q $q; done
+(sleep 1; for q in $p; do kill -KILL -$q $q; done) >/dev/null 2>&1 </dev/null &
+echo $p $why
+"""
 
-    Returns a note for the result. Runs on a new channel of the same
-    connection. The pattern's bracket keeps the killer itself from matching:
-    its own command line holds ``=[x]yz...``, which the regex does not match.
-    The shell may not have started yet when a Ctrl-C comes, so an empty
-    search is tried again for half a second.
+
+def kill_run(connection, process: ChannelProcess) -> str:
+    """TERM the processes of ``process`` (and their process groups), KILL them a second later.
+
+    Returns a note for the result. One kill at a time per connection, so that
+    no other kill script is among the sessions counted (see :data:`KILL_SCRIPT`).
     """
-    pattern = f"{RUN_VARIABLE}=[{token[0]}]{token[1:]}"
-    script = (
-        "n=0; while :; do "
-        f"p=$(grep -ls -e '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null "
-        "| cut -d/ -f3 | sort -u); "
-        '[ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done; '
-        'for q in $p; do kill -TERM -$q $q 2>/dev/null; done; '
-        '(sleep 1; for q in $p; do kill -KILL -$q $q 2>/dev/null; done) >/dev/null 2>&1 </dev/null & '
-        'echo $p'
-    )
-    try:
-        channel = connection.open_session(timeout=KILL_TIMEOUT)
+    with connection.kill_lock:
+        with connection.commands_lock:
+            running = [p for p in connection.commands if not p.channel.exit_status_ready()]
+        rank = running.index(process) if process in running else -1
+        executor = peek(connection)
+        skip = executor.pid if executor is not None and executor.pid else 0
+        script = KILL_SCRIPT.format(token=process.token, rank=rank, total=len(running), skip=int(skip))
         try:
-            channel.settimeout(KILL_TIMEOUT)
-            channel.exec_command(script)
-            channel.shutdown_write()
-            out = b""
-            while True:
-                data = channel.recv(4096)
-                if not data:
-                    break
-                out += data
-        finally:
-            channel.close()
-    except (paramiko.SSHException, EOFError, OSError, socket.timeout) as exc:
-        return f"could not kill it on the machine: {exc}"
-    if not out.split():
+            channel = connection.open_session(timeout=KILL_TIMEOUT)
+            try:
+                channel.settimeout(KILL_TIMEOUT)
+                channel.exec_command(script)
+                channel.shutdown_write()
+                out = b""
+                while True:
+                    data = channel.recv(4096)
+                    if not data:
+                        break
+                    out += data
+            finally:
+                channel.close()
+        except (paramiko.SSHException, EOFError, OSError, socket.timeout) as exc:
+            return f"could not kill it on the machine: {exc}"
+    said = out.split()
+    if said == [b"unsure"]:
+        return ("not killed on the machine: it could not be told from the connection's other commands "
+                f"(its sshd does not accept {RUN_VARIABLE}: see README, \"Killing a command\")")
+    if not said:
         return "nothing left to kill on the machine"
     return "killed on the machine"

@@ -146,6 +146,10 @@ class Connection:
         self.opened_at = time.time()
         self._sftp = None
         self._sftp_lock = threading.Lock()
+        #: The channel commands running here, in the order they were sent: a kill tells them apart by it.
+        self.commands = []
+        self.commands_lock = threading.Lock()
+        self.kill_lock = threading.Lock()
 
     @property
     def alive(self):
@@ -169,6 +173,11 @@ class Connection:
                     f"{self.endpoint} gives no SFTP session ({exc or type(exc).__name__}): file transfers need "
                     "sshd's sftp subsystem ('Subsystem sftp internal-sftp' in its sshd_config)")) from None
         return self._sftp
+
+    def forget(self, channel):
+        """``channel``'s command no longer runs here."""
+        with self.commands_lock:
+            self.commands = [p for p in self.commands if p.channel is not channel]
 
     @property
     def sftp_lock(self):

@@ -227,7 +227,9 @@ class ExecutorSession:
         if kind == OUTPUT:
             process.events.put((OUTPUT, payload))
         elif kind == STARTED:
-            process.pid = U32.unpack(payload)[0]
+            process.pid = U32.unpack_from(payload)[0]
+            if payload[U32.size:] == b"\1":
+                process.via = "shortcut"
         elif kind == KILLED:
             self.forget(process)
             process.events.put((KILLED, None))
@@ -522,6 +524,8 @@ class ExecutorTransport(Transport):
 
 class ExecutorProcess(Process):
     """One command in flight on an executor; the frame sink puts its events on ``events``."""
+
+    via = "executor"  # "shortcut" once the executor says it exec'd the command without the shell
 
     def __init__(self, session: ExecutorSession, ident: int, token: Optional[str]):
         self.session = session

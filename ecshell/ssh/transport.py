@@ -25,8 +25,9 @@ from ..errors import ErrorKind
 
 #: How often a worker blocked on a quiet channel looks at its cancel flag (seconds).
 POLL = 0.2
-#: Every tracked command runs with this variable set to a fresh token, so that its
-#: processes can be found on the machine (by command line or environment) to be killed.
+#: Every tracked command runs with this variable set to a fresh token in its environment
+#: (never in its text: the shell must see exactly the operator's command), so that its
+#: processes can be found on the machine to be killed.
 RUN_VARIABLE = "ECSHELL_RUN"
 NOT_STARTED = "interrupted before the command started; it was not run"
 #: Seconds a kill of a timed-out or interrupted command may take.
@@ -36,19 +37,13 @@ INLINE_INPUT = 256 * 1024
 
 
 class Request(NamedTuple):
-    """What to start: the shell string, its ECSHELL_RUN token, its stdin, and how."""
+    """What to start: the shell string (exactly what ``ssh host CMD`` sends), its ECSHELL_RUN token, its stdin, and how."""
 
     command: str
     token: Optional[str] = None
     input: Optional[bytes] = None
     pty: bool = False
     shortcut: bool = True
-
-    def wire(self) -> str:
-        """The string sshd hands the login shell: with a token, ECSHELL_RUN exported first."""
-        if self.token:
-            return f"export {RUN_VARIABLE}={self.token}\n{self.command}"
-        return self.command
 
 
 class Exit(NamedTuple):
@@ -104,6 +99,8 @@ class Process:
     sent_at: float
     #: What the Result's ``detail`` gets (the run token, the process group, ...).
     detail: dict
+    #: Which path runs it, for the Result's ``via``: ``channel``, ``executor`` or ``shortcut``.
+    via: str
 
     def read(self, deadline: Optional[float], cancel: Cancel) -> bytes:
         """The next output (stdout and stderr combined), ``b""`` at EOF.

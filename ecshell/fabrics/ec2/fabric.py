@@ -146,7 +146,8 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
 
     phone_home_url = Unicode(None, allow_none=True, help="""URL instances POST to when cloud-init
         has finished (its phone_home module), short-cutting the wait between readiness
-        polls; listen_for_phone_home() starts a listener and sets it. None: no call-back.""").tag(config=True)
+        polls; listen_for_phone_home() starts a listener and sets it (each launch then adds
+        a secret of its own to it). None: no call-back.""").tag(config=True)
 
     max_attempts = Integer(8, help="Attempts per AWS call in boto3's adaptive retry mode (throttling, 5xx).").tag(config=True)
 
@@ -450,16 +451,19 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             self.client.get_waiter(waiter).wait(
                 InstanceIds=list(ids), WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(timeout / delay))})
 
-    def listen_for_phone_home(self, host: str = "0.0.0.0", port: int = 0, public_url: str | None = None) -> str:
+    def listen_for_phone_home(self, host: str | None = None, port: int = 0, public_url: str | None = None) -> str:
         """Start a listener for instances' boot call-backs; instances launched after use it.
 
-        ``public_url`` is the address instances can reach (this machine as the VPC sees
-        it); by default the listener's own address.
+        ``host`` is the address to bind (default ``127.0.0.1``: give the address of this
+        machine that the instances reach); ``public_url`` is the URL they post to (this
+        machine as the VPC sees it), by default the listener's own address. Each launch
+        adds a secret of its own to that URL in its instances' user data; calls without
+        one are refused.
         """
-        from .phonehome import PhoneHome
+        from .phonehome import DEFAULT_HOST, PhoneHome
 
         self.stop_phone_home()
-        self._phone_home = PhoneHome(host, port, public_url)
+        self._phone_home = PhoneHome(host or DEFAULT_HOST, port, public_url)
         self.phone_home_url = self._phone_home.url
         return self._phone_home.url
 
@@ -582,6 +586,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
 
         names = self.free_names(name, count)
+        phone_home = self._phone_home.url_for_launch() if self._phone_home is not None else self.phone_home_url
 
         failed = threading.Event()
         created, errors = [], []
@@ -590,7 +595,8 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
             if failed.is_set():
                 return
             try:
-                instance = self._run_one(machine_name, base_tags, params, launch_id, position, authorized, user_data)
+                instance = self._run_one(machine_name, base_tags, params, launch_id, position, authorized, user_data,
+                                         phone_home)
             except Exception as exc:
                 failed.set()
                 errors.append((machine_name, exc))
@@ -614,14 +620,14 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         order = {n: i for i, n in enumerate(names)}
         return sorted((self._prototype(i) for i in created), key=lambda p: order.get(p.name, len(order)))
 
-    def _run_one(self, machine_name, base_tags, params, launch_id, position, authorized, user_data):
+    def _run_one(self, machine_name, base_tags, params, launch_id, position, authorized, user_data, phone_home):
         from .userdata import build
 
         private, public = generate_ed25519()
         tags = dict(base_tags, Name=machine_name)
         specs = [{"ResourceType": "instance", "Tags": aws_tag_list(tags)},
                  {"ResourceType": "volume", "Tags": aws_tag_list(tags)}]
-        call = dict(params, UserData=build(private, public, [authorized], user_data, self.phone_home_url),
+        call = dict(params, UserData=build(private, public, [authorized], user_data, phone_home),
                     TagSpecifications=specs,
                     # the same token on boto3's own retries makes RunInstances idempotent
                     ClientToken=f"ecshell-{launch_id}-{position}")

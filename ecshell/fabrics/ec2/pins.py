@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Iterable
 
-_ID = re.compile(r"^i-[0-9a-f]{8,32}$")
+_ID = re.compile(r"i-[0-9a-f]{8,32}")
 
 
 class PinStore:
@@ -21,7 +21,7 @@ class PinStore:
         self.directory = directory
 
     def _path(self, instance_id):
-        if not _ID.match(instance_id):
+        if not _ID.fullmatch(instance_id):
             raise ValueError(f"not an instance id: {instance_id!r}")
         return os.path.join(self.directory, instance_id + ".pub")
 
@@ -53,4 +53,4 @@ class PinStore:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
-        return [n[:-4] for n in names if n.endswith(".pub") and _ID.match(n[:-4])]
+        return [n[:-4] for n in names if n.endswith(".pub") and _ID.fullmatch(n[:-4])]

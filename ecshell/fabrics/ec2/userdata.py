@@ -58,6 +58,11 @@ def cloud_config(host_private: str | bytes, host_public: str, authorized_keys: S
     ]
     lines += ["    " + line for line in host_private.strip().splitlines()]
     lines.append("  ed25519_public: " + " ".join(host_public.split()[:2]))
+    # Before sshd starts (cloud-init's init stage): sshd may then set a command's kill token
+    # from an SSH env request (README, "Killing a command"). An sshd without sshd_config.d ignores it.
+    lines += ["write_files:", "  - path: /etc/ssh/sshd_config.d/ecshell.conf", "    content: |",
+              "      # Written by ecshell: a command's kill token may come in an SSH env request.",
+              "      AcceptEnv ECSHELL_RUN"]
     if authorized_keys:
         lines.append("ssh_authorized_keys:")
         lines += [f"  - {key.strip()}" for key in authorized_keys]
