@@ -744,6 +744,9 @@ STARTUP_CASES = [
     ("exec 2>/dev/null\n", ["ls /nonexistent-ecshell"]),  # stderr redirected
     ("EXECIGNORE='*/hostname'\n", ["hostname"]),  # not found by bash
     ("set -k\n", ["/bin/echo A=1 B"]),  # A=1 goes to the environment, not argv
+    # exported changes that are not idempotent: the start-up must run once per command, as under sshd,
+    # not once more for the executor's own start
+    ("PATH=/opt/ecshell-x:$PATH\nexport COUNT=$((COUNT + 1))\n", ["printenv PATH COUNT", "env"]),
     ("export LINENO BASH_COMMAND\n", ["printenv LINENO BASH_COMMAND"]),  # what bash gives each command anew
     ("set -v\n", ["ls /nonexistent-ecshell"]),  # bash echoes the command line (on stderr)
     # a function in a file sourced by $BASH_ENV, written after the shortcut was probed

@@ -57,10 +57,14 @@ when the executor exits or is killed, the watcher's pipe reaches EOF and it
 kills the groups in the table. When the client goes away (stdin EOF), the
 executor exits and the watcher does the same.
 
-Commands get the environment sshd gave this process, read from
-``/proc/self/environ`` where it exists (Python may coerce the locale in its
-own ``os.environ``), without the ``_`` the shell added; the working
-directory is the one sshd chose (the home directory).
+Commands get the environment sshd gave the login shell that started this
+process: the client's start command hands it over (hex, from the shell's
+``/proc/$$/environ``, read before the shell exec'd us), so that a start-up file
+that exports something (``PATH=/opt/x:$PATH`` in $BASH_ENV) is not applied
+twice, once for the executor and once for each command. Without it, what
+``/proc/self/environ`` holds (Python may coerce the locale in its own
+``os.environ``), without the ``_`` the shell added. The working directory is
+the one sshd chose (the home directory).
 """
 
 import json
@@ -90,19 +94,31 @@ RUN_VARIABLE = b"ECSHELL_RUN"
 MAX_ARG_STRLEN = 131072
 
 
-def initial_environment():
-    """The environment sshd's session gave us, as bytes, without ``_``."""
-    env = None
-    try:
-        with open("/proc/self/environ", "rb") as f:
-            raw = f.read()
+def initial_environment(given=None):
+    """The environment sshd's session gave us, as bytes, without ``_``.
+
+    ``given``: the login shell's own initial environment, in hex (see the module's docstring).
+    """
+    raw = None
+    if given:
+        try:
+            raw = bytes.fromhex(given)
+        except ValueError:
+            raw = None  # not what the start command meant to give (a shell without `...`): our own
+    if raw is None:
+        try:
+            with open("/proc/self/environ", "rb") as f:
+                raw = f.read()
+        except OSError:
+            raw = None
+    if raw is None:
+        env = dict(os.environb)
+    else:
         env = {}
         for item in raw.split(b"\0"):
             key, sep, value = item.partition(b"=")
             if sep and key:
                 env[key] = value
-    except OSError:
-        env = dict(os.environb)
     env.pop(b"_", None)
     return env
 
@@ -614,7 +630,7 @@ class Job:
 
 class Executor:
     def __init__(self):
-        self.env = initial_environment()
+        self.env = initial_environment(sys.argv[1] if len(sys.argv) > 1 else None)
         self.shell = login_shell()
         self.argv0 = os.path.basename(self.shell)
         self.selector = selectors.DefaultSelector()
