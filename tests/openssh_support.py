@@ -70,7 +70,7 @@ class Server:
     """A real sshd on 127.0.0.1 with its own host keys, authorized keys and VERBOSE log."""
 
     def __init__(self, lab: Lab, name: str, host_key_types=("ed25519",), authorized=(), extra: str = "",
-                 port: int | None = None, address: str = "127.0.0.1"):
+                 port: int | None = None, address: str = "127.0.0.1", environment: dict[str, str] | None = None):
         self.lab, self.name, self.address = lab, name, address
         self.port = port or free_port()
         self.dir = lab.root / "servers" / name
@@ -93,7 +93,9 @@ class Server:
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", "UseDNS no",
             "PrintMotd no", "PrintLastLog no", "LogLevel VERBOSE", "MaxStartups 64", "MaxSessions 64",
-            "LoginGraceTime 30", "SetEnv SHLVL=1", "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
+            # sshd takes the first SetEnv line only: every variable goes on this one
+            "LoginGraceTime 30", " ".join(["SetEnv SHLVL=1", *(f"{k}={v}" for k, v in (environment or {}).items())]),
+            "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
             extra, ""]))
         os.makedirs("/run/sshd", exist_ok=True)
         # -e: log to stderr, read here line by line with the time it came (orders hops across servers)
@@ -219,10 +221,11 @@ class Lab:
         return done.stdout.split()[1]
 
     def server(self, name: str, host_key_types=("ed25519",), authorized=(), extra: str = "",
-               port: int | None = None, user: str = "root") -> Server:
+               port: int | None = None, user: str = "root", environment: dict[str, str] | None = None) -> Server:
         """A new sshd. Every account on it shares one AuthorizedKeysFile (``authorized``): ``user``
-        only documents whom the test means to log in as."""
-        server = Server(self, name, host_key_types, authorized, extra, port)
+        only documents whom the test means to log in as. ``environment``: variables its sessions get
+        besides SHLVL=1 (sshd's SetEnv)."""
+        server = Server(self, name, host_key_types, authorized, extra, port, environment=environment)
         self.servers[name] = server
         return server
 

@@ -29,17 +29,25 @@ from openssh_support import Lab, via_ssh_many
 
 CORPUS = pathlib.Path(__file__).parent / "corpus" / "commands.txt"
 CLIENT_PORT = re.compile(rb"127\.0\.0\.1 \d+ ")
-RUN_VARIABLE_LINE = re.compile(rb"^.*ECSHELL_.*\n?", re.MULTILINE)
+#: Where a line (or an entry of ``env -0``) ends.
+ENTRY_END = re.compile(rb"(?<=[\n\0])")
 
 
-def corpus_commands() -> list[str]:
-    """The corpus' command lines: every line but blank ones and ``#`` comments, kept byte for byte."""
-    lines = CORPUS.read_text(encoding="utf-8").split("\n")
-    return [line for line in lines if line and not line.startswith("#")]
+def corpus_commands(startup_too_only: bool = False) -> list[str]:
+    """The corpus' command lines: every line but blank ones and ``#`` comments, kept byte for byte;
+    with ``startup_too_only``, those of the blocks marked ``[start-up too]``."""
+    commands, taken = [], True
+    for line in CORPUS.read_text(encoding="utf-8").split("\n"):
+        if line.startswith("# --- "):
+            taken = not startup_too_only or line.startswith("# --- [start-up too]")
+        elif line and not line.startswith("#") and taken:
+            commands.append(line)
+    return commands
 
 
 def normalized(output: bytes) -> bytes:
-    return CLIENT_PORT.sub(b"127.0.0.1 PORT ", RUN_VARIABLE_LINE.sub(b"", output))
+    kept = b"".join(entry for entry in ENTRY_END.split(output) if b"ECSHELL_" not in entry)
+    return CLIENT_PORT.sub(b"127.0.0.1 PORT ", kept)
 
 
 def interleaves(merged: bytes, first: bytes, second: bytes) -> bool:
@@ -71,6 +79,12 @@ def interleaves(merged: bytes, first: bytes, second: bytes) -> bool:
     return False
 
 
+def test_normalized_drops_ecshell_variables_and_the_client_port_only():
+    assert normalized(b"A=1\nECSHELL_RUN=x\nSSH_CLIENT=127.0.0.1 5000 22\n") == b"A=1\nSSH_CLIENT=127.0.0.1 PORT 22\n"
+    assert normalized(b"A=1\0ECSHELL_RUN=x\0B=2\0") == b"A=1\0B=2\0"
+    assert normalized(b"ECSHELL") == b"ECSHELL"
+
+
 def test_interleaves_keeps_every_byte_in_each_streams_order():
     assert interleaves(b"a\nerr\nb\n", b"a\nb\n", b"err\n")
     assert interleaves(b"aab", b"ab", b"a")
@@ -83,6 +97,7 @@ def test_interleaves_keeps_every_byte_in_each_streams_order():
 def test_the_corpus_is_big_and_unique():
     commands = corpus_commands()
     assert len(commands) >= 300
+    assert 100 <= len(corpus_commands(startup_too_only=True)) < len(commands)
     duplicates = {c for c in commands if commands.count(c) > 1}
     assert not duplicates, duplicates
 
@@ -115,14 +130,31 @@ def through_ecshell(config: pathlib.Path, commands: list[str], passes: int, **se
     return runs, hellos
 
 
-def test_every_path_gives_what_ssh_gives(lab, monkeypatch):
+#: A $BASH_ENV that changes what commands inherit and still keeps the shortcut on: the probe must copy it
+#: all, and each command must see it applied once (not once more for the executor's own start).
+STARTUP = """umask 027
+export CORPUS_STARTUPS=$((CORPUS_STARTUPS + 1))
+PATH=/usr/local/sbin:$PATH:relative-nonexistent
+ulimit -S -n 512
+[ -z "$PS1" ] && return
+"""
+
+
+@pytest.mark.parametrize("startup", [False, True], ids=["plain", "under a start-up"])
+def test_every_path_gives_what_ssh_gives(lab, monkeypatch, startup):
     key = lab.keygen("id_ed25519")
-    server = lab.server("web", authorized=[key])
+    environment = None
+    if startup:
+        bash_env = lab.root / "bash_env"
+        bash_env.write_text(STARTUP)
+        bash_env.chmod(0o644)
+        environment = {"BASH_ENV": str(bash_env)}
+    server = lab.server("web", authorized=[key], environment=environment)
     lab.known_hosts(server)
     config = lab.config(f"Host web\n  HostName 127.0.0.1\n  Port {server.port}\n  User root\n"
                         f"  IdentityFile {key}\n  IdentitiesOnly yes\n")
     monkeypatch.setenv("HOME", str(lab.home))  # ecshell's ~ is the lab's, as ssh's is
-    commands = corpus_commands()
+    commands = corpus_commands(startup_too_only=startup)
     timings = {}
 
     def timed(name, run, *args, **kwargs):
