@@ -807,3 +807,21 @@ def test_a_stock_start_up_keeps_the_shortcut(isolated_home, tmp_path):
     finally:
         cluster.close()
         _stop_everything(fabric)
+
+
+def test_the_shortcut_comes_back_once_the_start_up_allows_it(isolated_home, tmp_path):
+    rc = tmp_path / "bash_env"
+    rc.write_text("x=$(date)\n")  # a program's output: the shortcut cannot know it
+    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
+    cluster = Cluster(fabric, executor="executor")
+    try:
+        (m,) = cluster.launch(1)
+        assert m.run("true").ok
+        assert m.run("hostname").via == "executor"
+        rc.write_text("x=1\n")
+        assert m.run("hostname").via == "shortcut"
+        rc.write_text("x=$(date)\n")
+        assert m.run("hostname").via == "executor"
+    finally:
+        cluster.close()
+        _stop_everything(fabric)

@@ -387,20 +387,18 @@ class Shortcut:
 
     def command(self, command, token):
         """``(path, argv, env)`` to exec ``command`` as bash would, or None: use the shell."""
-        if not self.usable or command.translate(None, LITERAL + BLANKS):
+        if command.translate(None, LITERAL + BLANKS):
             return None
         if len(command) >= MAX_ARG_STRLEN:
             return None  # the kernel refuses it to ``bash -c``: what the shell path reports, the shortcut must too
         words = command.split()
-        if not words or b"=" in words[0] or words[0] in KEYWORDS or words[0] in self.builtins:
+        if not words or b"=" in words[0] or words[0] in KEYWORDS:
             return None
         if words[0][:1] in (b"%", b"-", b"+"):
             return None  # a job spec (%1: bash runs fg) or an option-like word: bash decides, not a PATH lookup
         if self._stamps() != self.stamps:
-            self.probe()
-            if not self.usable:
-                return None
-        if words[0] in self.hashed:
+            self.probe()  # off or on: a start-up that changed may have turned it either way
+        if not self.usable or words[0] in self.builtins or words[0] in self.hashed:
             return None
         path = self.lookup(words[0])
         if path is None:
