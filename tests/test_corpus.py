@@ -186,7 +186,10 @@ def test_every_path_gives_what_ssh_gives(lab, monkeypatch, startup):
             if ours != status or not interleaves(normalized(r.output_bytes), normalized(stdout), normalized(stderr)):
                 differences.append(f"{path}: {command!r}\n    ssh:     {status} {stdout!r} {stderr!r}\n"
                                    f"    ecshell: {ours} {r.error} {r.output_bytes!r} {r.message!r}")
-    print(f"{len(commands)} commands; seconds per path: "
+    exec_d = {path: sum(r.via == "shortcut" for r in seen[path]) for path in ("shortcut, cold", "shortcut, warm")}
+    print(f"{len(commands)} commands, {exec_d} exec'd by the shortcut; seconds per path: "
           + ", ".join(f"{path} {seconds:.1f}" for path, seconds in timings.items()))
+    # the shortcut's passes ran its own exec, not only the shell's (both corpora hold 100+ such lines)
+    assert exec_d["shortcut, cold"] == exec_d["shortcut, warm"] >= 100, exec_d
     counts = {path: sum(d.startswith(path + ":") for d in differences) for path in seen}
     assert not differences, f"{len(differences)} differences {counts}:\n" + "\n".join(differences[:40])
