@@ -140,8 +140,8 @@ def test_leaving_the_shell_never_hangs(terminal, isolated_home, tmp_path):
         for _ in range(3):  # the second command on a connection starts the executor; the third uses it
             terminal.type("%on all hostname")
             _, at = terminal.wait_for(r"3 ok, 0 failed -- hostname.*?In \[\d+\]:", at)
-        # The local machines share this filesystem: each puts its own file ({name}, typed {{name}} in a magic).
-        terminal.type(f"%put {payload} {tmp_path}/put-{round}-{{{{name}}}}.txt")
+        # The local machines share this filesystem: each puts its own file ({name}: magics expand nothing).
+        terminal.type(f"%put {payload} {tmp_path}/put-{round}-{{name}}.txt")
         _, at = terminal.wait_for(r"3 ok, 0 failed.*?In \[\d+\]:", at)
         terminal.type(f"%get {tmp_path}/put-{round}-node-0.txt {tmp_path}/got")
         _, at = terminal.wait_for(r"3 ok, 0 failed.*?In \[\d+\]:", at)
