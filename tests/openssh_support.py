@@ -70,7 +70,8 @@ class Server:
     """A real sshd on 127.0.0.1 with its own host keys, authorized keys and VERBOSE log."""
 
     def __init__(self, lab: Lab, name: str, host_key_types=("ed25519",), authorized=(), extra: str = "",
-                 port: int | None = None, address: str = "127.0.0.1", environment: dict[str, str] | None = None):
+                 port: int | None = None, address: str = "127.0.0.1",
+                 environment: dict[str, str | None] | None = None):
         self.lab, self.name, self.address = lab, name, address
         self.port = port or free_port()
         self.dir = lab.root / "servers" / name
@@ -86,6 +87,9 @@ class Server:
         self.authorized_keys.write_text("".join(pathlib.Path(f"{k}.pub").read_text() for k in authorized))
         self.authorized_keys.chmod(0o644)
         self.log: list[tuple[float, str]] = []  # (time.monotonic(), line) of everything sshd logged
+        # SHLVL=1: Debian's bash then skips ~/.bashrc for a command (root's runs pyenv here)
+        session_env: dict[str, str | None] = {"SHLVL": "1", **(environment or {})}
+        setenv = [f"{k}={v}" for k, v in session_env.items() if v is not None]
         config = self.dir / "sshd_config"
         config.write_text("\n".join([
             f"Port {self.port}", f"ListenAddress {address}", *host_key_lines,
@@ -94,7 +98,7 @@ class Server:
             "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", "UseDNS no",
             "PrintMotd no", "PrintLastLog no", "LogLevel VERBOSE", "MaxStartups 64", "MaxSessions 64",
             # sshd takes the first SetEnv line only: every variable goes on this one
-            "LoginGraceTime 30", " ".join(["SetEnv SHLVL=1", *(f"{k}={v}" for k, v in (environment or {}).items())]),
+            "LoginGraceTime 30", " ".join(["SetEnv", *setenv]) if setenv else "",
             "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
             extra, ""]))
         os.makedirs("/run/sshd", exist_ok=True)
@@ -221,10 +225,11 @@ class Lab:
         return done.stdout.split()[1]
 
     def server(self, name: str, host_key_types=("ed25519",), authorized=(), extra: str = "",
-               port: int | None = None, user: str = "root", environment: dict[str, str] | None = None) -> Server:
+               port: int | None = None, user: str = "root",
+               environment: dict[str, str | None] | None = None) -> Server:
         """A new sshd. Every account on it shares one AuthorizedKeysFile (``authorized``): ``user``
         only documents whom the test means to log in as. ``environment``: variables its sessions get
-        besides SHLVL=1 (sshd's SetEnv)."""
+        (sshd's SetEnv) besides SHLVL=1, which ``{"SHLVL": None}`` leaves out."""
         server = Server(self, name, host_key_types, authorized, extra, port, environment=environment)
         self.servers[name] = server
         return server
@@ -236,9 +241,10 @@ class Lab:
         self.agent_socket = agent.socket
         return agent
 
-    def user(self, name: str) -> str:
-        """A throwaway local account that sshd accepts keys for (removed at close)."""
-        subprocess.run(["useradd", "-M", "-d", str(self.root), "-s", "/bin/sh", name], check=True,
+    def user(self, name: str, shell: str = "/bin/sh", home: pathlib.Path | None = None) -> str:
+        """A throwaway local account that sshd accepts keys for (removed at close); its home is the
+        lab's root unless ``home`` (which must exist)."""
+        subprocess.run(["useradd", "-M", "-d", str(home or self.root), "-s", shell, name], check=True,
                        capture_output=True)
         self.users.append(name)
         subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)  # not "locked"

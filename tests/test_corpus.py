@@ -20,8 +20,10 @@ A command killed by a signal is ssh's exit 255, ecshell's ``r.signal``.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import pathlib
 import re
+import shutil
 import time
 
 import pytest
@@ -97,7 +99,7 @@ def test_interleaves_keeps_every_byte_in_each_streams_order():
 def test_the_corpus_is_big_and_unique():
     commands = corpus_commands()
     assert len(commands) >= 300
-    assert 100 <= len(corpus_commands(startup_too_only=True)) < len(commands)
+    assert 200 <= len(corpus_commands(startup_too_only=True)) < len(commands)
     duplicates = {c for c in commands if commands.count(c) > 1}
     assert not duplicates, duplicates
 
@@ -140,21 +142,39 @@ ulimit -S -n 512
 """
 
 
-@pytest.mark.parametrize("startup", [False, True], ids=["plain", "under a start-up"])
-def test_every_path_gives_what_ssh_gives(lab, monkeypatch, startup):
+def stock_user(lab: Lab) -> str:
+    """A throwaway account whose login shell is bash, with Debian's stock ~/.bashrc and ~/.profile."""
+    home = lab.root / "stock-home"
+    home.mkdir()
+    for name in (".bashrc", ".profile"):
+        shutil.copy(f"/etc/skel/{name}", home / name)
+    user = lab.user(f"eccorpus{os.getpid() % 100000}", shell="/bin/bash", home=home)
+    shutil.chown(home, user, user)
+    for name in (".bashrc", ".profile"):
+        shutil.chown(home / name, user, user)
+    return user
+
+
+@pytest.mark.parametrize("variant", ["root", "root under a BASH_ENV", "a user, stock start-up files"])
+def test_every_path_gives_what_ssh_gives(lab, monkeypatch, variant):
     key = lab.keygen("id_ed25519")
-    environment = None
-    if startup:
+    user, environment = "root", None
+    if variant == "root under a BASH_ENV":
         bash_env = lab.root / "bash_env"
         bash_env.write_text(STARTUP)
         bash_env.chmod(0o644)
         environment = {"BASH_ENV": str(bash_env)}
+    elif variant == "a user, stock start-up files":
+        if not os.path.exists("/etc/skel/.bashrc") or not os.path.exists("/etc/bash.bashrc"):
+            pytest.skip("Debian's stock start-up files are not here")
+        user = stock_user(lab)
+        environment = {"SHLVL": None}  # as sshd leaves it: bash then reads /etc/bash.bashrc and ~/.bashrc
     server = lab.server("web", authorized=[key], environment=environment)
     lab.known_hosts(server)
-    config = lab.config(f"Host web\n  HostName 127.0.0.1\n  Port {server.port}\n  User root\n"
+    config = lab.config(f"Host web\n  HostName 127.0.0.1\n  Port {server.port}\n  User {user}\n"
                         f"  IdentityFile {key}\n  IdentitiesOnly yes\n")
     monkeypatch.setenv("HOME", str(lab.home))  # ecshell's ~ is the lab's, as ssh's is
-    commands = corpus_commands(startup_too_only=startup)
+    commands = corpus_commands(startup_too_only=variant != "root")
     timings = {}
 
     def timed(name, run, *args, **kwargs):
@@ -173,6 +193,7 @@ def test_every_path_gives_what_ssh_gives(lab, monkeypatch, startup):
         shortcut = pool.submit(timed, "shortcut, cold and warm", through_ecshell, config, commands, 2,
                                executor="executor", executor_shortcut=True)
     theirs = ssh.result()
+    assert theirs[commands.index("id -un")][1] == f"{user}\n".encode()  # the variant's account ran them
     (cold, warm), hellos = shortcut.result()
     assert [h and h["shortcut"] for h in hellos] == ["on", "on"], hellos  # else it was the shell's path
     assert hellos[0]["pid"] == hellos[1]["pid"]  # warm: the executor of the cold pass
