@@ -395,13 +395,13 @@ try:
     # "--": ssh reads options after the host too, so a command "-x" would be its own -x
     client = ssh + ["-o", "ControlMaster=no", "-o", "ControlPath=" + control, "--", target]
 
-    def one(command):
-        done = subprocess.run(client + [command], stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=job["timeout"])
+    def one(command, given):
+        stdin = {"stdin": subprocess.DEVNULL} if given is None else {"input": base64.b64decode(given)}
+        done = subprocess.run(client + [command], capture_output=True, timeout=job["timeout"], **stdin)
         return [done.returncode, base64.b64encode(done.stdout).decode(), base64.b64encode(done.stderr).decode()]
 
     with concurrent.futures.ThreadPoolExecutor(job["parallel"]) as pool:
-        results = list(pool.map(one, job["commands"]))
+        results = list(pool.map(one, job["commands"], job["inputs"]))
 finally:
     master.terminate()
     master.wait(10)
@@ -410,9 +410,11 @@ json.dump(results, open(sys.argv[2], "w"))
 
 
 def via_ssh_many(lab: Lab, target: str, commands: list[str], config: pathlib.Path | None = None,
-                 parallel: int = 4, timeout: float = 30) -> list[tuple[int, bytes, bytes]]:
+                 parallel: int = 4, timeout: float = 30,
+                 inputs: list[bytes | None] | None = None) -> list[tuple[int, bytes, bytes]]:
     """``ssh target COMMAND`` for each command, all over one master connection (ControlMaster), run
-    ``parallel`` at a time with ``~`` the lab's home: [(exit status, stdout, stderr)] in order."""
+    ``parallel`` at a time with ``~`` the lab's home: [(exit status, stdout, stderr)] in order.
+    ``inputs``: each command's stdin (None: /dev/null, ssh's EOF at once)."""
     import base64
     import json
 
@@ -420,6 +422,7 @@ def via_ssh_many(lab: Lab, target: str, commands: list[str], config: pathlib.Pat
     job.write_text(json.dumps({
         "ssh": ["ssh", "-F", str(config or lab.config_path), "-o", "BatchMode=yes"], "target": target,
         "control": str(lab.root / "ssh-control"), "commands": commands, "parallel": parallel,
+        "inputs": [None if i is None else base64.b64encode(i).decode() for i in inputs or [None] * len(commands)],
         "timeout": timeout}))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", "LANG": "C"}
     if lab.agent_socket:
