@@ -576,6 +576,41 @@ def ru_maxrss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def os_threads():
+    """Threads of this process as the kernel counts them (paramiko's transport threads included)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return None
+
+
+class PeakSampler:
+    """The most open descriptors and threads seen, sampled every 20 ms from a thread of its own."""
+
+    def __init__(self):
+        import threading
+
+        self.fds = self.threads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            self.fds = max(self.fds, open_fds())
+            self.threads = max(self.threads, os_threads() or 0)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        return {"fds": self.fds, "threads": self.threads}
+
+
 def fmt(x, width=9):
     return f"{x:>{width}.4f}" if isinstance(x, float) else f"{'—':>{width}}"
 
@@ -675,33 +710,48 @@ def scale_run(fleet, args, log):
     import tracemalloc
 
     n = len(fleet.ports)
-    result = {"n": n}
+    result = {"n": n, "fds_before": open_fds(), "threads_before": os_threads()}
     rss_before = ru_maxrss_mb()
     cluster = _cluster(fleet, args.fanout)
     try:
         result["fanout"] = cluster.settings.fanout
         machines = cluster.machines[:n]
+        sampler = PeakSampler()
+        cpu = os.times()
         t = time.perf_counter()
         rs = machines.run(COMMAND)
         result["cold_seconds"] = time.perf_counter() - t
+        result["cold_cpu_seconds"] = _cpu_since(cpu)
+        result["cold_peak"] = sampler.stop()
         result["cold_failed"] = {r.name: f"{r.status}: {r.message}" for r in rs.failed.values()}
         log(f"scale: cold broadcast to {n}: {result['cold_seconds']:.3f}s, {len(rs.failed)} failed")
-        warm = []
+        warm, warm_cpu = [], []
+        sampler = PeakSampler()
         for r in range(args.rounds + 1):
             gc.collect()
+            cpu = os.times()
             t = time.perf_counter()
             rs = machines.run(COMMAND)
             elapsed = time.perf_counter() - t
+            used = _cpu_since(cpu)
             _check([x.output for x in rs.values()], n)
             if r > 0:
                 warm.append(elapsed)
+                warm_cpu.append(used)
+        result["warm_peak"] = sampler.stop()
         result["warm_samples"] = warm
         result["warm_median"] = median(warm)
+        result["warm_cpu_median"] = median(warm_cpu)
         result["pooled_connections"] = len(cluster.engine.pool)
+        result["fds_pooled"] = open_fds()
+        result["threads_pooled"] = os_threads()
         result["ru_maxrss_mb"] = ru_maxrss_mb()
         result["ru_maxrss_mb_before_cluster"] = rss_before
-        log(f"scale: warm broadcast to {n}: median {result['warm_median']:.3f}s over {len(warm)} rounds, "
-            f"fanout {result['fanout']}, peak RSS {result['ru_maxrss_mb']:.0f} MB")
+        log(f"scale: warm broadcast to {n}: median {result['warm_median']:.3f}s over {len(warm)} rounds "
+            f"(controller CPU {result['warm_cpu_median']:.2f}s), fanout {result['fanout']}, "
+            f"peak RSS {result['ru_maxrss_mb']:.0f} MB, open fds {result['fds_pooled']} "
+            f"(peak {result['warm_peak']['fds']}), threads {result['threads_pooled']} "
+            f"(peak {max(result['cold_peak']['threads'], result['warm_peak']['threads'])})")
     finally:
         cluster.close()
     # Python-heap figures with tracemalloc (slow, so on a separate fresh cluster, untimed).
@@ -727,6 +777,12 @@ def scale_run(fleet, args, log):
         tracemalloc.stop()
         cluster.close()
     return result
+
+
+def _cpu_since(before):
+    """User + system CPU seconds of this process since ``before`` (an ``os.times()``)."""
+    now = os.times()
+    return (now.user - before.user) + (now.system - before.system)
 
 
 def main(argv=None):
@@ -819,6 +875,9 @@ def main(argv=None):
         s = report["scale"]
         print(f"scale: {s['n']} machines, fanout {s['fanout']}: cold {s['cold_seconds']:.3f}s, "
               f"warm median {s['warm_median']:.3f}s; peak RSS {s['ru_maxrss_mb']:.0f} MB; "
+              f"open fds {s['fds_pooled']} pooled (peak {max(s['cold_peak']['fds'], s['warm_peak']['fds'])}); "
+              f"threads {s['threads_pooled']} pooled (peak {max(s['cold_peak']['threads'], s['warm_peak']['threads'])}); "
+              f"load {report['machine']['loadavg_before']} before, {report['machine']['loadavg_after']} after; "
               f"Python heap held by the pool {s['traced_pool_mb']:.1f} MB, "
               f"peak during a warm broadcast {s['traced_peak_warm_mb']:.1f} MB")
     else:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from . import arguments
 from .config import EcShell
 from .engine import Engine
+from .fanout.routes import TREE
+from .fanout.tree import TreeFanout
 from .errors import ArgumentError, SelectionError
 from .hostset import check_prefix, fold
 from .machine import Machine
@@ -69,6 +71,7 @@ class Cluster:
                  **settings: Any) -> None:
         self.settings = EcShell(config=config, parent=parent, **settings)
         self.engine = Engine(self.settings)
+        self.engine.fanouts[TREE] = TreeFanout(self.settings, lambda: self._machines.values())
         self.fabrics: dict[str, Fabric] = {}
         self.history: list[ResultSet] = []
         self._machines: dict[str, Machine] = {}

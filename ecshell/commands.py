@@ -87,6 +87,8 @@ class Shell(Command):
 
     #: Whether this command may go through the machine's persistent executor.
     via_executor = True
+    #: Whether a fan-out transport (:mod:`ecshell.fanout`: SSM, ClusterShell's tree) may carry it.
+    via_fanout = True
 
     def __init__(self, command: CommandLine, timeout: Optional[float] = None,
                  input: Union[bytes, str, None] = None, pty: bool = False):
@@ -283,6 +285,7 @@ class Noop(Shell):
 
     # Readiness is about SSH itself, and should not start an executor on every new machine.
     via_executor = False
+    via_fanout = False
 
     def __repr__(self) -> str:
         return "Noop()"

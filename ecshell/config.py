@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from traitlets import Bool, Float, Integer, Unicode, default, observe, validate
+from traitlets import Bool, Float, Integer, List, Unicode, default, observe, validate
 from traitlets.config import Configurable
 
 from . import logs
@@ -79,6 +79,18 @@ class EcShell(Configurable):
     state_dir = Unicode("~/.ecshell-state", help="""Directory on each machine that holds its
         markers and locks, used where the machine does not set $ECSHELL_STATE_DIR
         (LocalFabric machines do). A leading ~/ means the login user's home.""").tag(config=True)
+
+    gateways = List(Unicode(), help="""Machines (names or patterns, e.g. ['gw-[0-3]']) that
+        fan broadcasts out for the controller through ClusterShell's tree mode: a shell
+        broadcast to the other machines goes to these gateways, split evenly among them,
+        and each gateway runs it on its share over its own OpenSSH. ClusterShell is
+        installed on each gateway on first use. Empty: no tree (unless
+        topology_file is set).""").tag(config=True)
+
+    topology_file = Unicode("", help="""A ClusterShell topology file ([routes] section,
+        'gateways: targets' lines) naming the machines that fan out for the controller,
+        instead of gateways. Its root is the controller; every route's gateways and
+        targets must be machine names. Empty: none.""").tag(config=True)
 
     # -- the IPython shell (ecshell.magics) ----------------------------------
 

@@ -23,7 +23,10 @@ import time
 import weakref
 from typing import Callable, Optional
 
-from .errors import ConnectError, ErrorKind
+from .errors import ArgumentError, ConnectError, ErrorKind
+from .fanout.base import Fanout, FanoutRun
+from .fanout.routes import DIRECT, SSM, TREE, route
+from .hostset import fold
 from .output import OutputBuffer
 from .results import Result, ResultSet
 from .ssh.transport import NOT_STARTED, Broken, Cancel, Process, Request, Silent, Transport
@@ -192,7 +195,58 @@ class Engine:
         self._threads_size = 0
         self._threads_started = 0
         self._lock = threading.Lock()
+        #: Fan-out transports by name (:mod:`ecshell.fanout`); the cluster adds ``tree``, ``ssm`` comes when used.
+        self.fanouts: dict[str, Fanout] = {}
         _ENGINES.add(self)
+
+    def fanout(self, name: str) -> Fanout:
+        """The fan-out transport ``name`` (``tree``, ``ssm``)."""
+        if name not in self.fanouts and name == SSM:
+            from .fanout.ssm import SsmFanout
+
+            self.fanouts[name] = SsmFanout()
+        try:
+            return self.fanouts[name]
+        except KeyError:
+            raise ArgumentError(f"no {name!r} transport here: the tree needs c.EcShell.gateways or "
+                                "c.EcShell.topology_file (and a Cluster)") from None
+
+    def _routes(self, machines, command, transport):
+        """``{transport name: [machines]}`` for this broadcast; ArgumentError for what cannot go that way."""
+        groups: dict[str, list] = {}
+        tree = self.fanouts.get(TREE)
+        tree_names = tree.routed(machines) if tree is not None and transport is None else set()
+        for machine in machines:
+            groups.setdefault(route(machine, command, transport, tree_names), []).append(machine)
+        for name, members in groups.items():
+            if name == DIRECT:
+                continue
+            fanout = self.fanout(name)
+            refused = fanout.refuses(command)
+            if refused:
+                raise ArgumentError(f"the {name} transport cannot run this command: {refused}; "
+                                    "run it with transport='direct'")
+            unreachable = fanout.cannot_reach(members)
+            if unreachable:
+                why = next(iter(unreachable.values()))
+                raise ArgumentError(f"the {name} transport cannot reach {fold(list(unreachable))}: {why}; "
+                                    "leave them out, or run with transport='direct'")
+        return groups
+
+    def _start_fanout(self, fanout: Fanout, members, command, run: FanoutRun) -> concurrent.futures.Future:
+        """Run ``fanout.broadcast`` on a thread of its own; the future ends when it returns."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def carry():
+            try:
+                fanout.broadcast(members, command, run)
+            except Exception as exc:  # the engine's API refused: every machine not finished says so
+                for machine in run.unfinished(members):
+                    run.finish(machine, error=ErrorKind.UNREACHABLE, message=f"{fanout.name}: {exc}")
+            future.set_result(None)
+
+        threading.Thread(target=carry, name=f"ecshell-{fanout.name}", daemon=True).start()
+        return future
 
     @property
     def pool(self):
@@ -257,28 +311,40 @@ class Engine:
         except ConnectError as exc:
             return attempt.result(command, error=exc.kind, message=str(exc), detail=exc.detail)
 
-    def broadcast(self, machines, command, on_output=None, on_result=None, total_timeout=None):
-        """A ResultSet of ``command`` run on every machine, in machine order."""
+    def broadcast(self, machines, command, on_output=None, on_result=None, total_timeout=None, transport=None):
+        """A ResultSet of ``command`` run on every machine, in machine order.
+
+        ``transport`` (``direct``, ``tree``, ``ssm``; None: each machine's
+        own, :mod:`ecshell.fanout.routes`) says what carries it: machines
+        routed to a fan-out transport are handed to it all at once.
+        """
         machines = list(machines)
         if total_timeout is None:
             total_timeout = self.settings.total_timeout
+        groups = self._routes(machines, command, transport)
+        direct = groups.pop(DIRECT, [])
         cancel = threading.Event()
-        workers = self._workers()
-        self._start_workers(workers, len(machines))
-        # The first `fanout` machines start here, where that needs no waiting (a command to
-        # a live executor is one frame): one tight loop, not one worker wake-up per frame.
-        attempts = [Attempt(machine, self, cancel, on_output) for machine in machines[:self.settings.fanout]]
-        for attempt in attempts:
-            command.start_early(attempt)
+        fanned = {}
+        for name, members in groups.items():
+            run = FanoutRun(name, command, self.settings, cancel, on_output, on_result)
+            fanned[self._start_fanout(self.fanouts[name], members, command, run)] = (members, run)
         futures = {}
-        for index, machine in enumerate(machines):
-            attempt = attempts[index] if index < len(attempts) else None
-            future = workers.submit(self.run_one, machine, command, cancel, on_output, attempt)
-            futures[future] = machine
-            if on_result is not None:
-                future.add_done_callback(lambda f: f.cancelled() or on_result(f.result()))
+        if direct:
+            workers = self._workers()
+            self._start_workers(workers, len(direct))
+            # The first `fanout` machines start here, where that needs no waiting (a command to
+            # a live executor is one frame): one tight loop, not one worker wake-up per frame.
+            attempts = [Attempt(machine, self, cancel, on_output) for machine in direct[:self.settings.fanout]]
+            for attempt in attempts:
+                command.start_early(attempt)
+            for index, machine in enumerate(direct):
+                attempt = attempts[index] if index < len(attempts) else None
+                future = workers.submit(self.run_one, machine, command, cancel, on_output, attempt)
+                futures[future] = machine
+                if on_result is not None:
+                    future.add_done_callback(lambda f: f.cancelled() or on_result(f.result()))
         results = {}
-        pending = set(futures)
+        pending = set(futures) | set(fanned)
         deadline = time.monotonic() + total_timeout if total_timeout else None
         stop = None
         try:
@@ -286,16 +352,49 @@ class Engine:
                 wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
                 done, pending = concurrent.futures.wait(pending, timeout=wait)
                 for future in done:
-                    results[futures[future].name] = future.result()
+                    if future in fanned:
+                        results.update(fanned[future][1].results)
+                    else:
+                        results[futures[future].name] = future.result()
                 if pending and deadline is not None and time.monotonic() >= deadline:
                     stop = ErrorKind.TIMEOUT
                     break
         except KeyboardInterrupt:
             stop = ErrorKind.INTERRUPTED
         if stop is not None:
-            results.update(self._cancel(futures, pending, cancel, stop, command, total_timeout))
+            direct_pending = {f for f in pending if f not in fanned}
+            results.update(self._cancel(futures, direct_pending, cancel, stop, command, total_timeout))
+            results.update(self._stop_fanouts({f: fanned[f] for f in pending if f in fanned}, stop,
+                                              command, total_timeout))
         ordered = [results[m.name] for m in machines]
         return ResultSet(ordered, command, interrupted=stop is ErrorKind.INTERRUPTED)
+
+    def _stop_fanouts(self, fanned, kind, command, total_timeout):
+        """Results of the fan-out transports still running when the broadcast stopped.
+
+        They saw the cancel flag (set by :meth:`_cancel`); each gets
+        :data:`CANCEL_GRACE` to cancel its commands and report, and a machine
+        it did not report is marked ``kind`` (``interrupted`` or ``timeout``).
+        """
+        grace_until = time.monotonic() + CANCEL_GRACE
+        try:
+            concurrent.futures.wait(set(fanned), timeout=max(0.0, grace_until - time.monotonic()))
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: stop waiting
+        results = {}
+        for members, run in fanned.values():
+            for machine in members:
+                result = run.results.get(machine.name)
+                if result is None:
+                    message = "interrupted" if kind is ErrorKind.INTERRUPTED else "no result yet"
+                    if kind is ErrorKind.TIMEOUT:
+                        message = f"the broadcast's total timeout ({total_timeout:g}s) passed; {message}"
+                    result = run.finish(machine, error=kind, message=message)
+                elif kind is ErrorKind.TIMEOUT and result.error is ErrorKind.INTERRUPTED:
+                    result.error = ErrorKind.TIMEOUT
+                    result.message = f"the broadcast's total timeout ({total_timeout:g}s) passed; {result.message}"
+                results[machine.name] = result
+        return results
 
     def _cancel(self, futures, pending, cancel, kind, command, total_timeout):
         """Stop the pending hosts: queued ones never start, running ones kill their command."""

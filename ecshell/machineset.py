@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, overload
 from . import arguments, diagnostics, state
 from .commands import Command, Get, Put, Shell, as_command
 from .errors import ArgumentError, SelectionError
+from .fanout.routes import check_transport
 from .hostset import fold, match, natural_key
 
 if TYPE_CHECKING:
@@ -138,26 +139,33 @@ class MachineSet(Sequence["Machine"]):
 
     def execute(self, command: Command, on_output: Callable[[Machine, bytes], object] | None = None,
                 on_result: Callable[[Result], object] | None = None,
-                total_timeout: float | None = None) -> ResultSet:
-        """Run a Command object on every machine; a ResultSet."""
+                total_timeout: float | None = None, transport: str | None = None) -> ResultSet:
+        """Run a Command object on every machine; a ResultSet.
+
+        ``transport``: ``"direct"``, ``"tree"`` or ``"ssm"`` (None: each machine's own; see
+        :mod:`ecshell.fanout.routes`).
+        """
         total_timeout = arguments.seconds("total_timeout", total_timeout)
         return self._engine().broadcast(self._machines, command, on_output=on_output,
-                                        on_result=on_result, total_timeout=total_timeout)
+                                        on_result=on_result, total_timeout=total_timeout,
+                                        transport=check_transport(transport))
 
     def run(self, command: CommandLine, timeout: float | None = None, input: bytes | str | None = None,
             pty: bool = False, on_output: Callable[[Machine, bytes], object] | None = None,
             on_result: Callable[[Result], object] | None = None,
-            total_timeout: float | None = None) -> ResultSet:
+            total_timeout: float | None = None, transport: str | None = None) -> ResultSet:
         """Run a shell command on every machine at once; a ResultSet.
 
         ``timeout`` is per host (seconds, from when a worker takes the host),
         ``total_timeout`` for the whole broadcast. ``on_output(machine, bytes)``
         is called from worker threads as output arrives; ``on_result(result)``
         as each host finishes. ``input`` (bytes, or str sent as UTF-8) is the
-        command's stdin; without it stdin is closed at once.
+        command's stdin; without it stdin is closed at once. ``transport``
+        (``"direct"``, ``"tree"``, ``"ssm"``) overrides what carries it.
         """
         return self.execute(Shell(command, timeout=timeout, input=input, pty=pty),  # Shell checks both
-                            on_output=on_output, on_result=on_result, total_timeout=total_timeout)
+                            on_output=on_output, on_result=on_result, total_timeout=total_timeout,
+                            transport=transport)
 
     def put(self, local: str, remote: str, mode: int | None = None) -> ResultSet:
         """Copy a local file to every machine (SFTP on the pooled connections).

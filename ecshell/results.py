@@ -44,7 +44,8 @@ class Result:
     - ``signal``: the signal that killed the command (``"TERM"``), else None;
     - ``via``: which path ran it: ``channel`` (one SSH channel, as ``ssh host CMD``), ``executor``
       (the login shell, started by the executor), ``shortcut`` (the executor exec'd the program
-      itself: no startup files ran), ``sftp`` (a transfer), or None (it never started).
+      itself: no startup files ran), ``sftp`` (a transfer), ``tree`` or ``ssm`` (a fan-out
+      transport), or None (it never started).
 
     Output is read through ``output_bytes`` (exact), ``output`` (decoded
     for reading) and ``output_path`` (the file it spilled to, if it did).
@@ -65,7 +66,7 @@ class Result:
     detail: dict[str, Any]
     #: The signal that killed the command, as sshd names it (``"TERM"``, ``"KILL"``), else None.
     signal: str | None
-    #: Which path ran the command: ``channel``, ``executor``, ``shortcut``, ``sftp``, or None.
+    #: Which path ran the command: ``channel``, ``executor``, ``shortcut``, ``sftp``, ``tree``, ``ssm``, or None.
     via: str | None
     _buffer: OutputBuffer
 

@@ -178,6 +178,18 @@ def test_on_returns_resultset_and_keeps_history(ip):
     assert "0 ok, 3 failed -- exit 3" in text
 
 
+def test_on_transport_chooses_what_carries_the_broadcast(ip):
+    launch(ip, 1, "gw")
+    launch(ip, 2)
+    cluster = ip.user_ns["cluster"]
+    cluster.settings.gateways = ["gw-0"]
+    through = ip.run_line_magic("on", "node-* echo $ECSHELL_MACHINE")
+    direct = ip.run_line_magic("on", "--transport direct node-* echo $ECSHELL_MACHINE")
+    assert [r.via for r in through.values()] == ["tree", "tree"]
+    assert {r.via for r in direct.values()} <= {"channel", "executor", "shortcut"}
+    assert [r.output for r in through.values()] == [r.output for r in direct.values()] == ["node-0\n", "node-1\n"]
+
+
 def test_on_targets(ip):
     launch(ip, 3)
     launch(ip, 1, "db")
@@ -235,7 +247,7 @@ def test_cell_magic_sends_the_script(ip):
 
 def test_help_has_usage_and_examples(ip):
     doc = ip.find_line_magic("on").__doc__
-    assert "%on [-t TIMEOUT] [--quiet] TARGET ..." in doc and "Examples" in doc and "%on failed" in doc
+    assert "%on [-t TIMEOUT] [--quiet] [--transport {direct,tree,ssm}] TARGET ..." in doc and "Examples" in doc and "%on failed" in doc
     for name in ("cluster", "launch", "ready", "terminate", "put", "get", "cost"):
         assert "Examples" in ip.find_line_magic(name).__doc__, name
 

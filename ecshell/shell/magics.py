@@ -126,6 +126,8 @@ class EcShellMagics(Magics):
     @magic_arguments()
     @argument("-t", "--timeout", type=_seconds, help="seconds the command may run on each host")
     @argument("--quiet", action="store_true", help="no live progress or streamed output")
+    @argument("--transport", choices=("direct", "tree", "ssm"),
+              help="what carries it (default: each machine's own: gateways, Ec2Fabric.transport, else direct)")
     @argument("target", metavar="TARGET", help="all, a name, a glob (web-*), a range (web-[0-3]), "
                                                "a tag (role=db), marker=NAME, ok or failed")
     @argument("command", metavar="CMD", nargs=argparse.REMAINDER,
@@ -166,7 +168,8 @@ class EcShellMagics(Magics):
         else:
             command = " ".join(args.command)
         with _Errors():
-            return self.session.on(args.target, command or None, timeout=args.timeout, live=not args.quiet)
+            return self.session.on(args.target, command or None, timeout=args.timeout, live=not args.quiet,
+                                   transport=args.transport)
 
     @line_magic
     @no_var_expand

@@ -65,7 +65,7 @@ class Session:
 
     # -- broadcasts ------------------------------------------------------------
 
-    def on(self, target, command=None, timeout=None, live=True):
+    def on(self, target, command=None, timeout=None, live=True, transport=None):
         """Run a shell command on ``target``; a ResultSet, also kept in ``cluster.history``.
 
         With no command and target ``failed``, re-runs the last broadcast's
@@ -86,25 +86,28 @@ class Session:
         else:
             operation = command
         machines = self._live(target)
-        return self.broadcast(machines, operation, live=live)
+        return self.broadcast(machines, operation, live=live, transport=transport)
 
-    def broadcast(self, machines, operation, live=True):
-        """Run a Command object with the live view, ask about new host keys, record the result."""
-        results = self._execute(machines, operation, live)
+    def broadcast(self, machines, operation, live=True, transport=None):
+        """Run a Command object with the live view, ask about new host keys, record the result.
+
+        ``transport`` (``direct``, ``tree``, ``ssm``; None: each machine's own) carries it.
+        """
+        results = self._execute(machines, operation, live, transport)
         results = self._hostkeys(results, operation, live)
         results = self._passphrases(results, operation, live)
         self.cluster.history.append(results)
         return results
 
-    def _execute(self, machines, operation, live):
+    def _execute(self, machines, operation, live, transport=None):
         if not live:
-            return machines.execute(operation)
+            return machines.execute(operation, transport=transport)
         from .live import LiveView
 
         view = LiveView(machines, delay=self.settings.progress_after, stream=self.stream or sys.stdout,
                         color=self.color, stream_output=self.settings.stream_output)
         with view:
-            return machines.execute(operation, on_output=view.output, on_result=view.result)
+            return machines.execute(operation, on_output=view.output, on_result=view.result, transport=transport)
 
     def _hostkeys(self, results, operation, live):
         """Where the policy would ask: show every new key of the broadcast, ask once, record, run again.
@@ -315,7 +318,7 @@ class Session:
     #: For each magic, the argument positions (after options) that are targets.
     TARGET_POSITIONS = {"on": 0, "ready": 0, "terminate": 0, "put": 2, "get": 2}
     #: Options that take a value (the next word is not a positional argument).
-    VALUED_OPTIONS = ("-t", "--timeout", "-m", "--mode")
+    VALUED_OPTIONS = ("-t", "--timeout", "-m", "--mode", "--transport")
 
     def complete(self, text_until_cursor):
         """Completions for a magic line (``%on we``), or None when the word is not a target."""

@@ -157,6 +157,19 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         from the first second); a larger count is refused before anything starts.
         Number of instances.""").tag(config=True)
 
+    transport = Enum(["direct", "ssm"], "direct", help="""What carries a shell broadcast
+        (run, %on) to this fabric's instances: 'direct' (the controller's own SSH) or 'ssm'
+        (AWS Systems Manager Run Command: needs the SSM agent and an instance profile on
+        each instance, no inbound SSH). A call's transport= overrides it. Files, markers
+        and readiness checks always go over SSH.""").tag(config=True)
+
+    ssm_output_bucket = Unicode(None, allow_none=True, help="""S3 bucket that SSM Run
+        Command writes each instance's full output to; results are read from it.
+        None: SSM's inline output only, which is cut at 24,000 characters per stream
+        (a result says so when that happened).""").tag(config=True)
+
+    ssm_output_prefix = Unicode("ecshell", help="Key prefix of SSM output in ssm_output_bucket.").tag(config=True)
+
     console_recheck = Float(30.0, help="""Seconds between console-output reads for an instance
         whose host key is not pinned.""").tag(config=True)
 
@@ -192,6 +205,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         self._lock = threading.Lock()
         self._session: Any = None
         self._client: Any = None
+        self._service_clients: dict[str, Any] = {}
         self._console_checked: dict[str, float] = {}  # instance id -> time.monotonic() of the last read
         self._renamed: set[str] = set()  # instance ids already warned about for a refused Name tag
         self._reaper: tuple[threading.Thread, threading.Event] | None = None
@@ -221,6 +235,21 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
                         if not self.region:
                             self.region = session.region_name
         return self._client
+
+    def service_client(self, service: str) -> Any:
+        """A client of another AWS service ('ssm', 's3') from the fabric's session and endpoint, made once."""
+        self.client  # the session, region and retry settings come from here
+        with self._lock:
+            made = self._service_clients.get(service)
+            if made is None:
+                from botocore.config import Config
+
+                config = Config(retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+                                user_agent_extra="ecshell", connect_timeout=10, read_timeout=60)
+                with aws_call(f"opening an AWS {service} client"):
+                    made = self._session.client(service, endpoint_url=self.endpoint_url or None, config=config)
+                self._service_clients[service] = made
+        return made
 
     def _call(self, action, method, **params):
         with aws_call(action):
