@@ -825,3 +825,20 @@ def test_the_shortcut_comes_back_once_the_start_up_allows_it(isolated_home, tmp_
     finally:
         cluster.close()
         _stop_everything(fabric)
+
+
+def test_the_environment_handed_to_the_executor_is_whole_or_not_used():
+    """The start command hands over at most HANDOVER_MAX bytes of the login shell's environment (in hex,
+    one exec argument); one that long may have been cut, and the executor then reads its own."""
+    from ecshell.remote import executor as executor_remote
+
+    given = b"A=1\0PATH=/opt/x:/usr/bin\0_=/bin/sh\0"
+    assert executor_remote.initial_environment(given.hex(" ")) == {b"A": b"1", b"PATH": b"/opt/x:/usr/bin"}
+    with open("/proc/self/environ", "rb") as f:
+        own = {k: v for k, _, v in (i.partition(b"=") for i in f.read().split(b"\0") if b"=" in i)}
+    own.pop(b"_", None)
+    cut = (b"BIG=" + b"x" * executor_remote.HANDOVER_MAX)[:executor_remote.HANDOVER_MAX]
+    assert executor_remote.initial_environment(cut.hex()) == own
+    assert executor_remote.initial_environment("not hex") == own
+    assert f"-N {executor_remote.HANDOVER_MAX} " in executor_module.wire()
+    assert 3 * executor_remote.HANDOVER_MAX + executor_remote.HANDOVER_MAX // 16 + 1 < executor_remote.MAX_ARG_STRLEN

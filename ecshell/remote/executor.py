@@ -92,6 +92,9 @@ FLAG_NO_SHORTCUT = 2
 RUN_VARIABLE = b"ECSHELL_RUN"
 #: Linux's limit on one exec argument, NUL included (32 pages): ``sh -c`` refuses a longer string.
 MAX_ARG_STRLEN = 131072
+#: The most of the login shell's environment the start command hands over: in hex (3 characters a byte
+#: with od's blanks and newlines), it stays under MAX_ARG_STRLEN. One that long may have been cut.
+HANDOVER_MAX = 40000
 
 
 def initial_environment(given=None):
@@ -105,6 +108,8 @@ def initial_environment(given=None):
             raw = bytes.fromhex(given)
         except ValueError:
             raw = None  # not what the start command meant to give (a shell without `...`): our own
+        if raw is not None and len(raw) >= HANDOVER_MAX:
+            raw = None  # cut at HANDOVER_MAX: our own, start-up included, is the lesser harm
     if raw is None:
         try:
             with open("/proc/self/environ", "rb") as f:

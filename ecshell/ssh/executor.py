@@ -78,7 +78,10 @@ def _bootstrap():
     # The argument: the environment sshd gave the login shell, as the shell's own /proc entry still
     # holds it (hex), read before the exec. What the shell's start-up exported since (BASH_ENV,
     # ~/.bashrc, ~/.zshenv) is not in it: each command's shell runs that start-up once, as under sshd.
-    return f"exec python3 -I -S -c \"{code}\" \"`od -An -v -tx1 /proc/$$/environ 2>/dev/null`\""
+    # At most HANDOVER_MAX bytes of it (3 hex characters each, under Linux's 128 KiB per argument); the
+    # executor takes a longer one as cut and uses its own.
+    handover = f"od -An -v -tx1 -N {remote.HANDOVER_MAX} /proc/$$/environ 2>/dev/null"
+    return f"exec python3 -I -S -c \"{code}\" \"`{handover}`\""
 
 
 _WIRE = None
