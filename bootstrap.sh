@@ -31,8 +31,11 @@ have tmux || test_missing+=(tmux)
 have rsync || test_missing+=(rsync)
 have ip || test_missing+=(iproute2)
 have iptables || test_missing+=(iptables)
+have nft || test_missing+=(nftables)
 have sudo || test_missing+=(sudo)
 have unshare || test_missing+=(util-linux)
+have chromium || test_missing+=(chromium)   # renders the notebook HTML in tests
+have bwrap || test_missing+=(bubblewrap)   # cloudlets: the sandbox runtime
 # the tools the differential corpus runs (tests/corpus/commands.txt) beyond Debian's essential ones
 have jq || test_missing+=(jq)
 have bc || test_missing+=(bc)

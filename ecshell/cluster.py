@@ -32,6 +32,8 @@ from .states import MachineState
 if TYPE_CHECKING:
     from traitlets.config import Config, Configurable
 
+    from .cloudlets.cloudlet import Cloudlet
+    from .cloudlets.manager import Cloudlets
     from .commands import Command, CommandLine
     from .fabrics.base import Fabric, Prototype
     from .freelist import FreeList
@@ -76,6 +78,7 @@ class Cluster:
         self.history: list[ResultSet] = []
         self._machines: dict[str, Machine] = {}
         self.free_lists: dict[str, FreeList] = {}
+        self._cloudlets: Cloudlets | None = None
         for fabric in fabrics or (_default_fabric(self.settings),):
             self.attach(fabric)
 
@@ -142,11 +145,15 @@ class Cluster:
                                  f"{fold(self._machines) or '(none: launch some with cluster.launch(3))'}") from None
 
     def __getitem__(self, pattern: str) -> MachineSet:
+        if isinstance(pattern, str) and "cloudlet:" in pattern:
+            # cloudlets are read from their hosts' markers, and selected among the machines
+            return MachineSet([*self.machines, *self.cloudlets.scan().values()])[pattern]
         return self.machines[pattern]
 
     def _ipython_key_completions_(self) -> list[str]:
-        """Machine names, for tab completion of ``cluster["..."]`` in IPython."""
-        return list(self._machines)
+        """Machine names and their ``prefix-*`` globs, for tab completion of ``cluster["..."]`` in IPython."""
+        prefixes = sorted({name.rsplit("-", 1)[0] for name in self._machines if "-" in name})
+        return [f"{prefix}-*" for prefix in prefixes] + list(self._machines)
 
     def __iter__(self) -> Iterator[Machine]:
         return iter(self.machines)
@@ -168,6 +175,21 @@ class Cluster:
         if name not in self.free_lists:
             self.free_lists[name] = FreeList(self, name, size=size, recipe=recipe, last=last, **options)
         return self.free_lists[name]
+
+    # -- cloudlets (ecshell.cloudlets) ----------------------------------------
+
+    @property
+    def cloudlets(self) -> Cloudlets:
+        """Where cloudlets go and where their state is kept: ``cluster.cloudlets.configure(hosts=..., store=...)``."""
+        if self._cloudlets is None:
+            from .cloudlets.manager import Cloudlets
+
+            self._cloudlets = Cloudlets(self)
+        return self._cloudlets
+
+    def cloudlet(self, user: str) -> Cloudlet:
+        """``user``'s cloudlet: the running one, else placed on a host now with the user's saved state."""
+        return self.cloudlets.place(user)
 
     def _target(self, target: Target) -> MachineSet:
         if target is None or target == "all":

@@ -113,7 +113,8 @@ class Shell(Command):
     def request(self, attempt: Attempt) -> Request:
         """What to start on the attempt's machine (a fresh kill token unless kill_on_cancel is off)."""
         token = run_token() if attempt.settings.kill_on_cancel else None
-        return Request(self.command, token, self.input, self.pty, attempt.settings.executor_shortcut)
+        command = attempt.machine.shell_line(self.command)
+        return Request(command, token, self.input, self.pty, attempt.settings.executor_shortcut)
 
     def transport_mode(self, attempt: Attempt) -> str:
         """``c.EcShell.executor``, or ``channel`` for what the executor does not carry (PTYs)."""
@@ -177,8 +178,10 @@ class Put(Command):
         return f"Put({self.local!r}, {self.remote!r})"
 
     def execute(self, attempt: Attempt) -> Result:
-        connection = attempt.connect()
         remote = _remote_path(self.remote.replace("{name}", attempt.machine.name))
+        if not attempt.machine.files_over_sftp:
+            return self._through_shell(attempt, remote)
+        connection = attempt.connect()
         with connection.sftp_lock:
             sftp = connection.sftp()
             try:
@@ -191,6 +194,22 @@ class Put(Command):
                 return attempt.result(self, error=ErrorKind.EXIT, message=f"put {remote}: {exc}")
         attempt.output(f"{self.local} -> {remote} ({attrs.st_size} bytes)\n".encode())
         return attempt.result(self, exit_code=0, detail={"path": remote, "size": attrs.st_size}, via="sftp")
+
+    def _through_shell(self, attempt: Attempt, remote: str) -> Result:
+        """Write the file with ``cat`` in the machine's own shell: for a sandbox that SFTP cannot reach."""
+        with open(self.local, "rb") as f:
+            data = f.read()
+        chmod = f' && chmod {self.mode:o} "$t"' if self.mode is not None else ""
+        script = (f't={shlex.quote(remote)}; if [ -d "$t" ] || [ "${{t%/}}" != "$t" ]; then '
+                  f't="${{t%/}}"/{shlex.quote(os.path.basename(self.local))}; fi; '
+                  f'cat > "$t"{chmod} && printf "%s" "$t"')
+        quiet = attempt.fork()
+        quiet.on_output = None
+        done = Shell(script, input=data or None).execute(quiet)
+        if not done.ok:
+            return attempt.result(self, error=done.error, message=f"put {remote}: {done.output.strip() or done.message}")
+        attempt.output(f"{self.local} -> {done.output} ({len(data)} bytes)\n".encode())
+        return attempt.result(self, exit_code=0, detail={"path": done.output, "size": len(data)}, via=done.via)
 
 
 class Get(Command):
@@ -224,10 +243,12 @@ class Get(Command):
         if name in ("", ".", "..") or "/" in name or "\0" in name:
             return attempt.result(self, error=ErrorKind.EXIT,
                                   message=f"get: machine name {name!r} cannot be a directory name under {self.local}")
-        connection = attempt.connect()
         remote = _remote_path(self.remote)
         directory = os.path.join(self.local, name)
         target = os.path.join(directory, self.file_name)
+        if not attempt.machine.files_over_sftp:
+            return self._through_shell(attempt, remote, directory, target)
+        connection = attempt.connect()
         with connection.sftp_lock:
             sftp = connection.sftp()
             try:
@@ -247,6 +268,24 @@ class Get(Command):
         size = os.path.getsize(target)
         attempt.output(f"{remote} -> {target} ({size} bytes)\n".encode())
         return attempt.result(self, exit_code=0, detail={"path": target, "size": size}, via="sftp")
+
+    def _through_shell(self, attempt: Attempt, remote: str, directory: str, target: str) -> Result:
+        """Read the file with ``cat`` in the machine's own shell: for a sandbox that SFTP cannot reach."""
+        quiet = attempt.fork()
+        quiet.on_output = None  # file content, not output for the screen
+        done = Shell(f"cat -- {shlex.quote(remote)}").execute(quiet)
+        if not done.ok:
+            return attempt.result(self, error=done.error, message=f"get {remote}: {done.output.strip() or done.message}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            partial = _new_file_beside(target)
+            with open(partial, "wb") as f:
+                f.write(done.output_bytes)
+            os.replace(partial, target)
+        except OSError as exc:
+            return attempt.result(self, error=ErrorKind.EXIT, message=f"get: cannot write {target}: {exc}")
+        attempt.output(f"{remote} -> {target} ({done.output_size} bytes)\n".encode())
+        return attempt.result(self, exit_code=0, detail={"path": target, "size": done.output_size}, via=done.via)
 
 
 def _new_file_beside(path: str) -> str:

@@ -96,7 +96,8 @@ class EcShell(Configurable):
 
     progress_after = Float(1.0, help="""Seconds a shell broadcast (%on, %put, %get) runs
         before the shell streams its output as it arrives and shows a live progress
-        line. 0: from the start.""").tag(config=True)
+        line (in a Jupyter kernel: a display redrawn in place, also for the readiness
+        wait of %launch and %ready). 0: from the start.""").tag(config=True)
 
     stream_output = Bool(True, help="""Stream each host's output lines (as 'name: line')
         while a long broadcast runs, before the folded result. False: progress line

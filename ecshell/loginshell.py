@@ -10,9 +10,10 @@ What install does on each machine (as root over the pooled connection):
 2. Ships a wheel of ecshell built here (and, with ``wheels="ship"``, every
    dependency's wheel) to ``<prefix>/dist`` over SFTP.
 3. ``install``: a virtual environment ``<prefix>/venv`` and pip, from the index
-   the machine reaches or from the shipped wheels; then, still changing
-   nothing for the user, runs ``ecshell-login -c`` and an IPython start check
-   as that user.
+   the machine reaches or from the shipped wheels, and the entry point
+   ``<prefix>/bin/ecshell-login`` (a sh script: no Python for a command); then,
+   still changing nothing for the user, runs ``ecshell-login -c`` and an
+   IPython start check as that user.
 4. A fresh SSH login as the user (a new connection, the user's own shell
    still) runs the new entry point, with a command and on a PTY: a key the
    machine refuses for that user, or an IPython that does not start, stops
@@ -240,7 +241,7 @@ def install_login_shell(machines, user, prefix=DEFAULT_PREFIX, wheel=None, wheel
     if live:
         # A fresh SSH login as the user, through the shell they have now, to the new one:
         # a refused key or a broken IPython shows up before anything is switched.
-        entry = f"{prefix}/venv/bin/ecshell-login"
+        entry = f"{prefix}/bin/ecshell-login"
         live = step(live, live.execute(VerifyLogin(user, identity_files, verify_timeout, via=entry)),
                     "a fresh login as the user")
     if live:

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import diagnostics, state
-from .commands import Shell
+from .commands import Get, Put, Shell
 from .errors import ConnectError, ErrorKind
 from .machineset import MachineSet
 from .states import MachineState
@@ -42,6 +42,9 @@ class Machine:
     ``port``, ``tags`` (and ``user``, when the fabric knows it) are read from
     the fabric's latest :class:`~ecshell.fabrics.base.Prototype` (``prototype``).
     """
+
+    #: Whether files reach it over SFTP (Put, Get); else through its shell (a sandbox SFTP cannot see into).
+    files_over_sftp = True
 
     def __init__(self, prototype: Prototype, fabric: Fabric, engine: Engine) -> None:
         self.prototype = prototype
@@ -137,12 +140,24 @@ class Machine:
         if self._endpoint is not None:
             self.engine.pool.discard(self._endpoint)
 
+    def shell_line(self, command: str) -> str:
+        """What to send over SSH so that the shell string ``command`` runs here (a cloudlet wraps it)."""
+        return command
+
     # -- one-machine conveniences -------------------------------------------
 
     def run(self, command: CommandLine, timeout: float | None = None, input: bytes | str | None = None,
             pty: bool = False) -> Result:
         """Run a shell command here; the Result (never raises for the host's failure)."""
         return self.execute(Shell(command, timeout=timeout, input=input, pty=pty))
+
+    def put(self, local: str, remote: str, mode: int | None = None) -> Result:
+        """Copy a local file here (as ``MachineSet.put`` does); the Result."""
+        return self.execute(Put(local, remote, mode))
+
+    def get(self, remote: str, local: str) -> Result:
+        """Copy ``remote`` from here to ``local/<machine name>/``; the Result."""
+        return self.execute(Get(remote, local))
 
     def execute(self, command: Command) -> Result:
         """Run a Command here, through the broadcast engine (so Ctrl-C kills it remotely)."""

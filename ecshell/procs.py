@@ -53,3 +53,20 @@ def descendants(pid: int, tree: Mapping[int, Iterable[int]]) -> list[int]:
         found.append(child)
         stack.extend(tree.get(child, ()))
     return found
+
+
+def with_environment(name: str, value: str) -> list[int]:
+    """Pids of the processes whose environment sets ``name=value`` (those this user may read)."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environment = f.read()
+        except OSError:
+            continue
+        if wanted in environment.split(b"\0"):
+            found.append(int(entry))
+    return found

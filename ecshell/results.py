@@ -286,5 +286,5 @@ class ResultSet(Mapping[str, Result]):
         p.text(render_resultset(self))
 
     def _repr_html_(self) -> str:
-        from .shell.display import render_resultset_html
+        from .shell.htmlview import render_resultset_html
         return render_resultset_html(self)

@@ -46,6 +46,7 @@ def test_launch_tags_everything_and_pins_the_delivered_key(aws):
         assert EXPIRES_TAG in tags
         launch_ids.add(tags[LAUNCH_TAG])
         assert instance["MetadataOptions"]["HttpTokens"] == "required"
+        assert instance["MetadataOptions"]["HttpPutResponseHopLimit"] == 1  # containers on a bridge get no token
         private, public = host_key_from_user_data(user_data(ec2_client, instance["InstanceId"]))
         assert ec2.pins.load(instance["InstanceId"]) == [public]
     assert len(launch_ids) == 1

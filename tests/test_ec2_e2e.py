@@ -166,3 +166,90 @@ def test_launch_waits_until_really_ready_by_default(aws, booter):
     finally:
         cluster.close()
         ec2.terminate([p.id for p in ec2.discover()])
+
+
+# -- the metadata guard in the boot script (issue 15, item 9) ---------------------
+
+METADATA_PROBE = r"""
+import json, os, socket, subprocess, sys
+guard, path = sys.argv[1], sys.argv[2]
+# this network namespace is the test's own: an instance metadata service of its own on 169.254.169.254
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], check=True)
+service = socket.create_server(("169.254.169.254", 80), backlog=64)
+
+def reaches(uid):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if uid:
+                os.setgroups([]); os.setgid(uid); os.setuid(uid)
+            client = socket.socket()
+            client.settimeout(1.5)
+            client.connect(("169.254.169.254", 80))
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+report = {"before": [reaches(0), reaches(65534)]}
+runs = [subprocess.run(["/bin/sh", "-c", guard], env={"PATH": path}, capture_output=True, text=True)
+        for _ in range(2)]  # cloud-init runs bootcmd on every boot
+report["said"] = [r.stdout + r.stderr for r in runs]
+report["after"] = [reaches(0), reaches(65534)]
+report["iptables"] = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True).stdout
+report["nft"] = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+print(json.dumps(report))
+"""
+
+
+def boot_commands(text):
+    import yaml
+
+    return yaml.safe_load(text).get("bootcmd", [])
+
+
+def test_the_boot_script_lets_only_root_reach_the_metadata_service(aws, booter, tmp_path):
+    """The guard from a launched instance's user data, run on that (local) instance in a network namespace."""
+    import json
+    import shutil
+    import sys
+
+    from ec2_support import client, user_data
+    from ecshell.fabrics.ec2.userdata import METADATA_GUARDED
+
+    ec2 = fabric(aws)
+    cluster = Cluster(ec2)
+    try:
+        machine = cluster.launch(1, name="web", wait=False)[0]
+        text = user_data(client(aws), machine.id)
+        (guard,) = boot_commands(text)  # reading it: the cloud-config parses, the guard is its boot step
+        assert "--uid-owner 0 -j REJECT" in guard and "169.254.169.254" in guard
+        booter.boot(machine.id)
+        cluster.ready(machine, timeout=60)
+        nft_only, neither = tmp_path / "nft-only", tmp_path / "neither"
+        nft_only.mkdir(), neither.mkdir()
+        os.symlink(shutil.which("nft", path="/usr/sbin:/sbin"), nft_only / "nft")
+        for path, tool in (("/usr/sbin:/usr/bin:/sbin:/bin", "iptables"), (str(nft_only), "nft"), (str(neither), None)):
+            result = machine.run(["unshare", "--net", sys.executable, "-c", METADATA_PROBE, guard, path], timeout=60)
+            assert result.ok, result.output
+            report = json.loads(result.output.splitlines()[-1])
+            assert report["before"] == [True, True], tool
+            if tool is None:
+                assert report["after"] == [True, True]
+                assert all("could not limit the instance metadata service" in s for s in report["said"])
+                continue
+            assert report["after"] == [True, False], (tool, report)  # root yes, nobody no
+            assert report["said"] == [f"{METADATA_GUARDED} ({tool})\n"] * 2, report["said"]
+            if tool == "iptables":  # once, however often it boots
+                assert report["iptables"].count("--uid-owner 0 -j REJECT") == 1, report["iptables"]
+            else:
+                assert report["nft"].count("meta skuid != 0 reject") == 2, report["nft"]
+    finally:
+        cluster.close()
+    off = fabric(aws, restrict_metadata=False)
+    try:
+        (p,) = off.launch(1)
+        assert boot_commands(user_data(client(aws), p.id)) == []
+    finally:
+        off.close()

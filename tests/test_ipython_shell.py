@@ -75,7 +75,7 @@ def test_unload_closes_connections_and_removes_everything(ip):
     assert ip.find_line_magic("on") is None and ip.find_cell_magic("on") is None
     assert ecshell_magics(ip) == []
     assert ResultSet not in ip.display_formatter.formatters["text/plain"].type_printers
-    assert "%on" not in ip.strdispatchers["complete_command"].strs
+    assert not [m for m in ip.Completer.custom_matchers if m.matcher_identifier == "ecshell.targets"]
 
 
 def test_reload_leaves_one_set_of_magics_and_no_leaked_connection(ip):
@@ -88,7 +88,7 @@ def test_reload_leaves_one_set_of_magics_and_no_leaked_connection(ip):
     assert len(old.engine.pool) == 0
     assert len(ecshell_magics(ip)) == 1
     assert ip.find_line_magic("on").__self__ is ecshell_magics(ip)[0]
-    assert len(ip.strdispatchers["complete_command"].strs["%on"].chain) == 1
+    assert len([m for m in ip.Completer.custom_matchers if m.matcher_identifier == "ecshell.targets"]) == 1
     # the new cluster finds the machines the old one launched
     assert new.machines.names == ["node-0", "node-1"]
     rs = ip.run_line_magic("on", "all true")
@@ -396,29 +396,48 @@ def test_cluster_and_cost_tables(ip):
     assert "nothing running" in str(ip.run_line_magic("cost", ""))
 
 
-@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
-def test_completion_of_targets(ip):
+def completed(ip, line):
+    """Whole words, as ``line`` reads after accepting each completion, through IPython's
+    ``completions()`` with Jedi on: what prompt_toolkit and Jupyter's complete_request call."""
+    from IPython.core.completer import provisionalcompleter
+
+    assert ip.Completer.use_jedi
+    with provisionalcompleter():
+        found = list(ip.Completer.completions(line, len(line)))
+    return [(line[:c.start] + c.text).split()[-1] for c in found]
+
+
+def test_completion_of_targets(ip, capsys):
     launch(ip, 2)
     launch(ip, 1, "db")
+    complete = lambda line: completed(ip, line)  # noqa: E731
 
-    def complete(line):
-        """Whole words, as the line reads after accepting each completion."""
-        token, matches = ip.Completer.complete(line_buffer=line, cursor_pos=len(line))
-        head = line[:len(line) - len(token)]
-        return [(head + m).split()[-1] for m in matches]
-
-    assert {"node-*", "node-0", "node-1"} <= set(complete("%on no"))
-    assert "all" in complete("%on ")
+    assert complete("%on node-") == ["node-*", "node-0", "node-1"]  # never Python names (Jedi's)
+    assert complete("%on no") == ["node-*", "node-0", "node-1"]
+    assert complete("%on ")[:3] == ["all", "ok", "failed"]
+    assert complete("%on role=") == ["role=db", "role=node"]
     assert complete("%on role=d") == ["role=db"]
     assert complete("%on -t 5 d") == ["db-*", "db-0"]
+    assert complete("%on node-0,d") == ["node-0,db-*", "node-0,db-0"]  # after a comma: the next name
+    assert complete("rs = %on d") == ["db-*", "db-0"]
     assert "db-0" in complete("%terminate d")
+    assert "node-1" in complete("%ready node-")
     assert "node-1" in complete("%put app.tgz /tmp/ node-")
+    assert "node-1" in complete("%get /etc/hostname logs/ node-")
     assert "node-1" in complete("%%on no")
+    assert "node-1" in complete("x = 1\n%on node-")  # a magic on a later line of a cell
     assert "node-1" not in complete("%on all echo no")  # the command is not a target
-    assert [w.rstrip("']") for w in complete("cluster['no")] == ["cluster['node-0", "cluster['node-1"]
+    assert "node-0" not in complete("") and "node-0" not in complete("x = 1\n")  # no target here ...
+    assert "Traceback" not in capsys.readouterr().err  # ... and no error (IPython prints a matcher's and goes on)
+    assert [w.rstrip("\"']") for w in complete("cluster['no")] == ["cluster['node-*", "cluster['node-0", "cluster['node-1"]
+    assert [w.rstrip("\"']") for w in complete('cluster["d')] == ['cluster["db-*', 'cluster["db-0']
     ip.user_ns["cluster"]["node-0"].mark("configured")
     ip.run_line_magic("cluster", "")  # reads markers
     assert complete("%on marker=") == ["marker=configured"]
+    ip.user_ns["cluster"]["node-1"].mark("cloudlet.alice")  # what placing alice's cloudlet leaves on its host
+    ip.run_line_magic("cluster", "")
+    assert complete("%on cloudlet:") == ["cloudlet:*", "cloudlet:alice"]
+    assert complete("%on cloudlet:a") == ["cloudlet:alice"]
 
 
 def test_config_traits_are_tagged_with_help(ip, capsys):

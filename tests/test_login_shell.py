@@ -79,7 +79,7 @@ class Host:
         os.chmod(self.dir, 0o755)  # the user's sshd session reads its key file under here
         self.user = "ecl" + secrets.token_hex(4)
         self.prefix = os.path.join(self.dir, "prefix")
-        self.entry = os.path.join(self.prefix, "venv", "bin", "ecshell-login")
+        self.entry = os.path.join(self.prefix, "bin", "ecshell-login")
         self.pid = None
         self.cluster = None
         self.user_created = False
@@ -112,7 +112,9 @@ class Host:
         _write(os.path.join(self.dir, "sshd_config"), sshd_config(
             MACHINE, MACHINE, self.port, self.dir,
             {"SHLVL": "1", "ECSHELL_MACHINE": MACHINE, "ECSHELL_STATE_DIR": f"{self.dir}/state"},
-            authorized_keys=f"{self.dir}/keys/%u", sftp="/usr/lib/openssh/sftp-server"))
+            authorized_keys=f"{self.dir}/keys/%u", sftp="/usr/lib/openssh/sftp-server")
+            # what a client may set (ssh -o SetEnv=...), as AcceptEnv, ~/.ssh/environment or pam_env allow
+            + "AcceptEnv PYTHONHOME PYTHONPATH\n")
         self.known_hosts = os.path.join(self.dir, "known_hosts")
         _write(self.known_hosts, f"[127.0.0.1]:{self.port} {self.host_key}\n")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
@@ -169,12 +171,12 @@ class Host:
                 "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                 "-o", "KexAlgorithms=curve25519-sha256"]
 
-    def ssh_argv(self, *args, tty=False):
-        return (["ssh"] + self.ssh_options() + (["-tt"] if tty else ["-T"])
+    def ssh_argv(self, *args, tty=False, env=()):
+        return (["ssh"] + self.ssh_options() + [f"-oSetEnv={e}" for e in env] + (["-tt"] if tty else ["-T"])
                 + ["-p", str(self.port), f"{self.user}@127.0.0.1"] + list(args))
 
-    def ssh(self, *args, input=None):
-        return subprocess.run(self.ssh_argv(*args), input=input, capture_output=True, timeout=120)
+    def ssh(self, *args, input=None, env=()):
+        return subprocess.run(self.ssh_argv(*args, env=env), input=input, capture_output=True, timeout=120)
 
     def our_shells(self):
         """The /etc/shells lines that point into this module's directory."""
@@ -257,6 +259,29 @@ def test_pipes_and_stdin_behave_as_under_sh(login):
 def test_no_terminal_and_no_command_reads_commands_from_stdin(login):
     done = login.ssh(input=b"echo $((2+3))\necho to-stderr >&2\nexit 7\n")
     assert (done.stdout, done.stderr, done.returncode) == (b"5\n", b"to-stderr\n", 7)
+
+
+def test_commands_need_no_python(login, tmp_path):
+    """The issue's probes through sshd: a poisoned Python environment, and the venv's Python broken."""
+    site = os.path.join(login.dir, "poisoned-site")
+    os.makedirs(site, exist_ok=True)
+    _write(os.path.join(site, "sitecustomize.py"), "raise SystemExit('broken on purpose')\n")
+    for env in (["PYTHONHOME=/nonexistent"], [f"PYTHONPATH={site}"]):
+        done = login.ssh("echo ok; exit 3", env=env)
+        assert (done.stdout, done.stderr, done.returncode) == (b"ok\n", b"", 3), env
+        done = login.ssh(input=b"echo from-stdin; exit 4\n", env=env)
+        assert (done.stdout, done.returncode) == (b"from-stdin\n", 4), (env, done.stderr)
+    python = os.path.join(login.prefix, "venv", "bin", "python")
+    os.rename(python, python + ".saved")  # as an OS upgrade that breaks the venv's interpreter
+    try:
+        done = login.ssh("echo ok; exit 3")
+        assert (done.stdout, done.stderr, done.returncode) == (b"ok\n", b"", 3)
+        target = tmp_path / "copied"
+        subprocess.run(["scp", "-q", "-P", str(login.port)] + login.ssh_options()
+                       + [f"{login.user}@127.0.0.1:/etc/hostname", str(target)], check=True, timeout=120)
+        assert target.read_bytes() == open("/etc/hostname", "rb").read()
+    finally:
+        os.rename(python + ".saved", python)
 
 
 def test_scp_sftp_and_rsync_work_through_it(login, tmp_path):
@@ -537,7 +562,7 @@ def test_install_from_wheels_shipped_along(login):
     try:
         _write(os.path.join(second, "not-ours.txt"), "put here by someone else while installed\n")
         assert rs.all_ok, _explain(rs)
-        entry = os.path.join(second, "venv", "bin", "ecshell-login")
+        entry = os.path.join(second, "bin", "ecshell-login")
         assert login.shell == entry
         assert rs[MACHINE].detail["previous_shell"] == login.entry
         shipped = os.listdir(os.path.join(second, "dist"))

@@ -47,11 +47,16 @@ def test_the_readme_free_list_example_quotes_the_user(tmp_path):
 
 
 def _unquoted_values(text):
-    """``{expr}`` fields of f-string commands (Shell(f"..."), .run(f"...")) that are not quote(...) or a number."""
+    """``{expr}`` fields of f-string commands (Shell(f"..."), .run(f"...")) that are not quoted or a number.
+
+    Quoted: ``quote(...)``, ``shlex.quote(...)``, a name ending in ``_word`` (a shell word quoted where it
+    was made) or ``script`` (shell text ecshell composed from quoted parts).
+    """
     bad = []
     for call in re.finditer(r"(?:Shell|\.run)\(f(['\"])(.*?)(?<!\\)\1", text):
         for field in re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", call.group(2)):
-            if not (field.startswith("quote(") or re.search(r":[0-9.]*[dgf]$", field)):
+            if not (field.startswith(("quote(", "shlex.quote(")) or re.search(r":[0-9.]*[dgf]$", field)
+                    or field.endswith("_word") or field == "script"):
                 bad.append(f"{call.group(0)} -> {{{field}}}")
     return bad
 

@@ -88,6 +88,15 @@ def test_launch_broadcast_fail_interrupt_and_leave(terminal, isolated_home):
     terminal.type("%launch 3")
     _, at = terminal.wait_for(r"<MachineSet node-\[0-2\] \(3\)>.*?In \[2\]:", at)
 
+    terminal.tmux("send-keys", "-l", "%on node-")  # Tab: prompt_toolkit's menu offers targets, not Python names
+    terminal.tmux("send-keys", "Tab")
+    screen, _ = terminal.wait_for(r"%on node-\s.*(?=.*node-0)(?=.*node-1)(?=.*node-2)", at)
+    menu = screen[at:]
+    assert "node-*" in menu and "abs" not in menu and "breakpoint" not in menu
+    terminal.tmux("send-keys", "C-c")  # close the menu
+    terminal.tmux("send-keys", "C-c")  # drop the half-typed line
+    _, at = terminal.wait_for(r"In \[2\]: *\n", screen.rfind("In [2]:"))
+
     terminal.type("%on all hostname")
     screen, at = terminal.wait_for(r"3 ok, 0 failed -- hostname.*?In \[3\]:", at)
     assert "---------------- node-[0-2] (3) ok" in screen  # one folded header for three hosts

@@ -47,7 +47,7 @@ from traitlets import Dict, Float, Integer, Unicode, default
 from ..config import ecshell_home
 from ..errors import ArgumentError, FabricError
 from ..hostset import check_prefix, name_problem
-from ..procs import children_map, cmdline, descendants
+from ..procs import children_map, cmdline, descendants, with_environment
 from ..ssh.keys import client_key, generate_ed25519, write_private_file
 from .base import RUNNING, STOPPED, Fabric, Prototype
 
@@ -354,23 +354,50 @@ class LocalFabric(Fabric):
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
 
     def _kill(self, metas):
-        """Stop the listening sshd of each machine and every session under it."""
+        """Stop the listening sshd of each machine, every session under it, and the daemons they left."""
         tree = children_map()
-        victims = []
+        victims, daemons = [], []
         for meta in metas:
             pid = self._pid_if_running(meta) or self._own_child(meta.get("pid"))
-            if pid is None:
-                continue
-            victims.append(pid)
-            victims.extend(descendants(pid, tree))
+            if pid is not None:
+                victims.append(pid)
+                victims.extend(descendants(pid, tree))
+            # Daemons its sessions started have left sshd's tree (a cloudlet's sandbox, say); they
+            # carry the machine's state directory in their environment. A machine that is switched
+            # off gives its processes no time: SIGKILL, which also reaches a pid namespace's init.
+            for daemon in with_environment("ECSHELL_STATE_DIR", os.path.join(self._dir(meta["id"]), "state")):
+                if daemon not in victims and daemon != os.getpid():
+                    daemons.append(daemon)
+        below = {pid for daemon in daemons for pid in descendants(daemon, tree)}
+        roots = [pid for pid in dict.fromkeys(daemons) if pid not in below]
+        daemons = [pid for root in roots for pid in (*descendants(root, tree), root)]
+        roots_set = set(roots)
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        for pid in daemons:
+            self._kill_and_wait(pid, reaped=pid not in roots_set)
         deadline = time.monotonic() + 2.0
-        for pid in victims:
+        for pid in victims + daemons:
             self._wait_gone(pid, deadline)
+
+    @staticmethod
+    def _kill_and_wait(pid, reaped=True):
+        """SIGKILL ``pid`` and (if ``reaped``) give its parent a moment to reap it.
+
+        Each daemon's descendants go first, parents before children, and the
+        daemon itself last: so a sandbox's init is reaped by the bwrap above
+        it, instead of being left a zombie for an init that may never reap.
+        """
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + (0.5 if reaped else 0.0)
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     def _own_child(self, pid):
         """``pid`` if it is an sshd this process started that has not exited (even before its exec shows)."""

@@ -9,7 +9,8 @@ is on stderr. Exit codes are the contract.
 ops:
   prepare    check the user and python, create the prefix (refusing one that holds
              anything not ecshell's) and its manifest of what ecshell made there
-  install    venv + pip install the shipped wheel; run ecshell-login as the user
+  install    venv + pip install the shipped wheel; write the sh entry point
+             <prefix>/bin/ecshell-login (entry_script); run it as the user
   switch     add to /etc/shells, switch the user's shell, then wait on stdin for
              COMMIT; anything else -- ABORT, EOF (the controller or its
              connection died), a signal, the timeout -- puts everything back.
@@ -37,7 +38,7 @@ ETC_SHELLS = "/etc/shells"
 #: What ecshell made under the prefix: only these are removed by uninstall.
 MANIFEST = "ecshell-manifest.json"
 #: The names an install makes directly under the prefix (an install without a manifest holds only these).
-OWN_NAMES = ("dist", "users", "venv", "installed.json", MANIFEST)
+OWN_NAMES = ("bin", "dist", "users", "venv", "installed.json", MANIFEST)
 
 
 class Failed(Exception):
@@ -62,7 +63,59 @@ def _user(name):
 
 
 def _entry(prefix):
+    """The login shell: a POSIX sh script (:func:`entry_script`), no Python on a command's path."""
+    return os.path.join(prefix, "bin", "ecshell-login")
+
+
+def _venv_entry(prefix):
+    """pip's console script, the Python entry point (the login shell of installs made before _entry)."""
     return os.path.join(prefix, "venv", "bin", "ecshell-login")
+
+
+# No variable is set before a command is exec'd: sshd's environment reaches /bin/sh byte for
+# byte (an assignment to a name the environment holds would change it). `sh -c CMD sh` names
+# it "sh", as sshd names a login shell run for a command. Python starts only for a login,
+# isolated (-I: PYTHONHOME, PYTHONPATH and user site ignored), and only once it has shown it
+# can start at all; for no terminal or TERM=dumb it only execs a login sh named "-sh".
+ENTRY_SCRIPT = """\
+#!/bin/sh
+# ecshell-login, written by ecshell's installer: the login shell sshd runs.
+# A command (ssh host CMD, scp, sftp-server, rsync: sshd runs SHELL -c CMD) is
+# /bin/sh's alone. Only a login starts Python: IPython on a terminal, else a
+# login /bin/sh; when Python cannot start at all, a plain login /bin/sh.
+case $# in
+0) ;;
+1) case $1 in -l|--login|-i) ;; *) exec /bin/sh "$@" ;; esac ;;
+2) [ "$1" != -c ] || exec /bin/sh -c "$2" sh
+   exec /bin/sh "$@" ;;
+*) exec /bin/sh "$@" ;;
+esac
+if {python} -I -S -c '' </dev/null >/dev/null 2>&1; then
+    if [ -t 0 ] && [ -t 1 ] && [ "${{TERM-}}" != dumb ]; then
+        exec {python} -I {login} "$@"
+    fi
+    exec {python} -I -S {login} "$@"
+fi
+[ ! -t 2 ] || echo "ecshell-login: "{python}" cannot start; this is a plain /bin/sh instead." >&2
+exec /bin/sh -l
+"""
+
+
+def entry_script(python, login):
+    """The text of the sh entry point for the venv's ``python`` and its ecshell/remote/login.py."""
+    return ENTRY_SCRIPT.format(python=shlex.quote(python), login=shlex.quote(login))
+
+
+def _write_entry(path, python):
+    done = subprocess.run([python, "-I", "-c", "import ecshell.remote.login as l; print(l.__file__)"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode:
+        raise Failed(f"{python} cannot import ecshell.remote.login: {done.stderr.strip()[-300:]}")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(entry_script(python, done.stdout.strip()))
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
 
 
 def _record_path(prefix, user):
@@ -213,7 +266,8 @@ def op_install(p):
     stamp_path = os.path.join(prefix, "installed.json")
     sha = _sha256(wheel)
     stamp = _read_json(stamp_path) or {}
-    fresh = not (stamp.get("sha256") == sha and stamp.get("deps") == p["deps"] and os.access(_entry(prefix), os.X_OK))
+    fresh = not (stamp.get("sha256") == sha and stamp.get("deps") == p["deps"]
+                 and os.access(_venv_entry(prefix), os.X_OK))
     manifest = _manifest(prefix)
     if manifest is None:
         raise Failed(f"{prefix} has no {MANIFEST}: run the prepare step first")
@@ -247,8 +301,10 @@ def op_install(p):
             note(f"{' '.join(argv[3:])}: {time.monotonic() - started:.1f}s")
         subprocess.run(["chmod", "-R", "a+rX", venv], check=False)
         _write_json(stamp_path, {"sha256": sha, "deps": p["deps"], "at": time.time()})
-    # Before anything changes for the user: does the shell work as that user?
     entry = _entry(prefix)
+    _make(prefix, manifest, "bin", lambda path: os.makedirs(path, mode=0o755))
+    _write_entry(entry, python)
+    # Before anything changes for the user: does the shell work as that user?
     done = as_user(account, [entry, "-c", "echo $((6*7)); exit 5"])
     if done.returncode != 5 or done.stdout != b"42\n":
         raise Failed(f"{entry} -c, run as {account.pw_name}, gave exit {done.returncode} and "
@@ -399,20 +455,22 @@ def op_uninstall(p):
     account = _user(user)
     record_path = _record_path(prefix, user)
     record = _read_json(record_path)
+    ours = (entry, _venv_entry(prefix))
     if record is None:
-        if account.pw_shell == entry:
+        if account.pw_shell in ours:
             raise Failed(f"{user}'s shell is {entry} but no previous shell is recorded in {record_path}; "
                          "set one with usermod -s /bin/bash")
         say(user=user, shell=account.pw_shell, changed=False)
         return
     previous = record["previous_shell"]
-    if account.pw_shell == entry:
+    if account.pw_shell in ours:
         set_shell(user, previous)
     os.unlink(record_path)
     left = [n for n in os.listdir(os.path.join(prefix, "users")) if n.endswith(".json")]
     removed, kept = False, []
     if not left:
-        etc_shells_remove(entry)
+        for shell in ours:
+            etc_shells_remove(shell)
         if p.get("remove"):
             removed, kept = _remove_ours(prefix)
     say(user=user, shell=previous, changed=True, removed=removed, kept=kept, users_left=len(left))

@@ -3,10 +3,8 @@
 Identical answers read as one block under a header of folded host names and
 a count; failures are listed by kind with their messages. Remote output is
 escaped (terminal control sequences made visible, HTML escaped) before it
-reaches a screen.
+reaches a screen. :mod:`ecshell.shell.htmlview` draws the same folds for Jupyter.
 """
-
-import html
 
 from ..errors import ErrorKind
 from ..hostset import fold
@@ -24,16 +22,16 @@ def _paint(text, role, color):
     return f"\x1b[{_COLORS[role]}m{text}\x1b[0m"
 
 
-def _shown_output(result):
+def shown_output(result, escape=printable):
     data = result.output_head(DISPLAY_LIMIT + 1)
-    text = printable(decode(data[:DISPLAY_LIMIT]))
+    text = escape(decode(data[:DISPLAY_LIMIT]))
     if len(data) > DISPLAY_LIMIT:
         where = f" (all of it in r.output_bytes, on disk at {result.output_path})" if result.output_path else " (all of it in r.output_bytes)"
-        text += f"\n... {result.output_size - DISPLAY_LIMIT} more bytes not shown{where}"
+        text += escape(f"\n... {result.output_size - DISPLAY_LIMIT} more bytes not shown{where}")
     return text
 
 
-def _split(resultset):
+def split(resultset):
     """The folds the views show as output, and the failures they list by kind and message.
 
     Both come from ``resultset.groups(by="output+status")``: a connection-level
@@ -55,20 +53,20 @@ def render_result(result, color=False):
     head = f"{result.machine.name}: {_paint(result.status, role, color)}"
     if result.message and result.error not in (None, "exit"):
         head += f" ({printable(result.message)})"
-    out = _shown_output(result)
+    out = shown_output(result)
     return head + ("\n" + out.rstrip("\n") if out else "")
 
 
 def render_resultset(resultset, color=False):
     lines = []
-    shown, failures = _split(resultset)
+    shown, failures = split(resultset)
     for group in shown:
         first = group.results[0]
         role = "ok" if first.ok else ("exit" if first.error == "exit" else "fail")
         status = _paint(first.status, role, color)
         lines.append(_paint(f"---------------- {group.machines} ({len(group.results)})", "header", color)
                      + f" {status}")
-        body = _shown_output(first).rstrip("\n")
+        body = shown_output(first).rstrip("\n")
         if body:
             lines.append(body)
     if failures:
@@ -80,30 +78,14 @@ def render_resultset(resultset, color=False):
         lines.append("(interrupted: results shown are those that arrived)")
     summary = f"{len(resultset.ok)} ok, {len(resultset.failed)} failed"
     if resultset.command is not None:
-        command = str(resultset.command).strip()
-        if "\n" in command:  # a %%on cell: its first line is enough to recognise it
-            command = command.splitlines()[0] + f" ... ({len(command.splitlines())} lines)"
-        summary += f" -- {printable(command)}"
+        summary += f" -- {printable(command_text(resultset))}"
     lines.append(summary)
     return "\n".join(lines)
 
 
-def render_resultset_html(resultset):
-    rows = []
-    shown, failures = _split(resultset)
-    for group in shown:
-        first = group.results[0]
-        rows.append(
-            f"<tr><td><b>{html.escape(str(group.machines))}</b> ({len(group.results)})</td>"
-            f"<td>{html.escape(first.status)}</td>"
-            f"<td><pre>{html.escape(_shown_output(first))}</pre></td></tr>"
-        )
-    for (kind, message), names in failures:
-        rows.append(
-            f"<tr><td><b>{html.escape(fold(names))}</b> ({len(names)})</td>"
-            f"<td>{html.escape(kind)}</td>"
-            f"<td>{html.escape(printable(message))}</td></tr>"
-        )
-    summary = html.escape(f"{len(resultset.ok)} ok, {len(resultset.failed)} failed")
-    return ("<table><thead><tr><th>machines</th><th>status</th><th>output</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table><p>{summary}</p>")
+def command_text(resultset):
+    """The command as the summary shows it: a %%on cell by its first line and length."""
+    command = str(resultset.command).strip()
+    if "\n" in command:
+        command = command.splitlines()[0] + f" ... ({len(command.splitlines())} lines)"
+    return command

@@ -23,9 +23,6 @@ import sys
 #: Per shell (by id): what load_ipython_extension set up, for unload to take down.
 _loaded: dict[int, "Extension"] = {}
 
-#: Magic lines whose arguments ecshell completes.
-COMPLETED = ("%on", "%%on", "%terminate", "%ready", "%put", "%get")
-
 
 class Extension:
     """Everything ecshell added to one shell."""
@@ -37,10 +34,11 @@ class Extension:
 
         self.shell = shell
         self.cluster = Cluster(parent=shell)
-        self.session = Session(self.cluster, ask=self.ask, color=self._color(), passphrase=self.passphrase)
+        self.session = Session(self.cluster, ask=self.ask, color=self._color(), passphrase=self.passphrase,
+                               notebook=getattr(shell, "kernel", None) is not None)
         self.magics = EcShellMagics(shell, self.session)
         self.registered = {"line": [], "cell": []}
-        self.completers = []
+        self.matcher = None
         self.printer_added = False
         self.toolbar_on = False
 
@@ -86,9 +84,10 @@ class Extension:
         p.text(render_resultset(resultset, color=self._color()))
 
     def _add_completion(self):
-        for key in COMPLETED:
-            self.shell.set_hook("complete_command", self.complete, str_key=key)
-            self.completers.append(key)
+        from .completion import TargetMatcher
+
+        self.matcher = TargetMatcher(self.session).match
+        self.shell.Completer.custom_matchers.append(self.matcher)
 
     def _color(self):
         colors = str(getattr(self.shell, "colors", "NoColor")).lower()
@@ -101,9 +100,17 @@ class Extension:
     # -- behaviour ---------------------------------------------------------------
 
     def ask(self, question):
-        """A yes/no question at the prompt (input() reaches the terminal or Jupyter)."""
+        """A yes/no question at the prompt (input() reaches the terminal or Jupyter).
+
+        None when nobody can answer: a kernel run by nbclient or papermill
+        has no stdin and raises StdinNotImplementedError on input().
+        """
+        from IPython.core.error import StdinNotImplementedError
+
         try:
             answer = input(question)
+        except StdinNotImplementedError:
+            return None
         except EOFError:
             return False
         return answer.strip().lower() in ("y", "yes")
@@ -112,26 +119,12 @@ class Extension:
         """A secret typed at the prompt, not echoed; None when nobody can type one."""
         import getpass
 
+        from IPython.core.error import StdinNotImplementedError
+
         try:
             return getpass.getpass(prompt) or None
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt, StdinNotImplementedError):
             return None
-
-    def complete(self, shell, event):
-        from IPython.core.error import TryNext
-
-        line = event.text_until_cursor
-        words = self.session.complete(line)
-        if not words:
-            raise TryNext()
-        # IPython replaces only its own token, which stops at '=', '[', ',' ...:
-        # hand back the part of each word that goes in place of that token.
-        current = "" if line[-1:].isspace() else line.split()[-1]
-        symbol = event.symbol or ""
-        if not current.endswith(symbol):
-            return words
-        cut = len(current) - len(symbol)
-        return [w[cut:] for w in words if w.startswith(current)]
 
     def update_toolbar(self):
         app = getattr(self.shell, "pt_app", None)
@@ -161,14 +154,9 @@ class Extension:
                     del manager.magics[kind][name]
         if manager.registry.get(type(self.magics).__name__) is self.magics:
             del manager.registry[type(self.magics).__name__]
-        dispatchers = getattr(shell, "strdispatchers", {}).get("complete_command")
-        if dispatchers is not None:
-            for key in self.completers:
-                chain = dispatchers.strs.get(key)
-                if chain is not None:
-                    chain.chain = [(p, f) for p, f in chain.chain if getattr(f, "__func__", None) != self.complete]
-                    if not chain.chain:
-                        del dispatchers.strs[key]
+        if self.matcher is not None:
+            matchers = shell.Completer.custom_matchers
+            matchers[:] = [m for m in matchers if m != self.matcher]
         if self.printer_added:
             from ..results import ResultSet
 

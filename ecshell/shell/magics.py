@@ -25,7 +25,7 @@ from .. import arguments
 from ..errors import EcShellError
 
 #: The magics this module defines (the extension never registers one whose name is taken).
-NAMES = ("cluster", "launch", "on", "ready", "terminate", "put", "get", "cost")
+NAMES = ("cluster", "launch", "on", "ready", "terminate", "put", "get", "cost", "cloudlet")
 
 
 def _parse(magic, line):
@@ -60,7 +60,7 @@ class _Errors:
 
 @magics_class
 class EcShellMagics(Magics):
-    """%cluster %launch %on/%%on %ready %terminate %put %get %cost over one Session."""
+    """%cluster %launch %on/%%on %ready %terminate %put %get %cost %cloudlet over one Session."""
 
     def __init__(self, shell, session):
         super().__init__(shell)
@@ -268,3 +268,38 @@ class EcShellMagics(Magics):
         _parse(self.cost, line)
         with _Errors():
             return self.session.cost()
+
+    @line_magic
+    @magic_arguments()
+    @argument("user", nargs="?", help="whose cloudlet (none: list the cloudlets running now)")
+    @argument("--login", action="store_true", help="an interactive shell inside it, on this terminal")
+    @argument("--save", action="store_true", help="save its state to the store now")
+    @argument("--release", action="store_true", help="save it, stop it and free its slot")
+    def cloudlet(self, line):
+        """A user's cloudlet: the running one, else placed now with the user's saved state.
+
+        Set up once with ``cluster.cloudlets.configure(hosts=..., store=...)``
+        (see ``ecshell.cloudlets``). Without a user, lists the cloudlets
+        running now and their machines.
+
+        Examples
+        --------
+        ::
+
+            In [1]: %cloudlet alice
+            Out[1]: <Cloudlet alice on cloudlets-0 (127.0.0.1:40211)>
+
+            In [2]: %on cloudlet:alice uname -n
+            In [3]: %cloudlet alice --login
+            root@alice:~# exit
+            In [4]: %cloudlet alice --release
+        """
+        args = _parse(self.cloudlet, line)
+        if sum((args.login, args.save, args.release)) > 1:
+            raise UsageError("choose one of --login, --save and --release")
+        if args.user is None and (args.login or args.save or args.release):
+            raise UsageError("name the user: %cloudlet alice --login")
+        with _Errors():
+            if args.user is None:
+                return self.session.cloudlet_table()
+            return self.session.cloudlet(args.user, login=args.login, save=args.save, release=args.release)

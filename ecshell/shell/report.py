@@ -13,8 +13,13 @@ here.
 import html
 import time
 
+from ..cloudlets.manager import MARKER_PREFIX as CLOUDLET_MARKER
+from ..cloudlets.runtime import USER_NAME
 from ..hostset import fold
 from ..output import printable
+
+
+_CELL = "text-align:left;white-space:nowrap"
 
 
 class Table:
@@ -40,9 +45,11 @@ class Table:
         p.text(str(self))
 
     def _repr_html_(self):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
-        foot = f"<p>{html.escape(self.footer)}</p>" if self.footer else ""
+        # Left-aligned as in the terminal: Jupyter's table CSS right-aligns every cell.
+        head = "".join(f'<th style="{_CELL}">{html.escape(h)}</th>' for h in self.header)
+        body = "".join("<tr>" + "".join(f'<td style="{_CELL}">{html.escape(printable(c))}</td>' for c in r) + "</tr>"
+                       for r in self.rows)
+        foot = f'<p style="text-align:left">{html.escape(self.footer)}</p>' if self.footer else ""
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{foot}"
 
 
@@ -98,10 +105,25 @@ def machine_table(cluster, markers=None):
         marks = markers.get(m.name) or {}
         rows.append([m.name, m.fabric.name, m.id, m.state, f"{m.host}:{m.port}", duration(up),
                      money(cost_so_far(m, now)), ",".join(sorted(marks)) or "-"])
+        # the cloudlets it holds, one row each under it (its markers say which, since when)
+        for name, marker in sorted(marks.items()):
+            user = name[len(CLOUDLET_MARKER):]
+            if name.startswith(CLOUDLET_MARKER) and USER_NAME.fullmatch(user):
+                rows.append([f"  cloudlet:{user}", "cloudlet", "-", m.state, f"on {m.name}",
+                             duration(now - float(marker)), "-", "-"])
     live = [m for m in cluster.machines if is_live(m)]
     footer = (f"{len(cluster.machines)} machines, {len(live)} running, "
               f"{money(sum(hourly_cost(m) for m in live))}/h")
     return Table(["name", "fabric", "id", "state", "address", "uptime", "cost", "markers"], rows, footer)
+
+
+def cloudlet_table(cloudlets):
+    """The ``%cloudlet`` table: every cloudlet running now, its machine, and for how long."""
+    now = time.time()
+    rows = [[f"cloudlet:{user}", c.machine.name, f"{c.machine.host}:{c.machine.port}",
+             duration(now - c.started_at if c.started_at else None)] for user, c in sorted(cloudlets.items())]
+    footer = f"{len(rows)} cloudlets" if rows else "no cloudlets running: %cloudlet USER places one"
+    return Table(["cloudlet", "machine", "address", "up"], rows, footer)
 
 
 def cost_table(cluster):

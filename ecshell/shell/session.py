@@ -9,25 +9,40 @@
 
 ``ecshell.magics`` parses what the operator typed and calls one method here;
 everything the shell does can be done (and tested) without a shell. ``ask``
-is how the session asks the operator a yes/no question; ``None`` means it
-cannot ask, and then it refuses whatever would need an answer.
+is how the session asks the operator a yes/no question; ``None`` (or an
+``ask`` that returns None) means it cannot ask, and then it refuses whatever
+would need an answer.
 """
 
+import re
 import sys
 
 from . import report, targets
+from ..cloudlets.manager import MARKER_PREFIX as CLOUDLET_MARKER
 from ..errors import ArgumentError, SelectionError
 from ..hostset import check_prefix, fold
 from ..results import ResultSet
 from ..states import MachineState
 
+#: ``name = `` before a magic: ``rs = %on web-*`` completes as ``%on web-*`` does.
+_ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][\w.]*\s*=\s*(?=%)")
+
+
+def current_piece(text_until_cursor):
+    """What a target completion replaces: the last word before the cursor, from its last comma on."""
+    words = text_until_cursor.split()
+    if not words or text_until_cursor[-1:].isspace():
+        return ""
+    return words[-1].rsplit(",", 1)[-1]
 
 
 class Session:
     """The operator's shell over one Cluster: targets, broadcasts, questions, tables."""
 
-    def __init__(self, cluster, ask=None, stream=None, color=False, passphrase=None):
+    def __init__(self, cluster, ask=None, stream=None, color=False, passphrase=None, notebook=False):
         self.cluster = cluster
+        #: In a kernel: progress as a display updated in place (shell/notebook.py), not terminal lines.
+        self.notebook = notebook
         self.ask = ask
         #: ``passphrase(prompt)``: a secret typed at the prompt, or None (nobody to ask).
         self.passphrase = passphrase
@@ -102,6 +117,13 @@ class Session:
     def _execute(self, machines, operation, live, transport=None):
         if not live:
             return machines.execute(operation, transport=transport)
+        if self.notebook:
+            from .notebook import BroadcastProgress
+
+            with BroadcastProgress(machines, delay=self.settings.progress_after,
+                                   stream_output=self.settings.stream_output) as progress:
+                return machines.execute(operation, on_output=progress.output, on_result=progress.result,
+                                        transport=transport)
         from .live import LiveView
 
         view = LiveView(machines, delay=self.settings.progress_after, stream=self.stream or sys.stdout,
@@ -213,8 +235,10 @@ class Session:
         files = sorted({d["verifier"].files[0] for _l, d, _m in pending.values() if d["verifier"].files})
         lines.append(f"Check these fingerprints out of band. Trusting records them in {', '.join(files)}.")
         self.say("\n".join(lines))
-        if not self.ask(f"Trust these {len(rows)} keys? [y/N] "):
-            self.say("not trusted: those hosts stay failed (hostkey)")
+        answer = self.ask(f"Trust these {len(rows)} keys? [y/N] ")
+        if not answer:
+            self.say("not trusted: those hosts stay failed (hostkey)" if answer is not None else
+                     "nobody can answer here (no stdin): those hosts stay failed (hostkey)")
             return False
         for _label, detail, _machines in pending.values():
             try:
@@ -253,8 +277,10 @@ class Session:
             options["instance_type"] = instance_type
         if image:
             options["image_id"] = image
-        machines = self.cluster.launch(count, name=name, fabric=fabric, wait=wait, **options)
+        machines = self.cluster.launch(count, name=name, fabric=fabric, wait=False, **options)
         if wait:
+            with self._readiness(machines, "launch"):
+                self.cluster.ready(machines)
             failed = machines - machines.in_state(MachineState.READY)
             if failed:
                 self.say(f"did not become ready (failed-init): {failed}; "
@@ -265,7 +291,8 @@ class Session:
 
     def ready(self, target=None):
         chosen = self.select(target or "all")
-        ready = self.cluster.ready(chosen)
+        with self._readiness(chosen, "ready"):
+            ready = self.cluster.ready(chosen)
         missing = chosen - ready
         if missing:
             self.say("not ready: " + ", ".join(f"{m.name} ({m.state})" for m in missing))
@@ -283,11 +310,26 @@ class Session:
             return None
         return self.cluster.terminate(chosen)
 
+    def _readiness(self, machines, label):
+        """Progress of a readiness wait: a display in a notebook; nothing in a terminal."""
+        if not self.notebook:
+            import contextlib
+
+            return contextlib.nullcontext()
+        from .notebook import ReadinessProgress
+
+        return ReadinessProgress(machines, delay=self.settings.progress_after, label=label)
+
     def _confirmed(self, question, unasked):
-        """Whether the operator answers yes to ``question``; where nobody can answer, ArgumentError(``unasked``)."""
-        if self.ask is None:
+        """Whether the operator answers yes to ``question``; where nobody can answer, ArgumentError(``unasked``).
+
+        Nobody can answer when there is no ``ask``, or when it returns None
+        (a kernel without stdin, as nbclient and papermill run it).
+        """
+        answer = None if self.ask is None else self.ask(question)
+        if answer is None:
             raise ArgumentError(unasked)
-        return self.ask(question)
+        return answer
 
     # -- tables ------------------------------------------------------------------
 
@@ -307,6 +349,32 @@ class Session:
     def cost(self):
         return report.cost_table(self.cluster)
 
+    # -- cloudlets ---------------------------------------------------------------
+
+    def cloudlet(self, user, login=False, save=False, release=False):
+        """``user``'s cloudlet (placed if needed); or what --login, --save, --release gave."""
+        cloudlet = self.cluster.cloudlet(user)  # what placing it found (changes lost, ...) is logged
+        marker = CLOUDLET_MARKER + cloudlet.owner  # its host's marker: completion offers cloudlet:<user>
+        if save:
+            return cloudlet.save()
+        if release:
+            self.known_markers.discard(marker)
+            return cloudlet.release()
+        self.known_markers.add(marker)
+        if login:
+            from ..cloudlets.login import login as interactive
+
+            status = interactive(cloudlet)
+            if status:
+                self.say(f"(the shell in {cloudlet.name} exited with status {status})")
+            return None
+        return cloudlet
+
+    def cloudlet_table(self):
+        found = self.cluster.cloudlets.scan()
+        self.known_markers.update(CLOUDLET_MARKER + user for user in found)
+        return report.cloudlet_table(found)
+
     def toolbar(self):
         return report.toolbar_text(self.cluster)
 
@@ -321,7 +389,14 @@ class Session:
     VALUED_OPTIONS = ("-t", "--timeout", "-m", "--mode", "--transport")
 
     def complete(self, text_until_cursor):
-        """Completions for a magic line (``%on we``), or None when the word is not a target."""
+        """Target words for the piece of a magic line before the cursor (``%on we``), or None.
+
+        None when the cursor is not on a target; else the words that can
+        replace :func:`current_piece` (an empty list when none fits). A line
+        may assign the magic's result (``rs = %on we``); in ``web-0,we`` or
+        ``role=web,zo`` only the part after the last comma is completed.
+        """
+        text_until_cursor = _ASSIGNMENT.sub("", text_until_cursor, count=1)
         words = text_until_cursor.split()
         if not words:
             return None
@@ -342,7 +417,7 @@ class Session:
             return None
         if current != position:
             return None
-        prefix = args[current] if current < len(args) else ""
+        prefix = current_piece(text_until_cursor)
         return [w for w in targets.candidates(self.cluster, self.known_markers) if w.startswith(prefix)]
 
     def __repr__(self):

@@ -21,6 +21,8 @@ Parsing is done here, never with ``eval``; every mistake raises
 
 import re
 
+from ..cloudlets.manager import MARKER_PREFIX as CLOUDLET_MARKER
+from ..cloudlets.runtime import USER_NAME
 from ..errors import SelectionError
 from ..hostset import fold
 
@@ -104,7 +106,7 @@ def resolve(cluster, text):
         if not chosen:
             raise SelectionError(f"no machine carries marker {value!r}; machines are: {fold(machines.names)}")
         return chosen
-    chosen = machines[value]
+    chosen = cluster[value] if "cloudlet:" in value else machines[value]
     if not chosen:
         raise SelectionError(f"target {text!r} selects no machine; machines are: {fold(machines.names)}")
     return chosen
@@ -120,4 +122,9 @@ def candidates(cluster, markers=()):
     words += tags
     words += [f"marker={m}" for m in sorted(set(markers))]
     words += names
+    # A cloudlet's marker on its host names its user (ecshell.cloudlets): read from markers already known.
+    users = sorted({u for m in markers if m.startswith(CLOUDLET_MARKER)
+                    and USER_NAME.fullmatch(u := m[len(CLOUDLET_MARKER):])})
+    if users:
+        words += ["cloudlet:*"] + [f"cloudlet:{u}" for u in users]
     return words

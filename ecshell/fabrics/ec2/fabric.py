@@ -114,6 +114,11 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
     user_data = Unicode("", help="""The operator's own user data (a script starting with '#!' or a
         '#cloud-config' document), sent after ecshell's host-key part.""").tag(config=True)
 
+    restrict_metadata = Bool(True, help="""Add a first boot step to the user data that lets only
+        root reach the instance metadata service (an iptables owner match, else nft), which
+        serves that user data, private host key included, and the instance role's credentials.
+        False: every local user of the instance can read them.""").tag(config=True)
+
     user = Unicode("ec2-user", help="""User to log in as: the image's default user
         ('ec2-user' on Amazon Linux, 'admin' on Debian, 'ubuntu' on Ubuntu).""").tag(config=True)
 
@@ -596,7 +601,7 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         if ttl:
             base_tags[EXPIRES_TAG] = _iso(time.time() + ttl * 3600)
         params = {"ImageId": image_id, "InstanceType": instance_type, "MinCount": 1, "MaxCount": 1,
-                  "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"}}
+                  "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1}}
         params.update(self._security_group_params())
         if self.key_name:
             params["KeyName"] = self.key_name
@@ -656,7 +661,8 @@ class Ec2Fabric(Setup, Images, Volumes, Fabric):
         tags = dict(base_tags, Name=machine_name)
         specs = [{"ResourceType": "instance", "Tags": aws_tag_list(tags)},
                  {"ResourceType": "volume", "Tags": aws_tag_list(tags)}]
-        call = dict(params, UserData=build(private, public, [authorized], user_data, phone_home),
+        call = dict(params, UserData=build(private, public, [authorized], user_data, phone_home,
+                                           self.restrict_metadata),
                     TagSpecifications=specs,
                     # the same token on boto3's own retries makes RunInstances idempotent
                     ClientToken=f"ecshell-{launch_id}-{position}")

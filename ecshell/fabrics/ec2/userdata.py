@@ -10,8 +10,10 @@ The key pair is made locally, so its public half is pinned before the
 instance exists; cloud-init writes the private half as the instance's only
 host key (``ssh_deletekeys``, no generated types). The private key travels
 in the user data, which anyone who can call DescribeInstanceAttribute on the
-instance, or read its instance metadata, can see: IMDSv2 is required at
-launch and the instance's own users should be trusted accordingly.
+instance, or read its instance metadata, can see. IMDSv2 is required at
+launch, and (``restrict_metadata``, on by default) the first boot step,
+:data:`METADATA_GUARD`, lets only root open connections to the instance
+metadata service from then on, on every boot.
 
 The operator's own user data, if any, is kept and sent alongside as a second
 part of a MIME multipart message, which cloud-init runs after ours.
@@ -38,13 +40,41 @@ _PART_TYPES = (
     ("#part-handler", "part-handler"),
 )
 
+#: What the metadata guard prints on the console (get_console_output) when it is in place.
+METADATA_GUARDED = "ecshell: the instance metadata service answers root only"
+
+# cloud-init runs bootcmd as root early on every boot, before sshd has the host key or users
+# can log in. An owner match sees the uid of a local process's socket: root's calls (cloud-init,
+# the SSM agent) pass, every other user's are refused. iptables, else nft.
+METADATA_GUARD = f"""\
+guard() {{ "$1" -w -C OUTPUT -d "$2" -m owner ! --uid-owner 0 -j REJECT 2>/dev/null ||
+          "$1" -w -I OUTPUT 1 -d "$2" -m owner ! --uid-owner 0 -j REJECT; }}
+if command -v iptables >/dev/null 2>&1 && guard iptables 169.254.169.254/32; then
+    ! command -v ip6tables >/dev/null 2>&1 || guard ip6tables fd00:ec2::254/128 2>/dev/null || true
+    echo "{METADATA_GUARDED} (iptables)"
+elif command -v nft >/dev/null 2>&1 && {{ nft delete table inet ecshell_metadata 2>/dev/null; nft -f - <<'EOF'
+table inet ecshell_metadata {{
+    chain output {{
+        type filter hook output priority 0; policy accept;
+        ip daddr 169.254.169.254 meta skuid != 0 reject
+        ip6 daddr fd00:ec2::254 meta skuid != 0 reject
+    }}
+}}
+EOF
+}}; then
+    echo "{METADATA_GUARDED} (nft)"
+else
+    echo "ecshell: could not limit the instance metadata service to root (no iptables or nft): every local user can read the user data"
+fi
+"""
+
 CONSOLE_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 CONSOLE_END = "-----END SSH HOST KEY KEYS-----"
 
 
 def cloud_config(host_private: str | bytes, host_public: str, authorized_keys: Sequence[str] = (),
-                 phone_home: str | None = None) -> str:
-    """The #cloud-config document that installs exactly this host key."""
+                 phone_home: str | None = None, restrict_metadata: bool = True) -> str:
+    """The #cloud-config document that installs exactly this host key (and guards the metadata service)."""
     if isinstance(host_private, bytes):
         host_private = host_private.decode()
     lines = [
@@ -68,6 +98,8 @@ def cloud_config(host_private: str | bytes, host_public: str, authorized_keys: S
         lines += [f"  - {key.strip()}" for key in authorized_keys]
     if phone_home:
         lines += ["phone_home:", f"  url: {phone_home}", "  post: [instance_id, pub_key_ed25519]", "  tries: 10"]
+    if restrict_metadata:
+        lines += ["bootcmd:", "  - |"] + ["    " + line if line else "" for line in METADATA_GUARD.splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -85,9 +117,9 @@ def check_user_data(text: str) -> None:
 
 
 def build(host_private: str | bytes, host_public: str, authorized_keys: Sequence[str] = (), extra: str = "",
-          phone_home: str | None = None) -> str:
+          phone_home: str | None = None, restrict_metadata: bool = True) -> str:
     """User data (text) for one instance: our cloud-config, plus the operator's ``extra``."""
-    ours = cloud_config(host_private, host_public, authorized_keys, phone_home)
+    ours = cloud_config(host_private, host_public, authorized_keys, phone_home, restrict_metadata)
     if extra:
         message = email.mime.multipart.MIMEMultipart()
         message.attach(email.mime.text.MIMEText(ours, "cloud-config"))
