@@ -36,6 +36,17 @@ have sudo || test_missing+=(sudo)
 have unshare || test_missing+=(util-linux)
 have chromium || test_missing+=(chromium)   # renders the notebook HTML in tests
 have bwrap || test_missing+=(bubblewrap)   # cloudlets: the sandbox runtime
+# the tools the differential corpus runs (tests/corpus/commands.txt) beyond Debian's essential ones
+have jq || test_missing+=(jq)
+have bc || test_missing+=(bc)
+have xxd || test_missing+=(xxd)
+have file || test_missing+=(file)
+have column || test_missing+=(bsdextrautils)
+have xz || test_missing+=(xz-utils)
+have bzip2 || test_missing+=(bzip2)
+have openssl || test_missing+=(openssl)
+have sqlite3 || test_missing+=(sqlite3)
+have lsb_release || test_missing+=(lsb-release)
 
 need=("${shell_missing[@]}")
 [ "$mode" = install ] && need+=("${test_missing[@]}")

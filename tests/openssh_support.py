@@ -70,7 +70,8 @@ class Server:
     """A real sshd on 127.0.0.1 with its own host keys, authorized keys and VERBOSE log."""
 
     def __init__(self, lab: Lab, name: str, host_key_types=("ed25519",), authorized=(), extra: str = "",
-                 port: int | None = None, address: str = "127.0.0.1"):
+                 port: int | None = None, address: str = "127.0.0.1",
+                 environment: dict[str, str | None] | None = None):
         self.lab, self.name, self.address = lab, name, address
         self.port = port or free_port()
         self.dir = lab.root / "servers" / name
@@ -86,6 +87,9 @@ class Server:
         self.authorized_keys.write_text("".join(pathlib.Path(f"{k}.pub").read_text() for k in authorized))
         self.authorized_keys.chmod(0o644)
         self.log: list[tuple[float, str]] = []  # (time.monotonic(), line) of everything sshd logged
+        # SHLVL=1: Debian's bash then skips ~/.bashrc for a command (root's runs pyenv here)
+        session_env: dict[str, str | None] = {"SHLVL": "1", **(environment or {})}
+        setenv = [f"{k}={v}" for k, v in session_env.items() if v is not None]
         config = self.dir / "sshd_config"
         config.write_text("\n".join([
             f"Port {self.port}", f"ListenAddress {address}", *host_key_lines,
@@ -93,7 +97,9 @@ class Server:
             "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", "UseDNS no",
             "PrintMotd no", "PrintLastLog no", "LogLevel VERBOSE", "MaxStartups 64", "MaxSessions 64",
-            "LoginGraceTime 30", "SetEnv SHLVL=1", "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
+            # sshd takes the first SetEnv line only: every variable goes on this one
+            "LoginGraceTime 30", " ".join(["SetEnv", *setenv]) if setenv else "",
+            "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
             extra, ""]))
         os.makedirs("/run/sshd", exist_ok=True)
         # -e: log to stderr, read here line by line with the time it came (orders hops across servers)
@@ -219,10 +225,12 @@ class Lab:
         return done.stdout.split()[1]
 
     def server(self, name: str, host_key_types=("ed25519",), authorized=(), extra: str = "",
-               port: int | None = None, user: str = "root") -> Server:
+               port: int | None = None, user: str = "root",
+               environment: dict[str, str | None] | None = None) -> Server:
         """A new sshd. Every account on it shares one AuthorizedKeysFile (``authorized``): ``user``
-        only documents whom the test means to log in as."""
-        server = Server(self, name, host_key_types, authorized, extra, port)
+        only documents whom the test means to log in as. ``environment``: variables its sessions get
+        (sshd's SetEnv) besides SHLVL=1, which ``{"SHLVL": None}`` leaves out."""
+        server = Server(self, name, host_key_types, authorized, extra, port, environment=environment)
         self.servers[name] = server
         return server
 
@@ -233,9 +241,10 @@ class Lab:
         self.agent_socket = agent.socket
         return agent
 
-    def user(self, name: str) -> str:
-        """A throwaway local account that sshd accepts keys for (removed at close)."""
-        subprocess.run(["useradd", "-M", "-d", str(self.root), "-s", "/bin/sh", name], check=True,
+    def user(self, name: str, shell: str = "/bin/sh", home: pathlib.Path | None = None) -> str:
+        """A throwaway local account that sshd accepts keys for (removed at close); its home is the
+        lab's root unless ``home`` (which must exist)."""
+        subprocess.run(["useradd", "-M", "-d", str(home or self.root), "-s", shell, name], check=True,
                        capture_output=True)
         self.users.append(name)
         subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)  # not "locked"
@@ -386,13 +395,13 @@ try:
     # "--": ssh reads options after the host too, so a command "-x" would be its own -x
     client = ssh + ["-o", "ControlMaster=no", "-o", "ControlPath=" + control, "--", target]
 
-    def one(command):
-        done = subprocess.run(client + [command], stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=job["timeout"])
+    def one(command, given):
+        stdin = {"stdin": subprocess.DEVNULL} if given is None else {"input": base64.b64decode(given)}
+        done = subprocess.run(client + [command], capture_output=True, timeout=job["timeout"], **stdin)
         return [done.returncode, base64.b64encode(done.stdout).decode(), base64.b64encode(done.stderr).decode()]
 
     with concurrent.futures.ThreadPoolExecutor(job["parallel"]) as pool:
-        results = list(pool.map(one, job["commands"]))
+        results = list(pool.map(one, job["commands"], job["inputs"]))
 finally:
     master.terminate()
     master.wait(10)
@@ -401,9 +410,11 @@ json.dump(results, open(sys.argv[2], "w"))
 
 
 def via_ssh_many(lab: Lab, target: str, commands: list[str], config: pathlib.Path | None = None,
-                 parallel: int = 4, timeout: float = 30) -> list[tuple[int, bytes, bytes]]:
+                 parallel: int = 4, timeout: float = 30,
+                 inputs: list[bytes | None] | None = None) -> list[tuple[int, bytes, bytes]]:
     """``ssh target COMMAND`` for each command, all over one master connection (ControlMaster), run
-    ``parallel`` at a time with ``~`` the lab's home: [(exit status, stdout, stderr)] in order."""
+    ``parallel`` at a time with ``~`` the lab's home: [(exit status, stdout, stderr)] in order.
+    ``inputs``: each command's stdin (None: /dev/null, ssh's EOF at once)."""
     import base64
     import json
 
@@ -411,6 +422,7 @@ def via_ssh_many(lab: Lab, target: str, commands: list[str], config: pathlib.Pat
     job.write_text(json.dumps({
         "ssh": ["ssh", "-F", str(config or lab.config_path), "-o", "BatchMode=yes"], "target": target,
         "control": str(lab.root / "ssh-control"), "commands": commands, "parallel": parallel,
+        "inputs": [None if i is None else base64.b64encode(i).decode() for i in inputs or [None] * len(commands)],
         "timeout": timeout}))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", "LANG": "C"}
     if lab.agent_socket:

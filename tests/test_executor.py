@@ -744,6 +744,9 @@ STARTUP_CASES = [
     ("exec 2>/dev/null\n", ["ls /nonexistent-ecshell"]),  # stderr redirected
     ("EXECIGNORE='*/hostname'\n", ["hostname"]),  # not found by bash
     ("set -k\n", ["/bin/echo A=1 B"]),  # A=1 goes to the environment, not argv
+    # exported changes that are not idempotent: the start-up must run once per command, as under sshd,
+    # not once more for the executor's own start
+    ("PATH=/opt/ecshell-x:$PATH\nexport COUNT=$((COUNT + 1))\n", ["printenv PATH COUNT", "env"]),
     ("export LINENO BASH_COMMAND\n", ["printenv LINENO BASH_COMMAND"]),  # what bash gives each command anew
     ("set -v\n", ["ls /nonexistent-ecshell"]),  # bash echoes the command line (on stderr)
     # a function in a file sourced by $BASH_ENV, written after the shortcut was probed
@@ -804,3 +807,38 @@ def test_a_stock_start_up_keeps_the_shortcut(isolated_home, tmp_path):
     finally:
         cluster.close()
         _stop_everything(fabric)
+
+
+def test_the_shortcut_comes_back_once_the_start_up_allows_it(isolated_home, tmp_path):
+    rc = tmp_path / "bash_env"
+    rc.write_text("x=$(date)\n")  # a program's output: the shortcut cannot know it
+    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
+    cluster = Cluster(fabric, executor="executor")
+    try:
+        (m,) = cluster.launch(1)
+        assert m.run("true").ok
+        assert m.run("hostname").via == "executor"
+        rc.write_text("x=1\n")
+        assert m.run("hostname").via == "shortcut"
+        rc.write_text("x=$(date)\n")
+        assert m.run("hostname").via == "executor"
+    finally:
+        cluster.close()
+        _stop_everything(fabric)
+
+
+def test_the_environment_handed_to_the_executor_is_whole_or_not_used():
+    """The start command hands over at most HANDOVER_MAX bytes of the login shell's environment (in hex,
+    one exec argument); one that long may have been cut, and the executor then reads its own."""
+    from ecshell.remote import executor as executor_remote
+
+    given = b"A=1\0PATH=/opt/x:/usr/bin\0_=/bin/sh\0"
+    assert executor_remote.initial_environment(given.hex(" ")) == {b"A": b"1", b"PATH": b"/opt/x:/usr/bin"}
+    with open("/proc/self/environ", "rb") as f:
+        own = {k: v for k, _, v in (i.partition(b"=") for i in f.read().split(b"\0") if b"=" in i)}
+    own.pop(b"_", None)
+    cut = (b"BIG=" + b"x" * executor_remote.HANDOVER_MAX)[:executor_remote.HANDOVER_MAX]
+    assert executor_remote.initial_environment(cut.hex()) == own
+    assert executor_remote.initial_environment("not hex") == own
+    assert f"-N {executor_remote.HANDOVER_MAX} " in executor_module.wire()
+    assert 3 * executor_remote.HANDOVER_MAX + executor_remote.HANDOVER_MAX // 16 + 1 < executor_remote.MAX_ARG_STRLEN

@@ -57,10 +57,14 @@ when the executor exits or is killed, the watcher's pipe reaches EOF and it
 kills the groups in the table. When the client goes away (stdin EOF), the
 executor exits and the watcher does the same.
 
-Commands get the environment sshd gave this process, read from
-``/proc/self/environ`` where it exists (Python may coerce the locale in its
-own ``os.environ``), without the ``_`` the shell added; the working
-directory is the one sshd chose (the home directory).
+Commands get the environment sshd gave the login shell that started this
+process: the client's start command hands it over (hex, from the shell's
+``/proc/$$/environ``, read before the shell exec'd us), so that a start-up file
+that exports something (``PATH=/opt/x:$PATH`` in $BASH_ENV) is not applied
+twice, once for the executor and once for each command. Without it, what
+``/proc/self/environ`` holds (Python may coerce the locale in its own
+``os.environ``), without the ``_`` the shell added. The working directory is
+the one sshd chose (the home directory).
 """
 
 import json
@@ -88,21 +92,38 @@ FLAG_NO_SHORTCUT = 2
 RUN_VARIABLE = b"ECSHELL_RUN"
 #: Linux's limit on one exec argument, NUL included (32 pages): ``sh -c`` refuses a longer string.
 MAX_ARG_STRLEN = 131072
+#: The most of the login shell's environment the start command hands over: in hex (3 characters a byte
+#: with od's blanks and newlines), it stays under MAX_ARG_STRLEN. One that long may have been cut.
+HANDOVER_MAX = 40000
 
 
-def initial_environment():
-    """The environment sshd's session gave us, as bytes, without ``_``."""
-    env = None
-    try:
-        with open("/proc/self/environ", "rb") as f:
-            raw = f.read()
+def initial_environment(given=None):
+    """The environment sshd's session gave us, as bytes, without ``_``.
+
+    ``given``: the login shell's own initial environment, in hex (see the module's docstring).
+    """
+    raw = None
+    if given:
+        try:
+            raw = bytes.fromhex(given)
+        except ValueError:
+            raw = None  # not what the start command meant to give (a shell without `...`): our own
+        if raw is not None and len(raw) >= HANDOVER_MAX:
+            raw = None  # cut at HANDOVER_MAX: our own, start-up included, is the lesser harm
+    if raw is None:
+        try:
+            with open("/proc/self/environ", "rb") as f:
+                raw = f.read()
+        except OSError:
+            raw = None
+    if raw is None:
+        env = dict(os.environb)
+    else:
         env = {}
         for item in raw.split(b"\0"):
             key, sep, value = item.partition(b"=")
             if sep and key:
                 env[key] = value
-    except OSError:
-        env = dict(os.environb)
     env.pop(b"_", None)
     return env
 
@@ -371,20 +392,18 @@ class Shortcut:
 
     def command(self, command, token):
         """``(path, argv, env)`` to exec ``command`` as bash would, or None: use the shell."""
-        if not self.usable or command.translate(None, LITERAL + BLANKS):
+        if command.translate(None, LITERAL + BLANKS):
             return None
         if len(command) >= MAX_ARG_STRLEN:
             return None  # the kernel refuses it to ``bash -c``: what the shell path reports, the shortcut must too
         words = command.split()
-        if not words or b"=" in words[0] or words[0] in KEYWORDS or words[0] in self.builtins:
+        if not words or b"=" in words[0] or words[0] in KEYWORDS:
             return None
         if words[0][:1] in (b"%", b"-", b"+"):
             return None  # a job spec (%1: bash runs fg) or an option-like word: bash decides, not a PATH lookup
         if self._stamps() != self.stamps:
-            self.probe()
-            if not self.usable:
-                return None
-        if words[0] in self.hashed:
+            self.probe()  # off or on: a start-up that changed may have turned it either way
+        if not self.usable or words[0] in self.builtins or words[0] in self.hashed:
             return None
         path = self.lookup(words[0])
         if path is None:
@@ -614,7 +633,7 @@ class Job:
 
 class Executor:
     def __init__(self):
-        self.env = initial_environment()
+        self.env = initial_environment(sys.argv[1] if len(sys.argv) > 1 else None)
         self.shell = login_shell()
         self.argv0 = os.path.basename(self.shell)
         self.selector = selectors.DefaultSelector()

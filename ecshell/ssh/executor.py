@@ -75,7 +75,13 @@ def _bootstrap():
     packed = base64.b64encode(zlib.compress(source, 9)).decode("ascii")
     code = f"import base64,zlib;exec(zlib.decompress(base64.b64decode('{packed}')))"
     # -I: ignore PYTHON* variables and the user's site; -S: skip site (stdlib only, faster start).
-    return f"exec python3 -I -S -c \"{code}\""
+    # The argument: the environment sshd gave the login shell, as the shell's own /proc entry still
+    # holds it (hex), read before the exec. What the shell's start-up exported since (BASH_ENV,
+    # ~/.bashrc, ~/.zshenv) is not in it: each command's shell runs that start-up once, as under sshd.
+    # At most HANDOVER_MAX bytes of it (3 hex characters each, under Linux's 128 KiB per argument); the
+    # executor takes a longer one as cut and uses its own.
+    handover = f"od -An -v -tx1 -N {remote.HANDOVER_MAX} /proc/$$/environ 2>/dev/null"
+    return f"exec python3 -I -S -c \"{code}\" \"`{handover}`\""
 
 
 _WIRE = None
