@@ -97,6 +97,10 @@ class Shell(Command):
         if not isinstance(command, str) or not command.strip():
             raise ArgumentError("give the command as a non-empty string, e.g. run('uptime'), "
                                 "or a list of words to quote, e.g. run(['useradd', '-m', user])")
+        if "\0" in command:
+            # sshd hands the string to the shell as a C string, and ssh cannot send one holding a NUL.
+            raise ArgumentError("a command cannot hold a NUL byte (\\0): no shell can receive one; "
+                                "send binary data as the command's stdin instead, e.g. run('cat > f', input=data)")
         self.command = command
         self.timeout = arguments.seconds("timeout", timeout)
         given = arguments.stdin_input(input)

@@ -842,3 +842,21 @@ def test_the_environment_handed_to_the_executor_is_whole_or_not_used():
     assert executor_remote.initial_environment("not hex") == own
     assert f"-N {executor_remote.HANDOVER_MAX} " in executor_module.wire()
     assert 3 * executor_remote.HANDOVER_MAX + executor_remote.HANDOVER_MAX // 16 + 1 < executor_remote.MAX_ARG_STRLEN
+
+
+def test_a_nul_byte_that_reaches_the_executor_fails_that_command_only(cluster, machines):
+    """Shell refuses it first; the executor must not die of one that comes anyway."""
+    from ecshell.ssh.executor import ExecutorTransport
+    from ecshell.ssh.transport import Request
+
+    cluster.settings.executor = "executor"
+    (m,) = machines(1)
+    assert m.run("true").ok
+    transport = ExecutorTransport.live(m.connection())
+    process = transport.start(Request("echo a\0b"))
+    with pytest.raises(Exception, match="NUL byte"):
+        process.read(None, threading.Event())
+    process.close()
+    r = m.run("echo after")
+    assert r.ok and r.output == "after\n" and r.via in ("executor", "shortcut")
+    assert ExecutorTransport.live(m.connection()).session is transport.session  # the same executor lives on

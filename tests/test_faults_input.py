@@ -435,3 +435,12 @@ def test_an_interrupted_launch_leaves_nothing(own_fabric, monkeypatch):
         fabric.launch(3, name="cut")
     assert sshd_under(fabric.directory) == []
     assert os.listdir(fabric.directory) == []
+
+
+def test_a_command_holding_a_nul_byte_is_refused_before_anything_runs(fleet):
+    """ssh cannot send one and sshd cannot hand one to the shell: the channel path lost its connection,
+    and the executor died of it (twice, and the machine's later commands were unreachable)."""
+    for command in ("echo a\0b", ["printf", "%s", "a\0b"]):
+        with pytest.raises(ArgumentError, match="NUL byte.*stdin"):
+            fleet.run(command)
+    assert fleet.run("echo still fine").all_ok

@@ -796,6 +796,11 @@ class Executor:
             if job.pid is None:
                 direct = None
                 job.pid = spawn(self.shell_argv(command), self.shell, self.environment(token), in_r, out_w)
+        except ValueError:  # a NUL in the command (the client refuses those): this command fails, not the executor
+            for fd in (out_r, out_w, in_r, in_w):
+                os.close(fd)
+            self.send(FAILED, ident, b"the command holds a NUL byte, which no shell can receive")
+            return
         except OSError as exc:
             for fd in (out_r, out_w, in_r, in_w):
                 os.close(fd)
