@@ -2,7 +2,7 @@
 
 >>> from ecshell import Cluster, LocalFabric
 >>> cluster = Cluster(LocalFabric())
->>> web = cluster.launch(3, name="web")
+>>> web = cluster.launch(3, name="web")             # doctest: +SKIP
 >>> web.run("hostname")                       # doctest: +SKIP
 
 Importing ecshell is light: paramiko and boto3 load when first needed.

@@ -2,9 +2,9 @@
 
 >>> from ecshell import Cluster, LocalFabric
 >>> cluster = Cluster(LocalFabric())
->>> web = cluster.launch(3, name="web")               # waits until really ready
+>>> web = cluster.launch(3, name="web")               # waits until really ready  # doctest: +SKIP
 >>> rs = cluster.run("uptime")                        # doctest: +SKIP
->>> cluster.terminate(web); cluster.close()
+>>> cluster.terminate(web); cluster.close()           # doctest: +SKIP
 
 The cluster keeps nothing it cannot rebuild: machines come from the fabrics'
 ``discover()``, so a new Cluster over the same fabrics finds the machines an

@@ -6,7 +6,7 @@ the clock, the cancel flag and the output buffer. Behaviour is added by
 wrapping a command (:mod:`ecshell.adapters`), never by growing Machine.
 
 >>> Shell("uptime", timeout=10)
-Shell('uptime', timeout=10)
+Shell('uptime', timeout=10.0)
 
 A command built from values takes them as separate words, each quoted for
 the shell (:func:`quote`), so a value is never read as shell syntax:

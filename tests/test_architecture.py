@@ -243,3 +243,19 @@ def test_every_remedy_a_message_names_exists():
                 if cls is None or attribute not in cls.class_traits(config=True):
                     missing.append(f"{path.name}:{line}: c.{owner}.{attribute}")
     assert not missing, f"messages name remedies that do not exist: {missing}"
+
+
+def test_the_examples_in_docstrings_run(isolated_home):
+    """Every module's doctest examples run as written (launching nothing: those lines say +SKIP)."""
+    import doctest
+    import importlib
+
+    failed = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        if module.startswith("ecshell.remote."):
+            continue  # run on machines, by python3 -I -S: their examples are not for this interpreter
+        outcome = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS, report=False)
+        if outcome.failed:
+            failed[module] = outcome.failed
+    assert failed == {}

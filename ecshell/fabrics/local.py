@@ -2,7 +2,7 @@
 
 >>> from ecshell import Cluster, LocalFabric
 >>> cluster = Cluster(LocalFabric())
->>> web = cluster.launch(3, name="web")        # three sshd, ready in well under a second
+>>> web = cluster.launch(3, name="web")        # three sshd, ready in well under a second  # doctest: +SKIP
 >>> web.run("echo $ECSHELL_MACHINE")           # doctest: +SKIP
 
 Each machine has its own directory under ``<home>/local/<id>/``: sshd_config,

@@ -1,7 +1,7 @@
 """What the shell's magics do, as plain Python: no IPython in here.
 
 >>> from ecshell import Cluster, LocalFabric
->>> from ecshell.session import Session
+>>> from ecshell.shell.session import Session
 >>> s = Session(Cluster(LocalFabric()), ask=lambda question: True)
 >>> s.launch(3, name="web")                         # doctest: +SKIP
 >>> rs = s.on("all", "hostname")                    # doctest: +SKIP

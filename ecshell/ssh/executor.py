@@ -1,5 +1,6 @@
 """The executor transport: commands as frames to a persistent executor on the machine.
 
+>>> from ecshell import Cluster, LocalFabric
 >>> cluster = Cluster(LocalFabric(), executor="auto")    # the default
 >>> cluster.run("hostname")                             # doctest: +SKIP
 
