@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from ..errors import ConnectError, ErrorKind
 from ..hostset import fold, match
-from ..ssh.transport import RUN_VARIABLE, run_token
+from ..ssh.transport import RUN_VARIABLE, kill_script, run_token
 from .base import Fanout, FanoutRun
 from .gateways import Installer, host_block, host_key_policy, identity_names, invoke_command, known_hosts
 from .routes import TREE
@@ -397,24 +397,3 @@ def _with_token(command: str, token: str | None) -> str:
     paths) the shell sees it as line 1 (README, Transports).
     """
     return f"export {RUN_VARIABLE}={token}\n{command}" if token else command
-
-
-def kill_script(token: str) -> str:
-    """Shell script that TERMs every process carrying ECSHELL_RUN=token (and its group), KILLs a second later.
-
-    It prints the pids it found (nothing: nothing was left to kill). The
-    pattern's bracket keeps the killer itself from matching: its own command
-    line holds ``=[x]yz...``, which the regex does not match. The shell may
-    not have started yet when a Ctrl-C comes, so an empty search is tried
-    again for half a second. Finding them needs Linux's /proc.
-    """
-    pattern = f"{RUN_VARIABLE}=[{token[0]}]{token[1:]}"
-    return (
-        "n=0; while :; do "
-        f"p=$(grep -ls -e '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null "
-        "| cut -d/ -f3 | sort -u); "
-        '[ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done; '
-        'for q in $p; do kill -TERM -$q $q 2>/dev/null; done; '
-        '(sleep 1; for q in $p; do kill -KILL -$q $q 2>/dev/null; done) >/dev/null 2>&1 </dev/null & '
-        'echo $p'
-    )

@@ -8,7 +8,7 @@ machines do; see README, "Killing a command").
 
 A command is killed by a second channel, which TERMs (then KILLs) its
 processes, found by their token where sshd passed it, else as the session
-sshd started for the command's channel (:data:`KILL_SCRIPT`). The SSH
+sshd started for the command's channel (:func:`~ecshell.ssh.transport.kill_script`). The SSH
 ``signal`` request is not used: OpenSSH refuses it for root sessions and
 forced commands. Finding processes needs Linux's /proc.
 """
@@ -24,7 +24,7 @@ import paramiko
 from ..errors import ConnectError, ErrorKind
 from .executor import peek
 from .transport import (KILL_TIMEOUT, POLL, RUN_VARIABLE, Broken, Exit, Lost, Process, Request, Silent, Transport,
-                        next_chunk, send_input, stopped)
+                        kill_script, next_chunk, send_input, stopped)
 
 
 class ChannelTransport(Transport):
@@ -102,57 +102,18 @@ class ChannelProcess(Process):
     def kill(self, output: Callable[[bytes], None]) -> str:
         if self.token is None or not self.connection.alive:
             return ""
-        return kill_run(self.connection, self)
+        return kill_run(self.connection, self, self.token)
 
     def close(self) -> None:
         self.connection.forget(self.channel)
         self.channel.close()
 
 
-#: Runs on a new channel of the command's connection; prints the pids it TERMed.
-#: First the processes whose environment carries the token (where sshd accepted
-#: the env request); else the command's session: sshd starts every channel's
-#: command as a session leader whose parent is the connection's sshd process, so
-#: the sessions under that parent, ordered by start, are the connection's running
-#: commands in the order they were sent (the client passes this command's rank
-#: and their number; a different count means it cannot tell, and nothing is
-#: killed). Skipped: this script's own session, the executor's, sftp-server, and
-#: other kill scripts (their command line holds ECSHELL_KILL). An empty search is
-#: tried again for half a second: the shell may not have started when a Ctrl-C comes.
-KILL_SCRIPT = r"""ECSHELL_KILL=1; exec 2>/dev/null
-t={token}; rank={rank}; total={total}; skip={skip}; why=
-sessions() {{
-  for d in /proc/[0-9]*; do q=${{d#/proc/}}
-    read -r s < "$d/stat" || continue; set -- ${{s##*")"}}
-    [ "$2" = "$up" ] && [ "$4" = "$q" ] && [ "$q" != "$me" ] && [ "$q" != "$skip" ] || continue
-    read -r c < "$d/comm"; case $c in sftp-server|sshd|sshd-session) continue; esac
-    grep -qs ECSHELL_KILL "$d/cmdline" && continue
-    echo "${{20}} $q"
-  done | sort -n -k1,1 -k2,2 | cut -d' ' -f2
-}}
-find() {{
-  p=$(grep -ls -e "ECSHELL_RUN=$t" /proc/[0-9]*/environ | cut -d/ -f3 | sort -u)
-  [ -n "$p" ] || [ "$rank" -lt 0 ] && return
-  read -r s < /proc/$$/stat; set -- ${{s##*")"}}; me=$4
-  read -r s < "/proc/$me/stat"; set -- ${{s##*")"}}; up=$2
-  set -- $(sessions)
-  if [ $# -ne "$total" ]; then why=unsure; return; fi
-  why=; shift "$rank"; l=$1
-  p=$(for d in /proc/[0-9]*; do read -r s < "$d/stat" || continue; set -- ${{s##*")"}}
-    [ "$4" = "$l" ] && echo "${{d#/proc/}}"; done)
-}}
-n=0; while :; do find; [ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done
-for q in $p; do kill -TERM -$q $q; done
-(sleep 1; for q in $p; do kill -KILL -$q $q; done) >/dev/null 2>&1 </dev/null &
-echo $p $why
-"""
-
-
-def kill_run(connection, process: ChannelProcess) -> str:
-    """TERM the processes of ``process`` (and their process groups), KILL them a second later.
+def kill_run(connection, process: ChannelProcess, token: str) -> str:
+    """TERM the processes of ``process`` (its run ``token``), and their process groups; KILL them a second later.
 
     Returns a note for the result. One kill at a time per connection, so that
-    no other kill script is among the sessions counted (see :data:`KILL_SCRIPT`).
+    no other kill script is among the sessions counted (see :func:`kill_script`).
     """
     with connection.kill_lock:
         with connection.commands_lock:
@@ -160,7 +121,7 @@ def kill_run(connection, process: ChannelProcess) -> str:
         rank = running.index(process) if process in running else -1
         executor = peek(connection)
         skip = executor.pid if executor is not None and executor.pid else 0
-        script = KILL_SCRIPT.format(token=process.token, rank=rank, total=len(running), skip=int(skip))
+        script = kill_script(token, rank, len(running), int(skip))
         try:
             channel = connection.open_session(timeout=KILL_TIMEOUT)
             try:

@@ -164,6 +164,62 @@ def stopped(deadline: Optional[float], cancel: Cancel) -> None:
         raise Stopped(ErrorKind.TIMEOUT)
 
 
+_KILL_SCRIPT = r"""ECSHELL_KILL=1; exec 2>/dev/null
+rank={rank}; total={total}; skip={skip}; why=
+sessions() {{
+  for d in /proc/[0-9]*; do q=${{d#/proc/}}
+    read -r s < "$d/stat" || continue; set -- ${{s##*")"}}
+    [ "$2" = "$up" ] && [ "$4" = "$q" ] && [ "$q" != "$me" ] && [ "$q" != "$skip" ] || continue
+    read -r c < "$d/comm"; case $c in sftp-server|sshd|sshd-session) continue; esac
+    grep -qs ECSHELL_KILL "$d/cmdline" && continue
+    echo "${{20}} $q"
+  done | sort -n -k1,1 -k2,2 | cut -d' ' -f2
+}}
+find() {{
+  p=$(grep -ls -e '{pattern}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline | cut -d/ -f3 | sort -u)
+  [ -n "$p" ] || [ "$rank" -lt 0 ] && return
+  read -r s < /proc/$$/stat; set -- ${{s##*")"}}; me=$4
+  read -r s < "/proc/$me/stat"; set -- ${{s##*")"}}; up=$2
+  set -- $(sessions)
+  if [ $# -ne "$total" ]; then why=unsure; return; fi
+  why=; shift "$rank"; l=$1
+  p=$(for d in /proc/[0-9]*; do read -r s < "$d/stat" || continue; set -- ${{s##*")"}}
+    [ "$4" = "$l" ] && echo "${{d#/proc/}}"; done)
+}}
+n=0; while :; do find; [ -n "$p" ] || [ $n -ge 5 ] && break; n=$((n+1)); sleep 0.1; done
+for q in $p; do kill -TERM -$q $q; done
+(sleep 1; for q in $p; do kill -KILL -$q $q; done) >/dev/null 2>&1 </dev/null &
+echo $p $why
+"""
+
+
+def kill_script(token: str, rank: int = -1, total: int = 0, skip: int = 0) -> str:
+    """A POSIX sh script that TERMs a command's processes and their process groups, KILLs them a second later.
+
+    It prints the pids it TERMed (none: nothing was left to kill), then
+    ``unsure`` if it could not tell the command's session from others.
+    First the processes carrying ``ECSHELL_RUN=token``, in their environment
+    (set by sshd's env request, the executor, or an ``export`` before the
+    command) or their command line (the shell that exported it). The
+    pattern's bracket keeps the search from finding itself: its command line
+    holds ``=[x]yz...``, which the regex does not match.
+
+    Else, with ``rank`` >= 0 (the channel path, where sshd may not have
+    passed the token): the command's session. sshd starts every channel's
+    command as a session leader whose parent is the connection's sshd
+    process, so the sessions under that parent, ordered by start, are the
+    connection's running commands in the order they were sent; ``rank`` is
+    this command's place among ``total`` of them. A different count means it
+    cannot tell, and nothing is killed. Skipped: the script's own session,
+    the executor's (pid ``skip``), sftp-server, and other kill scripts (their
+    command line holds ECSHELL_KILL). An empty search is tried again for half
+    a second: the shell may not have started when a Ctrl-C comes. Finding
+    processes needs Linux's /proc.
+    """
+    pattern = f"{RUN_VARIABLE}=[{token[0]}]{token[1:]}"
+    return _KILL_SCRIPT.format(pattern=pattern, rank=rank, total=total, skip=skip)
+
+
 def run_token() -> str:
     """A fresh value for ECSHELL_RUN: unique per command run."""
     return secrets.token_hex(8)
