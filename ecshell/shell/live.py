@@ -21,8 +21,8 @@ import sys
 import threading
 import time
 
-from ..hostset import fold
 from ..output import decode, printable
+from .tally import Tally
 
 #: Seconds between two redraws of the progress line.
 TICK = 0.1
@@ -46,8 +46,7 @@ class LiveView:
         self.stream_output = stream_output
         self.label = label
         self.started = time.monotonic()
-        self.done = set()
-        self.failed = set()
+        self.tally = Tally(self.names)
         self._queue = collections.deque()
         self._queued = 0
         self._skipped = 0
@@ -73,10 +72,7 @@ class LiveView:
         self._queue.append((machine.name, data))
 
     def result(self, result):
-        with self._lock:
-            self.done.add(result.machine.name)
-            if not result.ok:
-                self.failed.add(result.machine.name)
+        self.tally.add(result)
         self._queue.append((result.machine.name, None))  # end of that host's output
 
     # -- lifecycle ---------------------------------------------------------------
@@ -143,16 +139,9 @@ class LiveView:
 
     def status_text(self):
         """``3/10 done, 1 failed, running: web-[7-9]`` (also what tests read)."""
-        with self._lock:
-            done, failed = len(self.done), len(self.failed)
-            running = [n for n in self.names if n not in self.done]
         elapsed = time.monotonic() - self.started
-        text = f"{self.label + ' ' if self.label else ''}{elapsed:5.1f}s {done}/{len(self.names)} done"
-        if failed:
-            text += f", {failed} failed"
-        if running:
-            text += f", running: {fold(running)}"
-        return text + "  (Ctrl-C stops)"
+        summary, _ = self.tally.summary()
+        return f"{self.label + ' ' if self.label else ''}{elapsed:5.1f}s {summary}  (Ctrl-C stops)"
 
     def _draw_status(self):
         if not self._tty:

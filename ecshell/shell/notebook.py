@@ -25,6 +25,7 @@ import time
 from ..hostset import fold
 from ..output import decode, printable
 from . import ansi
+from .tally import Tally
 
 #: Seconds between two redraws (each is a message to the notebook).
 TICK = 0.5
@@ -101,7 +102,7 @@ class BroadcastProgress(NotebookProgress):
         super().__init__(delay, label)
         self.names = [m.name for m in machines]
         self.stream_output = stream_output
-        self.done, self.failed = set(), set()
+        self.tally = Tally(self.names)
         self._tails = {}
         self._partial = {}
         self._lock = threading.Lock()
@@ -119,28 +120,22 @@ class BroadcastProgress(NotebookProgress):
             self._partial[machine.name] = rest[-4 * WIDTH:]
 
     def result(self, result):
-        with self._lock:
-            self.done.add(result.machine.name)
-            if not result.ok:
-                self.failed.add(result.machine.name)
+        self.tally.add(result)
 
     # -- drawn by the progress thread ----------------------------------------------
 
     def lines(self):
         with self._lock:
-            done, failed = len(self.done), len(self.failed)
-            running = [n for n in self.names if n not in self.done]
             tails = {name: list(tail) + ([self._partial[name]] if self._partial.get(name) else [])
                      for name, tail in self._tails.items()}
-        status = f"{self.label + ' ' if self.label else ''}{self.elapsed():.1f}s {done}/{len(self.names)} done"
-        if failed:
-            status += f", {failed} failed"
+        summary, running = self.tally.summary()
+        status = f"{self.label + ' ' if self.label else ''}{self.elapsed():.1f}s {summary}"
         if running:
-            status += f", running: {fold(running)}  (interrupt the kernel to stop)"
+            status += "  (interrupt the kernel to stop)"
         blocks = []
         shown = [n for n in self.names if tails.get(n)]
         for name in shown[:HOSTS]:
-            state = "failed" if name in self.failed else "done" if name in self.done else "running"
+            state = self.tally.state(name)
             body = [decode(line.rstrip(b"\r"))[:WIDTH] for line in tails[name][-LINES:]]
             blocks.append((f"{name} ({state})", body))
         if len(shown) > HOSTS:
