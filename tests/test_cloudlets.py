@@ -298,27 +298,19 @@ def test_cloudlet_magic_places_lists_and_cluster_shows_it_under_its_machine(ip_w
 
 @pytest.fixture
 def ip_with_fleet(isolated_home):
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
+    from ipython_support import loaded_shell
 
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config)
     try:
-        shell.run_line_magic("load_ext", "ecshell")
-        cluster = shell.user_ns["cluster"]
-        store = cluster.launch(1, name="store")[0]
-        pool = cluster.free_list("cloudlets", size=1, recipe=runtime_recipe())
-        pool.fill()
-        cluster.cloudlets.configure(hosts=pool, store=DirectoryStore(store, store_path(store)))
-        yield shell, cluster
+        with loaded_shell() as shell:
+            cluster = shell.user_ns["cluster"]
+            store = cluster.launch(1, name="store")[0]
+            pool = cluster.free_list("cloudlets", size=1, recipe=runtime_recipe())
+            pool.fill()
+            cluster.cloudlets.configure(hosts=pool, store=DirectoryStore(store, store_path(store)))
+            yield shell, cluster
     finally:
-        try:
-            shell.run_line_magic("unload_ext", "ecshell")
-        finally:
-            InteractiveShell.clear_instance()
-            fabric = LocalFabric()
-            fabric.terminate([p.id for p in fabric.discover()])
+        fabric = LocalFabric()
+        fabric.terminate([p.id for p in fabric.discover()])
 
 
 def test_a_stopped_sandbox_starts_again_over_its_layer_and_a_lost_layer_comes_from_the_store(cluster, fleet):

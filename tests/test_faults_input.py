@@ -18,8 +18,8 @@ import time
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from traitlets.config import Config
+
+from ipython_support import loaded_shell
 
 from ecshell import ArgumentError, Cluster, FabricError, LocalFabric, Machine, MachineSet, SelectionError, Shell
 from ecshell.shell.extension import extension_for
@@ -100,19 +100,9 @@ def fleet(home):
 @pytest.fixture(scope="module")
 def ip(fleet):
     """A real IPython shell with ecshell loaded; its cluster finds the fleet's machines on disk."""
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config)
-    try:
-        shell.run_line_magic("load_ext", "ecshell")
+    with loaded_shell() as shell:
         assert shell.user_ns["cluster"].machines.names == ["web-0", "web-1"]
         yield shell
-    finally:
-        try:
-            if extension_for(shell) is not None:
-                shell.run_line_magic("unload_ext", "ecshell")
-        finally:
-            InteractiveShell.clear_instance()
 
 
 @pytest.fixture

@@ -15,26 +15,20 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
+from ipython_support import loaded_shell
+
 from ecshell import LocalFabric, ResultSet, StaticFabric
 from ecshell.shell.extension import extension_for
 
 
 @pytest.fixture
 def ip(isolated_home):
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config)
     try:
-        shell.run_line_magic("load_ext", "ecshell")
-        yield shell
+        with loaded_shell() as shell:
+            yield shell
     finally:
-        try:
-            if extension_for(shell) is not None:
-                shell.run_line_magic("unload_ext", "ecshell")
-        finally:
-            InteractiveShell.clear_instance()
-            fabric = LocalFabric()
-            fabric.terminate([p.id for p in fabric.discover()])
+        fabric = LocalFabric()
+        fabric.terminate([p.id for p in fabric.discover()])
 
 
 def launch(ip, n=3, name="node"):
