@@ -4,6 +4,7 @@ The machines are local sshd, so "on the machine" is this host: process
 checks use /proc and pgrep for a marker string unique to each test.
 """
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -78,6 +79,19 @@ def when_running(token, count, action, limit=30.0):
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
+
+
+@contextlib.contextmanager
+def one_machine(environment, **options):
+    """``(cluster, machine)``: one LocalFabric machine whose sshd also sets ``environment``; all stopped after."""
+    fabric = LocalFabric(environment={"SHLVL": "1", **environment})
+    cluster = Cluster(fabric, **options)
+    try:
+        (m,) = cluster.launch(1)
+        yield cluster, m
+    finally:
+        cluster.close()
+        _stop_everything(fabric)
 
 
 def test_exit_codes_combined_order_and_exact_bytes(path, machines):
@@ -236,10 +250,7 @@ def test_machine_without_python3_uses_the_channel_path(isolated_home, tmp_path):
     bin_dir.mkdir()
     for tool in ("sh", "bash", "cat", "echo", "printf", "sleep"):
         os.symlink(shutil.which(tool), bin_dir / tool)
-    fabric = LocalFabric(environment={"SHLVL": "1", "PATH": str(bin_dir)})
-    cluster = Cluster(fabric, executor="auto")
-    try:
-        (m,) = cluster.launch(1)
+    with one_machine({"PATH": str(bin_dir)}, executor="auto") as (cluster, m):
         for _ in range(2):  # the second command tries to start the executor
             r = m.run("echo $PATH; exit 3")
             assert r.exit_code == 3 and r.output == f"{bin_dir}\n"
@@ -249,9 +260,6 @@ def test_machine_without_python3_uses_the_channel_path(isolated_home, tmp_path):
         r = m.run("echo never")
         assert r.error == "unreachable" and "no python3" in r.message
         assert "executor = 'auto'" in r.message
-    finally:
-        cluster.close()
-        _stop_everything(fabric)
 
 
 def _rss():
@@ -343,11 +351,9 @@ def test_ctrl_c_while_the_executor_starts_runs_nothing(isolated_home, tmp_path):
         os.symlink(shutil.which(tool), bin_dir / tool)
     (bin_dir / "python3").write_text("#!/bin/sh\ncat >/dev/null\n")
     (bin_dir / "python3").chmod(0o755)
-    fabric = LocalFabric(environment={"SHLVL": "1", "PATH": str(bin_dir)})
-    cluster = Cluster(fabric, executor="executor")  # 'auto' would not wait for the start
     marker = tmp_path / "ran"
-    try:
-        (m,) = cluster.launch(1)
+    # executor="executor": 'auto' would not wait for the start
+    with one_machine({"PATH": str(bin_dir)}, executor="executor") as (cluster, m):
         seen = threading.Event()
         when_running(str(bin_dir / "python3"), 1, seen.set)
         rs = cluster.machines.run(f"echo ran > {marker}", total_timeout=1.5)
@@ -356,9 +362,6 @@ def test_ctrl_c_while_the_executor_starts_runs_nothing(isolated_home, tmp_path):
         assert r.error == "timeout" and "was not run" in r.message, r.message
         assert not marker.exists()
         assert gone(str(bin_dir / "python3")) == []  # closing the channel ended the start
-    finally:
-        cluster.close()
-        _stop_everything(fabric)
 
 
 def test_auto_starts_the_executor_in_the_background(cluster, machines):
@@ -433,10 +436,7 @@ def test_shortcut_timeout_and_ctrl_c_kill_the_program(cluster, machines):
 def test_startup_files_that_matter_turn_the_shortcut_off(isolated_home, tmp_path):
     rc = tmp_path / "bash_env"
     rc.write_text("")
-    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
-    cluster = Cluster(fabric, executor="executor")
-    try:
-        (m,) = cluster.launch(1)
+    with one_machine({"BASH_ENV": str(rc)}, executor="executor") as (cluster, m):
         assert m.run("hostname").output == os.uname().nodename + "\n"
         assert executor_of(m).hello["shortcut"] == "on"  # an empty BASH_ENV changes nothing
         # A function that shadows the program, added after the probe: the probe runs again.
@@ -448,9 +448,6 @@ def test_startup_files_that_matter_turn_the_shortcut_off(isolated_home, tmp_path
         assert m.run("grep Umask /proc/self/status").output == "Umask:\t0077\n"
         rc.write_text("")
         assert m.run("grep Umask /proc/self/status").output == "Umask:\t0022\n"
-    finally:
-        cluster.close()
-        _stop_everything(fabric)
 
 
 def test_shortcut_takes_only_words_bash_would_exec_unchanged():
@@ -704,10 +701,8 @@ def test_the_shortcut_leaves_job_specs_and_option_words_to_bash(isolated_home, t
     for name in ("%job", "-dash", "+plus"):
         (bin_dir / name).write_text("#!/bin/sh\necho the program ran\n")
         (bin_dir / name).chmod(0o755)
-    fabric = LocalFabric(environment={"SHLVL": "1", "PATH": f"{bin_dir}:/usr/bin:/bin"})
-    cluster = Cluster(fabric, executor="executor", kill_on_cancel=False)
-    try:
-        (m,) = cluster.launch(1)
+    with one_machine({"PATH": f"{bin_dir}:/usr/bin:/bin"}, executor="executor",
+                     kill_on_cancel=False) as (cluster, m):
         assert m.run("true").ok
         for command in ("%job", "-dash", "+plus"):
             seen = {}
@@ -716,9 +711,6 @@ def test_the_shortcut_leaves_job_specs_and_option_words_to_bash(isolated_home, t
                 r = m.run(command)
                 seen[mode] = (r.exit_code, r.error, r.output_bytes)
             assert seen["executor"] == seen["channel"], (command, seen)
-    finally:
-        cluster.close()
-        _stop_everything(fabric)
 
 
 def test_a_command_killed_by_a_signal_names_it_on_every_path(cluster, machines):
@@ -773,10 +765,7 @@ def test_the_shortcut_declines_what_the_start_up_changes(isolated_home, tmp_path
     (folder / "defs").write_text("")
     rc = tmp_path / "bash_env"
     rc.write_text(startup.format(dir=folder))
-    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
-    cluster = Cluster(fabric, executor="executor", kill_on_cancel=False)
-    try:
-        (m,) = cluster.launch(1)
+    with one_machine({"BASH_ENV": str(rc)}, executor="executor", kill_on_cancel=False) as (cluster, m):
         assert m.run("true").ok
         for step in steps:
             if isinstance(step, tuple):
@@ -789,42 +778,27 @@ def test_the_shortcut_declines_what_the_start_up_changes(isolated_home, tmp_path
                 r = m.run(step)
                 seen[mode, shortcut] = (r.exit_code, r.error, r.output_bytes)
             assert seen["executor", True] == seen["channel", False] == seen["executor", False], (step, seen)
-    finally:
-        cluster.close()
-        _stop_everything(fabric)
 
 
 def test_a_stock_start_up_keeps_the_shortcut(isolated_home, tmp_path):
     """Debian's /etc/bash.bashrc and ~/.bashrc return at once for a command: the shortcut stays on."""
     rc = tmp_path / "bash_env"
     rc.write_text('[ -z "$PS1" ] && return\ncase $- in\n    *i*) ;;\n      *) return;;\nesac\n')
-    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
-    cluster = Cluster(fabric, executor="executor")
-    try:
-        (m,) = cluster.launch(1)
+    with one_machine({"BASH_ENV": str(rc)}, executor="executor") as (cluster, m):
         assert m.run("true").ok
         assert executor_of(m).hello["shortcut"] == "on"
-    finally:
-        cluster.close()
-        _stop_everything(fabric)
 
 
 def test_the_shortcut_comes_back_once_the_start_up_allows_it(isolated_home, tmp_path):
     rc = tmp_path / "bash_env"
     rc.write_text("x=$(date)\n")  # a program's output: the shortcut cannot know it
-    fabric = LocalFabric(environment={"SHLVL": "1", "BASH_ENV": str(rc)})
-    cluster = Cluster(fabric, executor="executor")
-    try:
-        (m,) = cluster.launch(1)
+    with one_machine({"BASH_ENV": str(rc)}, executor="executor") as (cluster, m):
         assert m.run("true").ok
         assert m.run("hostname").via == "executor"
         rc.write_text("x=1\n")
         assert m.run("hostname").via == "shortcut"
         rc.write_text("x=$(date)\n")
         assert m.run("hostname").via == "executor"
-    finally:
-        cluster.close()
-        _stop_everything(fabric)
 
 
 def test_the_environment_handed_to_the_executor_is_whole_or_not_used():
