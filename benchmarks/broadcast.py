@@ -564,6 +564,17 @@ def loadavg():
         return None
 
 
+def scratch_home(prefix):
+    """A temporary directory holding this run's ECSHELL_HOME and HOME (no ~/.ssh or agent of the operator's
+    leaks in); set in the environment, returned for removal at the end."""
+    home = tempfile.mkdtemp(prefix=prefix)
+    os.environ["ECSHELL_HOME"] = os.path.join(home, "ecshell")
+    os.environ["HOME"] = os.path.join(home, "home")
+    os.makedirs(os.environ["HOME"], mode=0o700)
+    os.environ.pop("SSH_AUTH_SOCK", None)
+    return home
+
+
 def raise_fd_limit(wanted):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -822,11 +833,7 @@ def main(argv=None):
 
     count = args.scale or max(args.sizes)
     limits = raise_fd_limit(max(4096, 16 * count))
-    home = tempfile.mkdtemp(prefix="ecshell-bench-")
-    os.environ["ECSHELL_HOME"] = os.path.join(home, "ecshell")
-    os.environ["HOME"] = os.path.join(home, "home")  # no ~/.ssh of the operator's leaks in
-    os.makedirs(os.environ["HOME"], mode=0o700)
-    os.environ.pop("SSH_AUTH_SOCK", None)
+    home = scratch_home("ecshell-bench-")
 
     report = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -34,11 +34,11 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
+sys.path.insert(0, HERE)  # benchmarks/broadcast.py
 
 
 def summary(values):
@@ -61,10 +61,9 @@ def main():
     if os.geteuid() != 0 or shutil.which("bwrap") is None:
         sys.exit("cloudlets need root and bubblewrap (apt-get install bubblewrap)")
 
-    scratch_dir = tempfile.mkdtemp(prefix="ecshell-bench-cloudlets-")
-    os.environ["ECSHELL_HOME"] = os.path.join(scratch_dir, "ecshell")
-    os.environ["HOME"] = os.path.join(scratch_dir, "home")
-    os.makedirs(os.environ["HOME"])
+    from broadcast import scratch_home
+
+    scratch_dir = scratch_home("ecshell-bench-cloudlets-")
 
     from ecshell import Cluster, LocalFabric, Shell, once
     from ecshell.cloudlets import DirectoryStore, runtime_recipe

@@ -27,7 +27,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -118,11 +117,7 @@ def main():
     import broadcast
 
     broadcast.raise_fd_limit(8192)
-    home = tempfile.mkdtemp(prefix="ecshell-bench-executor-")
-    os.environ["ECSHELL_HOME"] = os.path.join(home, "ecshell")
-    os.environ["HOME"] = os.path.join(home, "home")
-    os.makedirs(os.environ["HOME"])
-    os.environ.pop("SSH_AUTH_SOCK", None)
+    home = broadcast.scratch_home("ecshell-bench-executor-")
     peer_classes = {"asyncssh": broadcast.AsyncsshTool, "paramiko+threads": broadcast.ParamikoTool,
                     "parallel-ssh": broadcast.PsshTool, "fabric": broadcast.FabricTool}
     report = {"loadavg_before": os.getloadavg(), "cases": {}, "cpus": os.cpu_count()}

@@ -32,11 +32,11 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
+sys.path.insert(0, HERE)  # benchmarks/broadcast.py
 
 
 def recipe(install_seconds):
@@ -65,10 +65,9 @@ def main():
     parser.add_argument("--install-seconds", type=float, default=2.0)
     args = parser.parse_args()
 
-    scratch_dir = tempfile.mkdtemp(prefix="ecshell-bench-freelist-")
-    os.environ["ECSHELL_HOME"] = os.path.join(scratch_dir, "ecshell")
-    os.environ["HOME"] = os.path.join(scratch_dir, "home")
-    os.makedirs(os.environ["HOME"])
+    from broadcast import scratch_home
+
+    scratch_dir = scratch_home("ecshell-bench-freelist-")
 
     from ecshell import Cluster, LocalFabric
 

@@ -22,14 +22,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 sys.path.insert(0, HERE)
 
-from broadcast import loadavg, median, raise_fd_limit, ru_maxrss_mb  # noqa: E402
+from broadcast import loadavg, median, raise_fd_limit, ru_maxrss_mb, scratch_home  # noqa: E402
 
 COMMAND = "hostname"
 
@@ -74,11 +73,7 @@ def main(argv=None):
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     raise_fd_limit(max(4096, 16 * (args.targets + args.gateways)))
-    home = tempfile.mkdtemp(prefix="ecshell-tree-bench-")
-    os.environ["ECSHELL_HOME"] = os.path.join(home, "ecshell")
-    os.environ["HOME"] = os.path.join(home, "home")
-    os.makedirs(os.environ["HOME"], mode=0o700)
-    os.environ.pop("SSH_AUTH_SOCK", None)
+    home = scratch_home("ecshell-tree-bench-")
 
     from ecshell import Cluster, LocalFabric
 
