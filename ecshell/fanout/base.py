@@ -33,6 +33,15 @@ if TYPE_CHECKING:
     from ..machine import Machine
 
 
+def command_line_only(carrier: str, command: Shell) -> Optional[str]:
+    """Why ``carrier``, which passes a command line and nothing else, cannot take ``command``; None if it can."""
+    if command.input is not None:
+        return f"{carrier} gives a command no stdin"
+    if command.pty:
+        return f"{carrier} gives a command no PTY"
+    return None
+
+
 class Fanout:
     """A transport that carries one broadcast to many machines at once."""
 

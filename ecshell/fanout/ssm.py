@@ -29,7 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import ErrorKind
-from .base import Fanout, FanoutRun
+from .base import Fanout, FanoutRun, command_line_only
 from .routes import SSM
 
 if TYPE_CHECKING:
@@ -115,11 +115,7 @@ class SsmFanout(Fanout):
     name = SSM
 
     def refuses(self, command: Shell) -> Optional[str]:
-        if command.input is not None:
-            return "SSM Run Command gives a command no stdin"
-        if command.pty:
-            return "SSM Run Command gives a command no PTY"
-        return None
+        return command_line_only("SSM Run Command", command)
 
     def cannot_reach(self, machines: list[Machine]) -> dict[str, str]:
         return {m.name: "SSM Run Command reaches EC2 instances only" for m in machines

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 from ..errors import ConnectError, ErrorKind
 from ..hostset import fold, match
 from ..ssh.transport import RUN_VARIABLE, kill_script, run_token
-from .base import Fanout, FanoutRun
+from .base import Fanout, FanoutRun, command_line_only
 from .gateways import Installer, host_block, host_key_policy, identity_names, invoke_command, known_hosts
 from .routes import TREE
 
@@ -159,11 +159,7 @@ class TreeFanout(Fanout):
         return found
 
     def refuses(self, command: Shell) -> Optional[str]:
-        if command.input is not None:
-            return "the tree gives a command no stdin"
-        if command.pty:
-            return "the tree gives a command no PTY"
-        return None
+        return command_line_only("the tree", command)
 
     # -- the broadcast ----------------------------------------------------------
 
