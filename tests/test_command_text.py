@@ -131,3 +131,29 @@ def test_an_interrupted_command_is_killed_with_or_without_accept_env(cluster, ma
     while remote_processes(tag) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert remote_processes(tag) == []
+
+
+@pytest.mark.parametrize("mode", ["channel", "executor"])
+def test_a_command_that_exits_before_its_input_is_sent_gives_its_own_exit(cluster, machines, mode, monkeypatch):
+    """As ssh does: stdin the command never read is dropped, and its exit status is the result.
+
+    The channel closed under the input being sent, and that was reported as
+    'the server refused the command' (unreachable), for a command that ran.
+    The input is held back here until the command has surely exited.
+    """
+    import ecshell.ssh.channel
+    import ecshell.ssh.executor
+    import ecshell.ssh.transport
+
+    def late(send, finish, data):
+        time.sleep(0.3)
+        ecshell.ssh.transport.send_input(send, finish, data)
+
+    monkeypatch.setattr(ecshell.ssh.channel, "send_input", late)
+    monkeypatch.setattr(ecshell.ssh.executor, "send_input", late)
+    cluster.settings.executor = mode
+    (m,) = machines(1)
+    assert m.run("true").ok and m.run("true").ok
+    for data in (b"hello\nworld\n", b"x" * 200_000):
+        r = m.run("exit 3", input=data)
+        assert (r.exit_code, r.error) == (3, "exit"), r.message

@@ -231,20 +231,19 @@ def send_input(send: Callable[[bytes], None], finish: Callable[[], None], data: 
     Up to :data:`INLINE_INPUT` bytes go at once; more are fed from a thread,
     so that the command's output is read meanwhile (a command that writes
     before it has read all its input would otherwise wait on us forever).
+    Input the command did not wait for is dropped, as ssh drops it: a command
+    that already exited has closed its channel, and its exit is the result
+    (a connection that went is found by the read that follows).
     """
-    if data is None:
-        finish()
-        return
-    if len(data) <= INLINE_INPUT:
-        send(data)
-        finish()
-        return
-
     def feed() -> None:
         try:
-            send(data)
+            if data is not None:
+                send(data)
             finish()
         except (OSError, EOFError):
             pass  # the command exited without reading everything, or its connection went
 
+    if data is None or len(data) <= INLINE_INPUT:
+        feed()
+        return
     threading.Thread(target=feed, name="ecshell-stdin", daemon=True).start()
